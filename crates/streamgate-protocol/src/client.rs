@@ -1,0 +1,224 @@
+//! A minimal async pub/sub client: one WebSocket, requests answered in order of their sequence.
+
+use crate::{
+    pub_sub_req::Req, pub_sub_resp::Resp, CmdKafkaFetch, CmdKafkaListOffset, CmdPing, ErrorCode,
+    KafkaFetchResp, PubSubReq, PubSubResp,
+};
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use prost::Message as _;
+use tokio::net::TcpStream;
+use tokio_tungstenite::{
+    client_async,
+    tungstenite::{client::IntoClientRequest, Message},
+    MaybeTlsStream, WebSocketStream,
+};
+
+/// What can go wrong talking to a Streamgate pub/sub endpoint.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The WebSocket connection or handshake failed.
+    #[error("websocket: {0}")]
+    WebSocket(#[from] tokio_tungstenite::tungstenite::Error),
+    /// The TCP connection could not be made.
+    #[error("connect to {addr}: {source}")]
+    Connect {
+        /// The address that was dialled.
+        addr: String,
+        /// Why it failed.
+        source: std::io::Error,
+    },
+    /// The URL is not a usable `ws://host:port/path` URL.
+    #[error("invalid url {0:?}: expected ws://host:port/path")]
+    InvalidUrl(String),
+    /// The gateway closed the connection.
+    #[error("connection closed by the gateway{}", .0.as_deref().map(|r| format!(": {r}")).unwrap_or_default())]
+    Closed(Option<String>),
+    /// The gateway sent a binary frame that is not a `PubSubResp`.
+    #[error("undecodable response: {0}")]
+    Decode(#[from] prost::DecodeError),
+    /// The gateway answered the command with `error_resp`.
+    #[error("{message} (code {code})")]
+    Server {
+        /// The wire code (see [`ErrorCode`]).
+        code: i32,
+        /// The gateway's message, in APISIX's wording.
+        message: String,
+    },
+    /// The gateway answered with a response of another kind than the command asks for.
+    #[error("unexpected response: {0:?}")]
+    Unexpected(Box<PubSubResp>),
+}
+
+impl ClientError {
+    /// The error class when the gateway answered with `error_resp`.
+    pub fn code(&self) -> Option<ErrorCode> {
+        match self {
+            ClientError::Server { code, .. } => ErrorCode::from_i32(*code),
+            _ => None,
+        }
+    }
+}
+
+/// A pub/sub session over one WebSocket.
+///
+/// [`call`](Self::call) sends one command and waits for the answer carrying its sequence; the
+/// typed helpers wrap it. Frames that answer nothing of ours (text, WebSocket pings) are skipped.
+#[derive(Debug)]
+pub struct PubSubClient {
+    ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    next_sequence: i64,
+}
+
+impl PubSubClient {
+    /// Opens a session to `url` (`ws://host:port/path`).
+    pub async fn connect(url: &str) -> Result<Self, ClientError> {
+        let request = url.into_client_request()?;
+        Self::connect_request(request).await
+    }
+
+    /// Opens a session with a prepared handshake request (for extra headers such as `apikey`).
+    pub async fn connect_request(
+        request: tokio_tungstenite::tungstenite::handshake::client::Request,
+    ) -> Result<Self, ClientError> {
+        let uri = request.uri();
+        if uri.scheme_str() != Some("ws") {
+            return Err(ClientError::InvalidUrl(uri.to_string()));
+        }
+        let host = uri
+            .host()
+            .ok_or_else(|| ClientError::InvalidUrl(uri.to_string()))?;
+        let addr = format!("{}:{}", host, uri.port_u16().unwrap_or(80));
+        let tcp = TcpStream::connect(&addr)
+            .await
+            .map_err(|source| ClientError::Connect { addr, source })?;
+        tcp.set_nodelay(true).ok();
+        let (ws, _response) = client_async(request, MaybeTlsStream::Plain(tcp)).await?;
+        Ok(Self {
+            ws,
+            next_sequence: 1,
+        })
+    }
+
+    /// The underlying WebSocket, for sending raw frames (tests of malformed input).
+    pub fn websocket(&mut self) -> &mut WebSocketStream<MaybeTlsStream<TcpStream>> {
+        &mut self.ws
+    }
+
+    /// Sends one request as it is, without waiting for its answer.
+    pub async fn send(&mut self, request: &PubSubReq) -> Result<(), ClientError> {
+        self.ws
+            .send(Message::Binary(request.encode_to_vec().into()))
+            .await?;
+        Ok(())
+    }
+
+    /// Receives the next response, whatever its sequence.
+    pub async fn recv(&mut self) -> Result<PubSubResp, ClientError> {
+        loop {
+            match self.ws.next().await {
+                None => return Err(ClientError::Closed(None)),
+                Some(Err(e)) => return Err(e.into()),
+                Some(Ok(Message::Binary(data))) => return Ok(PubSubResp::decode(data)?),
+                Some(Ok(Message::Close(frame))) => {
+                    return Err(ClientError::Closed(
+                        frame.map(|f| format!("{} {}", u16::from(f.code), f.reason)),
+                    ))
+                }
+                Some(Ok(_)) => continue,
+            }
+        }
+    }
+
+    /// Sends `command` under a fresh sequence and returns the response that carries it.
+    pub async fn call(&mut self, command: Req) -> Result<PubSubResp, ClientError> {
+        let sequence = self.next_sequence;
+        self.next_sequence = self.next_sequence.wrapping_add(1);
+        self.send(&PubSubReq::new(sequence, command)).await?;
+        loop {
+            let response = self.recv().await?;
+            if response.sequence == sequence {
+                return Ok(response);
+            }
+        }
+    }
+
+    /// Round-trips `state` through the gateway.
+    pub async fn ping(&mut self, state: impl Into<Bytes>) -> Result<Bytes, ClientError> {
+        let response = self
+            .call(Req::CmdPing(CmdPing {
+                state: state.into(),
+            }))
+            .await?;
+        match response.resp {
+            Some(Resp::PongResp(pong)) => Ok(pong.state),
+            _ => Err(unexpected(response)),
+        }
+    }
+
+    /// The offset for `timestamp` (-1 = high watermark, -2 = log start, else milliseconds).
+    pub async fn list_offset(
+        &mut self,
+        topic: &str,
+        partition: i32,
+        timestamp: i64,
+    ) -> Result<i64, ClientError> {
+        let response = self
+            .call(Req::CmdKafkaListOffset(CmdKafkaListOffset {
+                topic: topic.into(),
+                partition,
+                timestamp,
+            }))
+            .await?;
+        match response.resp {
+            Some(Resp::KafkaListOffsetResp(r)) => Ok(r.offset),
+            _ => Err(unexpected(response)),
+        }
+    }
+
+    /// Records from `offset` on, with the route's default size and wait.
+    pub async fn fetch(
+        &mut self,
+        topic: &str,
+        partition: i32,
+        offset: i64,
+    ) -> Result<KafkaFetchResp, ClientError> {
+        self.fetch_with(CmdKafkaFetch {
+            topic: topic.into(),
+            partition,
+            offset,
+            ..Default::default()
+        })
+        .await
+    }
+
+    /// A fetch with every field set by the caller (`max_bytes`, `max_wait_ms`).
+    pub async fn fetch_with(&mut self, fetch: CmdKafkaFetch) -> Result<KafkaFetchResp, ClientError> {
+        let response = self.call(Req::CmdKafkaFetch(fetch)).await?;
+        match response.resp {
+            Some(Resp::KafkaFetchResp(r)) => Ok(r),
+            _ => Err(unexpected(response)),
+        }
+    }
+
+    /// Sends a close frame and waits for the gateway's close reply.
+    pub async fn close(mut self) -> Result<(), ClientError> {
+        self.ws.close(None).await?;
+        while let Some(frame) = self.ws.next().await {
+            if frame.is_err() {
+                break;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn unexpected(response: PubSubResp) -> ClientError {
+    match response.resp {
+        Some(Resp::ErrorResp(e)) => ClientError::Server {
+            code: e.code,
+            message: e.message,
+        },
+        _ => ClientError::Unexpected(Box::new(response)),
+    }
+}
