@@ -193,7 +193,10 @@ impl PubSubClient {
     }
 
     /// A fetch with every field set by the caller (`max_bytes`, `max_wait_ms`).
-    pub async fn fetch_with(&mut self, fetch: CmdKafkaFetch) -> Result<KafkaFetchResp, ClientError> {
+    pub async fn fetch_with(
+        &mut self,
+        fetch: CmdKafkaFetch,
+    ) -> Result<KafkaFetchResp, ClientError> {
         let response = self.call(Req::CmdKafkaFetch(fetch)).await?;
         match response.resp {
             Some(Resp::KafkaFetchResp(r)) => Ok(r),

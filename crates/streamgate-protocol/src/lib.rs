@@ -4,7 +4,12 @@
 //! pub/sub schema: one binary WebSocket message carries one [`PubSubReq`] (client to gateway) or one
 //! [`PubSubResp`] (gateway to client). [`ErrorCode`] names the error classes the gateway sends, and
 //! [`PubSubClient`] speaks the protocol over a WebSocket for tests, benchmarks and the examples.
-#![deny(rust_2018_idioms, unsafe_code, missing_docs, rustdoc::broken_intra_doc_links)]
+#![deny(
+    rust_2018_idioms,
+    unsafe_code,
+    missing_docs,
+    rustdoc::broken_intra_doc_links
+)]
 #![warn(missing_debug_implementations, clippy::clone_on_ref_ptr)]
 
 mod client;

@@ -1,0 +1,1215 @@
+//! The checked configuration model the gateway runs on.
+//!
+//! Built from [`crate::toml`]'s file shape by [`build`]: every default is filled in, every value is
+//! range-checked, cross references (route to upstream) are resolved, and every problem found is
+//! collected, so one run of `streamgate -t` lists them all. Nothing here touches the network.
+
+use crate::error::{line_col, Problem};
+use crate::toml as t;
+use std::collections::{BTreeMap, HashSet};
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A whole, valid configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Listeners and process settings.
+    pub server: Server,
+    /// The optional admin listener (metrics and health).
+    pub admin: Option<Admin>,
+    /// Upstreams, in file order.
+    pub upstreams: Vec<Arc<Upstream>>,
+    /// Routes, in file order.
+    pub routes: Vec<Arc<Route>>,
+}
+
+/// `[server]`.
+#[derive(Debug, Clone)]
+pub struct Server {
+    /// Plain HTTP (and `ws://`) listeners.
+    pub listen: Vec<SocketAddr>,
+    /// HTTPS (and `wss://`) listeners.
+    pub tls_listen: Vec<TlsListener>,
+    /// Worker threads.
+    pub threads: usize,
+    /// How long in-flight work may finish after SIGTERM.
+    pub grace_period: Duration,
+    /// How long the final shutdown of services may take after the grace period.
+    pub graceful_shutdown_timeout: Duration,
+    /// Log line format, access log included.
+    pub log_format: LogFormat,
+    /// Pingora's per-connection read buffer on plain listeners (0 = none; saves memory per
+    /// idle WebSocket).
+    pub l4_read_buffer_bytes: usize,
+}
+
+/// One `[[server.tls_listen]]`.
+#[derive(Debug, Clone)]
+pub struct TlsListener {
+    /// Address to bind.
+    pub address: SocketAddr,
+    /// PEM certificate chain.
+    pub cert_file: PathBuf,
+    /// PEM private key.
+    pub key_file: PathBuf,
+    /// Offer HTTP/2 through ALPN.
+    pub http2: bool,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// `[admin]`.
+#[derive(Debug, Clone)]
+pub struct Admin {
+    /// Address of the admin listener.
+    pub listen: SocketAddr,
+}
+
+/// What kind of peers an upstream's nodes are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scheme {
+    /// Plain HTTP/1.1.
+    Http,
+    /// HTTP over TLS.
+    Https,
+    /// Kafka brokers: routes to it serve pub/sub over WebSocket instead of proxying.
+    Kafka,
+}
+
+/// One `[[upstreams]]`.
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    /// Unique id that routes refer to.
+    pub id: String,
+    /// Peer kind.
+    pub scheme: Scheme,
+    /// Nodes in file order; weight 0 means "configured but never picked".
+    pub nodes: Vec<Node>,
+    /// Node selection.
+    pub balance: Balance,
+    /// Per-attempt timeouts.
+    pub timeouts: Timeouts,
+    /// How many other nodes to try when connecting to one fails.
+    pub retries: usize,
+    /// The `Host` header sent upstream.
+    pub host_policy: HostPolicy,
+    /// TLS to the nodes (HTTPS and Kafka).
+    pub tls: Option<UpstreamTls>,
+    /// Active health checking (HTTP and HTTPS).
+    pub health_check: Option<HealthCheck>,
+}
+
+/// A `host:port` node with its weight.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Node {
+    /// Host name or IP literal (without IPv6 brackets).
+    pub host: String,
+    /// TCP port.
+    pub port: u16,
+    /// Relative share of requests.
+    pub weight: u32,
+}
+
+impl fmt::Display for Node {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
+    }
+}
+
+/// Node selection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Balance {
+    /// Weighted round robin.
+    RoundRobin,
+    /// Consistent hashing on a request key, so the same key keeps its node.
+    Chash(HashOn),
+}
+
+/// The request key for consistent hashing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HashOn {
+    /// The client's IP address.
+    RemoteAddr,
+    /// The request path and query.
+    Uri,
+    /// A request header's value.
+    Header(String),
+    /// A cookie's value.
+    Cookie(String),
+}
+
+/// Per-attempt timeouts to upstream nodes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// TCP (and TLS) connection set-up.
+    pub connect: Duration,
+    /// Between two writes to the node.
+    pub send: Duration,
+    /// Between two reads from the node.
+    pub read: Duration,
+}
+
+/// The `Host` header sent to the node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostPolicy {
+    /// The client's Host header, unchanged.
+    Pass,
+    /// The node's `host:port`.
+    Node,
+    /// A fixed value.
+    Rewrite(String),
+}
+
+/// `[upstreams.tls]`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct UpstreamTls {
+    /// Verify the node's certificate chain and name.
+    pub verify: bool,
+    /// PEM roots to trust instead of the system's.
+    pub ca_file: Option<PathBuf>,
+    /// Server name to send and verify (default: the node's host).
+    pub sni: Option<String>,
+    /// Client certificate and key (PEM), for mutual TLS.
+    pub client_cert: Option<(PathBuf, PathBuf)>,
+}
+
+/// `[upstreams.health_check]`: an HTTP GET to each node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthCheck {
+    /// Path requested; any 2xx or 3xx is healthy.
+    pub path: String,
+    /// Time between checks of a node.
+    pub interval: Duration,
+    /// Time a check may take.
+    pub timeout: Duration,
+    /// Consecutive successes that bring a node back.
+    pub healthy_threshold: usize,
+    /// Consecutive failures that take a node out.
+    pub unhealthy_threshold: usize,
+}
+
+/// One `[[routes]]`.
+#[derive(Debug, Clone)]
+pub struct Route {
+    /// Unique id, in logs and metrics.
+    pub id: String,
+    /// Position in the file (ties in matching go to the earlier route).
+    pub index: usize,
+    /// Paths it matches.
+    pub paths: Vec<PathPattern>,
+    /// Hosts it matches; empty = any.
+    pub hosts: Vec<HostPattern>,
+    /// Methods it matches (upper case); empty = any.
+    pub methods: Vec<String>,
+    /// Higher wins among equally specific matches.
+    pub priority: i32,
+    /// Where matching requests go.
+    pub upstream: Arc<Upstream>,
+    /// Plugin settings, checked.
+    pub plugins: Plugins,
+}
+
+/// A route path: exact, or a prefix written with a trailing `*`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PathPattern {
+    /// Matches this path only.
+    Exact(String),
+    /// Matches every path that starts with this text (`/api/*` is the prefix `/api/`).
+    Prefix(String),
+}
+
+/// A route host: exact, or `*.example.com` for any subdomain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostPattern {
+    /// Matches this host (lower case).
+    Exact(String),
+    /// Matches hosts ending in this suffix, e.g. `.example.com`.
+    Wildcard(String),
+}
+
+/// The plugins a route turns on, with their settings.
+#[derive(Debug, Clone, Default)]
+pub struct Plugins {
+    /// `kafka-proxy`.
+    pub kafka_proxy: Option<KafkaProxy>,
+}
+
+/// `[routes.plugins.kafka-proxy]`: per-route Kafka settings of a pub/sub route.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KafkaProxy {
+    /// SASL credentials for the brokers.
+    pub sasl: Option<Sasl>,
+    /// Allow-list; `None` = every topic.
+    pub topics: Option<Vec<TopicPattern>>,
+    /// Largest WebSocket message in either direction.
+    pub max_frame_bytes: usize,
+    /// Most record bytes one fetch asks the broker for.
+    pub fetch_max_bytes: usize,
+    /// Longest a fetch at the end of the log waits for records.
+    pub fetch_max_wait: Duration,
+    /// Longest a Kafka operation (connect, request, retries) may take.
+    pub socket_timeout: Duration,
+    /// Kafka commands that may run at once on one connection.
+    pub max_in_flight: usize,
+}
+
+impl Default for KafkaProxy {
+    fn default() -> Self {
+        Self {
+            sasl: None,
+            topics: None,
+            max_frame_bytes: 1 << 20,
+            fetch_max_bytes: 1 << 20,
+            fetch_max_wait: Duration::from_millis(500),
+            socket_timeout: Duration::from_secs(5),
+            max_in_flight: 16,
+        }
+    }
+}
+
+impl KafkaProxy {
+    /// Whether the allow-list lets clients read `topic`.
+    pub fn allows(&self, topic: &str) -> bool {
+        match &self.topics {
+            None => true,
+            Some(patterns) => patterns.iter().any(|p| p.matches(topic)),
+        }
+    }
+}
+
+/// An allow-list entry: an exact topic name or a `prefix*`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TopicPattern {
+    /// This topic only.
+    Exact(String),
+    /// Topics starting with this text.
+    Prefix(String),
+}
+
+impl TopicPattern {
+    /// Whether `topic` is covered.
+    pub fn matches(&self, topic: &str) -> bool {
+        match self {
+            TopicPattern::Exact(t) => t == topic,
+            TopicPattern::Prefix(p) => topic.starts_with(p.as_str()),
+        }
+    }
+}
+
+/// SASL mechanism and credentials.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct Sasl {
+    /// Mechanism.
+    pub mechanism: SaslMechanism,
+    /// User name.
+    pub username: String,
+    /// Password (never printed).
+    pub password: String,
+}
+
+impl fmt::Debug for Sasl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Sasl")
+            .field("mechanism", &self.mechanism)
+            .field("username", &self.username)
+            .field("password", &"<redacted>")
+            .finish()
+    }
+}
+
+/// SASL mechanisms the gateway speaks to brokers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SaslMechanism {
+    /// PLAIN (use with TLS).
+    Plain,
+    /// SCRAM-SHA-256.
+    ScramSha256,
+    /// SCRAM-SHA-512.
+    ScramSha512,
+}
+
+/// Collects problems while the model is built.
+pub(crate) struct Checker<'a> {
+    text: &'a str,
+    pub problems: Vec<Problem>,
+}
+
+impl<'a> Checker<'a> {
+    pub fn new(text: &'a str) -> Self {
+        Self {
+            text,
+            problems: Vec::new(),
+        }
+    }
+
+    fn at(
+        &mut self,
+        span: Option<&std::ops::Range<usize>>,
+        key: String,
+        message: String,
+        fix: &str,
+    ) {
+        let location = span.map(|s| line_col(self.text, s.start));
+        self.problems.push(Problem {
+            key,
+            location,
+            message,
+            fix: fix.to_string(),
+        });
+    }
+}
+
+/// Builds the checked model, or returns every problem found.
+pub(crate) fn build(file: t::File, text: &str) -> Result<Config, Vec<Problem>> {
+    let mut c = Checker::new(text);
+    let server = build_server(&mut c, file.server);
+    let admin = file.admin.and_then(|a| {
+        let listen = parse_addr(&mut c, None, "admin.listen", &a.listen.0)?;
+        Some(Admin { listen })
+    });
+
+    let mut upstreams: BTreeMap<String, Arc<Upstream>> = BTreeMap::new();
+    let mut upstream_list = Vec::new();
+    for (i, spanned) in file.upstreams.into_iter().enumerate() {
+        let span = spanned.span();
+        let key = format!("upstreams[{i}]");
+        let Some(upstream) = build_upstream(&mut c, &span, &key, spanned.into_inner()) else {
+            continue;
+        };
+        if upstreams.contains_key(&upstream.id) {
+            c.at(
+                Some(&span),
+                format!("{key}.id"),
+                format!("duplicate upstream id {:?}", upstream.id),
+                "give every [[upstreams]] entry its own id",
+            );
+            continue;
+        }
+        let upstream = Arc::new(upstream);
+        upstreams.insert(upstream.id.clone(), Arc::clone(&upstream));
+        upstream_list.push(upstream);
+    }
+
+    let mut routes = Vec::new();
+    let mut route_ids = HashSet::new();
+    for (i, spanned) in file.routes.into_iter().enumerate() {
+        let span = spanned.span();
+        let key = format!("routes[{i}]");
+        let r = spanned.into_inner();
+        if !route_ids.insert(r.id.0.clone()) {
+            c.at(
+                Some(&span),
+                format!("{key}.id"),
+                format!("duplicate route id {:?}", r.id.0),
+                "give every [[routes]] entry its own id",
+            );
+        }
+        if let Some(route) = build_route(&mut c, &span, &key, i, r, &upstreams) {
+            routes.push(Arc::new(route));
+        }
+    }
+
+    if c.problems.is_empty() {
+        Ok(Config {
+            server,
+            admin,
+            upstreams: upstream_list,
+            routes,
+        })
+    } else {
+        Err(c.problems)
+    }
+}
+
+fn parse_addr(
+    c: &mut Checker<'_>,
+    span: Option<&std::ops::Range<usize>>,
+    key: &str,
+    value: &str,
+) -> Option<SocketAddr> {
+    match value.parse() {
+        Ok(addr) => Some(addr),
+        Err(_) => {
+            c.at(
+                span,
+                key.to_string(),
+                format!("{value:?} is not an IP:port address"),
+                "write an IP literal and a port, e.g. \"127.0.0.1:9080\" or \"[::1]:9080\" (host names are not resolved for listeners)",
+            );
+            None
+        }
+    }
+}
+
+fn in_range(
+    c: &mut Checker<'_>,
+    span: Option<&std::ops::Range<usize>>,
+    key: &str,
+    value: i64,
+    min: i64,
+    max: i64,
+) -> Option<i64> {
+    if (min..=max).contains(&value) {
+        Some(value)
+    } else {
+        c.at(
+            span,
+            key.to_string(),
+            format!("{value} is out of range"),
+            &format!("use a whole number from {min} to {max}"),
+        );
+        None
+    }
+}
+
+fn seconds(
+    c: &mut Checker<'_>,
+    span: Option<&std::ops::Range<usize>>,
+    key: &str,
+    value: f64,
+    max: f64,
+) -> Option<Duration> {
+    if value.is_finite() && value > 0.0 && value <= max {
+        Some(Duration::from_secs_f64(value))
+    } else {
+        c.at(
+            span,
+            key.to_string(),
+            format!("{value} is not a usable number of seconds"),
+            &format!("use a positive number of seconds up to {max}, e.g. 0.5 or 30"),
+        );
+        None
+    }
+}
+
+fn build_server(c: &mut Checker<'_>, s: t::ServerToml) -> Server {
+    let listen = match s.listen {
+        None => vec![SocketAddr::from(([127, 0, 0, 1], 9080))],
+        Some(list) => list
+            .iter()
+            .enumerate()
+            .filter_map(|(i, a)| parse_addr(c, None, &format!("server.listen[{i}]"), &a.0))
+            .collect(),
+    };
+    let tls_listen = s
+        .tls_listen
+        .into_iter()
+        .enumerate()
+        .filter_map(|(i, l)| {
+            let key = format!("server.tls_listen[{i}]");
+            let address = parse_addr(c, None, &format!("{key}.address"), &l.address.0)?;
+            let cert_file = readable_file(c, None, &format!("{key}.cert_file"), &l.cert_file.0);
+            let key_file = readable_file(c, None, &format!("{key}.key_file"), &l.key_file.0);
+            Some(TlsListener {
+                address,
+                cert_file: cert_file?,
+                key_file: key_file?,
+                http2: l.http2.unwrap_or(true),
+            })
+        })
+        .collect::<Vec<_>>();
+    if listen.is_empty() && tls_listen.is_empty() && c.problems.is_empty() {
+        c.at(
+            None,
+            "server.listen".into(),
+            "no listener is configured".into(),
+            "add an address to server.listen or a [[server.tls_listen]] entry",
+        );
+    }
+    let threads = s
+        .threads
+        .and_then(|v| in_range(c, None, "server.threads", v, 1, 256))
+        .unwrap_or(2) as usize;
+    let grace = s
+        .grace_period_seconds
+        .and_then(|v| in_range(c, None, "server.grace_period_seconds", v, 0, 3600))
+        .unwrap_or(10) as u64;
+    let final_timeout = s
+        .graceful_shutdown_timeout_seconds
+        .and_then(|v| {
+            in_range(
+                c,
+                None,
+                "server.graceful_shutdown_timeout_seconds",
+                v,
+                0,
+                3600,
+            )
+        })
+        .unwrap_or(5) as u64;
+    let log_format = match s.log_format.as_ref().map(|t| t.0.as_str()) {
+        None | Some("text") => LogFormat::Text,
+        Some("json") => LogFormat::Json,
+        Some(other) => {
+            c.at(
+                None,
+                "server.log_format".into(),
+                format!("unknown log format {other:?}"),
+                "use \"text\" or \"json\"",
+            );
+            LogFormat::Text
+        }
+    };
+    let l4 = s
+        .l4_read_buffer_bytes
+        .and_then(|v| in_range(c, None, "server.l4_read_buffer_bytes", v, 0, 1 << 20))
+        .unwrap_or(0) as usize;
+    Server {
+        listen,
+        tls_listen,
+        threads,
+        grace_period: Duration::from_secs(grace),
+        graceful_shutdown_timeout: Duration::from_secs(final_timeout),
+        log_format,
+        l4_read_buffer_bytes: l4,
+    }
+}
+
+fn readable_file(
+    c: &mut Checker<'_>,
+    span: Option<&std::ops::Range<usize>>,
+    key: &str,
+    path: &str,
+) -> Option<PathBuf> {
+    match std::fs::metadata(path) {
+        Ok(m) if m.is_file() => Some(PathBuf::from(path)),
+        Ok(_) => {
+            c.at(
+                span,
+                key.into(),
+                format!("{path:?} is not a file"),
+                "name a PEM file",
+            );
+            None
+        }
+        Err(e) => {
+            c.at(
+                span,
+                key.into(),
+                format!("cannot read {path:?}: {e}"),
+                "check the path; relative paths are resolved from the gateway's working directory",
+            );
+            None
+        }
+    }
+}
+
+/// Splits `host:port` (IPv6 in brackets).
+pub(crate) fn parse_node(text: &str) -> Result<(String, u16), String> {
+    let (host, port) = if let Some(rest) = text.strip_prefix('[') {
+        let (host, after) = rest
+            .split_once(']')
+            .ok_or_else(|| "unclosed `[` in an IPv6 node".to_string())?;
+        let port = after
+            .strip_prefix(':')
+            .ok_or_else(|| "missing `:port` after the IPv6 address".to_string())?;
+        (host, port)
+    } else {
+        text.rsplit_once(':')
+            .ok_or_else(|| "missing `:port`".to_string())?
+    };
+    if host.is_empty()
+        || host.contains(char::is_whitespace)
+        || (host.contains(':') && !text.starts_with('['))
+    {
+        return Err("the host part is empty or malformed".into());
+    }
+    let port: u16 = port
+        .parse()
+        .ok()
+        .filter(|p| *p != 0)
+        .ok_or_else(|| format!("{port:?} is not a port from 1 to 65535"))?;
+    Ok((host.to_string(), port))
+}
+
+fn build_upstream(
+    c: &mut Checker<'_>,
+    span: &std::ops::Range<usize>,
+    key: &str,
+    u: t::UpstreamToml,
+) -> Option<Upstream> {
+    let before = c.problems.len();
+    let span = Some(span);
+    let id = u.id.0;
+    if id.is_empty() {
+        c.at(
+            span,
+            format!("{key}.id"),
+            "empty id".into(),
+            "give the upstream a name",
+        );
+    }
+    let scheme = match u.scheme.as_ref().map(|s| s.0.as_str()) {
+        None | Some("http") => Scheme::Http,
+        Some("https") => Scheme::Https,
+        Some("kafka") => Scheme::Kafka,
+        Some(other) => {
+            c.at(
+                span,
+                format!("{key}.scheme"),
+                format!("unknown scheme {other:?}"),
+                "use \"http\", \"https\" or \"kafka\"",
+            );
+            Scheme::Http
+        }
+    };
+    let mut nodes = Vec::new();
+    for (text, weight) in &u.nodes {
+        let node_key = format!("{key}.nodes.{text:?}");
+        match parse_node(text) {
+            Ok((host, port)) => {
+                if let Some(w) = in_range(c, span, &node_key, *weight, 0, 10_000) {
+                    nodes.push(Node {
+                        host,
+                        port,
+                        weight: w as u32,
+                    });
+                }
+            }
+            Err(why) => c.at(
+                span,
+                node_key,
+                format!("{text:?} is not host:port ({why})"),
+                "write nodes as \"host:port\" = weight, e.g. { \"127.0.0.1:8080\" = 1 }",
+            ),
+        }
+    }
+    if u.nodes.is_empty() {
+        c.at(
+            span,
+            format!("{key}.nodes"),
+            "no nodes".into(),
+            "list at least one node: nodes = { \"127.0.0.1:8080\" = 1 }",
+        );
+    } else if !nodes.is_empty() && nodes.iter().all(|n| n.weight == 0) {
+        c.at(
+            span,
+            format!("{key}.nodes"),
+            "every node has weight 0, so no request could be sent anywhere".into(),
+            "give at least one node a weight of 1 or more",
+        );
+    }
+    let balance = match u.balance.as_ref().map(|s| s.0.as_str()) {
+        None | Some("roundrobin") => {
+            if u.hash_on.is_some() || u.key.is_some() {
+                c.at(
+                    span,
+                    format!("{key}.hash_on"),
+                    "hash_on and key only apply to type = \"chash\"".into(),
+                    "set type = \"chash\" or remove hash_on/key",
+                );
+            }
+            Balance::RoundRobin
+        }
+        Some("chash") => {
+            let name = u.key.as_ref().map(|k| k.0.clone());
+            let hash_on = match (u.hash_on.as_ref().map(|s| s.0.as_str()), name) {
+                (None | Some("remote_addr"), None) => HashOn::RemoteAddr,
+                (Some("uri"), None) => HashOn::Uri,
+                (Some("header"), Some(n)) if !n.is_empty() => {
+                    HashOn::Header(n.to_ascii_lowercase())
+                }
+                (Some("cookie"), Some(n)) if !n.is_empty() => HashOn::Cookie(n),
+                (Some(kind @ ("header" | "cookie")), _) => {
+                    c.at(
+                        span,
+                        format!("{key}.key"),
+                        format!("hash_on = {kind:?} needs the {kind} name in `key`"),
+                        "add key = \"NAME\"",
+                    );
+                    HashOn::RemoteAddr
+                }
+                (Some(other), _) => {
+                    c.at(
+                        span,
+                        format!("{key}.hash_on"),
+                        format!("cannot hash on {other:?} (or `key` given where none is used)"),
+                        "use \"remote_addr\", \"uri\", \"header\" (with key) or \"cookie\" (with key)",
+                    );
+                    HashOn::RemoteAddr
+                }
+                (None, Some(_)) => {
+                    c.at(
+                        span,
+                        format!("{key}.key"),
+                        "`key` without hash_on".into(),
+                        "set hash_on = \"header\" or \"cookie\"",
+                    );
+                    HashOn::RemoteAddr
+                }
+            };
+            Balance::Chash(hash_on)
+        }
+        Some(other) => {
+            c.at(
+                span,
+                format!("{key}.type"),
+                format!("unknown balancing type {other:?}"),
+                "use \"roundrobin\" or \"chash\"",
+            );
+            Balance::RoundRobin
+        }
+    };
+    let mut timeouts = Timeouts {
+        connect: Duration::from_secs(6),
+        send: Duration::from_secs(60),
+        read: Duration::from_secs(60),
+    };
+    if let Some(t) = &u.timeout {
+        for (name, value, slot) in [
+            ("connect", t.connect, &mut timeouts.connect),
+            ("send", t.send, &mut timeouts.send),
+            ("read", t.read, &mut timeouts.read),
+        ] {
+            if let Some(v) = value {
+                if let Some(d) = seconds(c, span, &format!("{key}.timeout.{name}"), v, 3600.0) {
+                    *slot = d;
+                }
+            }
+        }
+    }
+    let retries = u
+        .retries
+        .and_then(|r| in_range(c, span, &format!("{key}.retries"), r, 0, 100))
+        .map(|r| r as usize)
+        .unwrap_or(1);
+    let host_policy = match (
+        u.pass_host.as_ref().map(|s| s.0.as_str()),
+        u.upstream_host.as_ref().map(|s| s.0.clone()),
+    ) {
+        (None | Some("pass"), None) => HostPolicy::Pass,
+        (Some("node"), None) => HostPolicy::Node,
+        (Some("rewrite"), Some(h)) if !h.is_empty() => HostPolicy::Rewrite(h),
+        (Some("rewrite"), _) => {
+            c.at(
+                span,
+                format!("{key}.upstream_host"),
+                "pass_host = \"rewrite\" needs upstream_host".into(),
+                "add upstream_host = \"the.host.to.send\"",
+            );
+            HostPolicy::Pass
+        }
+        (_, Some(_)) => {
+            c.at(
+                span,
+                format!("{key}.upstream_host"),
+                "upstream_host only applies with pass_host = \"rewrite\"".into(),
+                "set pass_host = \"rewrite\" or remove upstream_host",
+            );
+            HostPolicy::Pass
+        }
+        (Some(other), None) => {
+            c.at(
+                span,
+                format!("{key}.pass_host"),
+                format!("unknown pass_host {other:?}"),
+                "use \"pass\", \"node\" or \"rewrite\"",
+            );
+            HostPolicy::Pass
+        }
+    };
+    let tls = u.tls.map(|tls| {
+        if scheme == Scheme::Http {
+            c.at(
+                span,
+                format!("{key}.tls"),
+                "[upstreams.tls] on an http upstream".into(),
+                "set scheme = \"https\" (or \"kafka\"), or remove the tls table",
+            );
+        }
+        let ca_file = tls
+            .ca_file
+            .and_then(|f| readable_file(c, span, &format!("{key}.tls.ca_file"), &f.0));
+        let client_cert = match (tls.client_cert_file, tls.client_key_file) {
+            (None, None) => None,
+            (Some(cert), Some(k)) => {
+                let cert = readable_file(c, span, &format!("{key}.tls.client_cert_file"), &cert.0);
+                let k = readable_file(c, span, &format!("{key}.tls.client_key_file"), &k.0);
+                cert.zip(k)
+            }
+            _ => {
+                c.at(
+                    span,
+                    format!("{key}.tls"),
+                    "client_cert_file and client_key_file go together".into(),
+                    "set both, or neither",
+                );
+                None
+            }
+        };
+        UpstreamTls {
+            verify: tls.verify.unwrap_or(true),
+            ca_file,
+            sni: tls.sni.map(|s| s.0).filter(|s| !s.is_empty()),
+            client_cert,
+        }
+    });
+    let tls = match (scheme, tls) {
+        (Scheme::Https, None) => Some(UpstreamTls {
+            verify: true,
+            ca_file: None,
+            sni: None,
+            client_cert: None,
+        }),
+        (_, tls) => tls,
+    };
+    let health_check = u.health_check.map(|h| {
+        if scheme == Scheme::Kafka {
+            c.at(
+                span,
+                format!("{key}.health_check"),
+                "health checks are HTTP requests; a kafka upstream has none".into(),
+                "remove [upstreams.health_check] from this upstream",
+            );
+        }
+        let path = h.path.map(|p| p.0).unwrap_or_else(|| "/".into());
+        if !path.starts_with('/') {
+            c.at(
+                span,
+                format!("{key}.health_check.path"),
+                format!("{path:?} does not start with /"),
+                "write an absolute path such as \"/healthz\"",
+            );
+        }
+        let hk = format!("{key}.health_check");
+        HealthCheck {
+            path,
+            interval: h
+                .interval_seconds
+                .and_then(|v| seconds(c, span, &format!("{hk}.interval_seconds"), v, 3600.0))
+                .unwrap_or(Duration::from_secs(5)),
+            timeout: h
+                .timeout_seconds
+                .and_then(|v| seconds(c, span, &format!("{hk}.timeout_seconds"), v, 600.0))
+                .unwrap_or(Duration::from_secs(1)),
+            healthy_threshold: h
+                .healthy_threshold
+                .and_then(|v| in_range(c, span, &format!("{hk}.healthy_threshold"), v, 1, 100))
+                .unwrap_or(2) as usize,
+            unhealthy_threshold: h
+                .unhealthy_threshold
+                .and_then(|v| in_range(c, span, &format!("{hk}.unhealthy_threshold"), v, 1, 100))
+                .unwrap_or(2) as usize,
+        }
+    });
+    if c.problems.len() > before {
+        return None;
+    }
+    Some(Upstream {
+        id,
+        scheme,
+        nodes,
+        balance,
+        timeouts,
+        retries,
+        host_policy,
+        tls,
+        health_check,
+    })
+}
+
+const METHODS: [&str; 10] = [
+    "GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS", "CONNECT", "TRACE", "PURGE",
+];
+
+fn build_route(
+    c: &mut Checker<'_>,
+    span: &std::ops::Range<usize>,
+    key: &str,
+    index: usize,
+    r: t::RouteToml,
+    upstreams: &BTreeMap<String, Arc<Upstream>>,
+) -> Option<Route> {
+    let before = c.problems.len();
+    let span = Some(span);
+    if r.id.0.is_empty() {
+        c.at(
+            span,
+            format!("{key}.id"),
+            "empty id".into(),
+            "give the route a name",
+        );
+    }
+    let raw_paths: Vec<(String, String)> = match (r.uri, r.uris) {
+        (Some(u), None) => vec![(format!("{key}.uri"), u.0)],
+        (None, Some(list)) if !list.is_empty() => list
+            .into_iter()
+            .enumerate()
+            .map(|(i, u)| (format!("{key}.uris[{i}]"), u.0))
+            .collect(),
+        (Some(_), Some(_)) => {
+            c.at(
+                span,
+                format!("{key}.uris"),
+                "both uri and uris are set".into(),
+                "keep one of them",
+            );
+            vec![]
+        }
+        _ => {
+            c.at(
+                span,
+                format!("{key}.uri"),
+                "the route matches no path".into(),
+                "add uri = \"/path\" (exact) or \"/path/*\" (prefix), or uris = [...]",
+            );
+            vec![]
+        }
+    };
+    let mut paths = Vec::new();
+    for (k, p) in raw_paths {
+        let star = p.find('*');
+        if !p.starts_with('/') || star.is_some_and(|s| s != p.len() - 1) {
+            c.at(
+                span,
+                k,
+                format!("{p:?} is not a route path"),
+                "start with / and use * only at the end: \"/a/b\" (exact) or \"/a/*\" (prefix)",
+            );
+        } else if let Some(prefix) = p.strip_suffix('*') {
+            paths.push(PathPattern::Prefix(prefix.to_string()));
+        } else {
+            paths.push(PathPattern::Exact(p));
+        }
+    }
+    let hosts = r
+        .hosts
+        .unwrap_or_default()
+        .into_iter()
+        .enumerate()
+        .filter_map(|(i, h)| {
+            let h = h.0.to_ascii_lowercase();
+            let ok = !h.is_empty() && !h.contains(['/', ':', ' ']) && !h[1..].contains('*');
+            if !ok || (h.starts_with('*') && !h.starts_with("*.")) {
+                c.at(
+                    span,
+                    format!("{key}.hosts[{i}]"),
+                    format!("{h:?} is not a host name"),
+                    "write \"api.example.com\", or \"*.example.com\" for every subdomain (no port)",
+                );
+                return None;
+            }
+            Some(match h.strip_prefix('*') {
+                Some(suffix) => HostPattern::Wildcard(suffix.to_string()),
+                None => HostPattern::Exact(h),
+            })
+        })
+        .collect();
+    let methods = r
+        .methods
+        .unwrap_or_default()
+        .into_iter()
+        .enumerate()
+        .filter_map(|(i, m)| {
+            let upper = m.0.to_ascii_uppercase();
+            if METHODS.contains(&upper.as_str()) {
+                Some(upper)
+            } else {
+                c.at(
+                    span,
+                    format!("{key}.methods[{i}]"),
+                    format!("unknown method {:?}", m.0),
+                    &format!("use one of {}", METHODS.join(", ")),
+                );
+                None
+            }
+        })
+        .collect();
+    let priority = r
+        .priority
+        .and_then(|p| {
+            in_range(
+                c,
+                span,
+                &format!("{key}.priority"),
+                p,
+                i32::MIN as i64,
+                i32::MAX as i64,
+            )
+        })
+        .unwrap_or(0) as i32;
+    let upstream = upstreams.get(&r.upstream_id.0).cloned();
+    if upstream.is_none() {
+        let known: Vec<&str> = upstreams.keys().map(String::as_str).collect();
+        c.at(
+            span,
+            format!("{key}.upstream_id"),
+            format!("no upstream has id {:?}", r.upstream_id.0),
+            &if known.is_empty() {
+                "define it in an [[upstreams]] entry".to_string()
+            } else {
+                format!("use one of: {}", known.join(", "))
+            },
+        );
+    }
+    let kafka_proxy = r
+        .plugins
+        .kafka_proxy
+        .map(|k| build_kafka_proxy(c, span, &format!("{key}.plugins.kafka-proxy"), k));
+    if let (Some(u), Some(_)) = (&upstream, &kafka_proxy) {
+        if u.scheme != Scheme::Kafka {
+            c.at(
+                span,
+                format!("{key}.plugins.kafka-proxy"),
+                format!("upstream {:?} is not a kafka upstream", u.id),
+                "point the route at an upstream with scheme = \"kafka\", or remove the plugin",
+            );
+        }
+    }
+    if c.problems.len() > before {
+        return None;
+    }
+    let upstream = upstream?;
+    let kafka_proxy = match (upstream.scheme, kafka_proxy) {
+        (Scheme::Kafka, None) => Some(KafkaProxy::default()),
+        (_, k) => k.flatten(),
+    };
+    Some(Route {
+        id: r.id.0,
+        index,
+        paths,
+        hosts,
+        methods,
+        priority,
+        upstream,
+        plugins: Plugins { kafka_proxy },
+    })
+}
+
+pub(crate) fn build_kafka_proxy(
+    c: &mut Checker<'_>,
+    span: Option<&std::ops::Range<usize>>,
+    key: &str,
+    k: t::KafkaProxyToml,
+) -> Option<KafkaProxy> {
+    let before = c.problems.len();
+    let d = KafkaProxy::default();
+    let sasl = k.sasl.map(|s| {
+        let mechanism = match s.mechanism.as_ref().map(|m| m.0.to_ascii_uppercase()) {
+            None => SaslMechanism::Plain,
+            Some(m) if m == "PLAIN" => SaslMechanism::Plain,
+            Some(m) if m == "SCRAM-SHA-256" => SaslMechanism::ScramSha256,
+            Some(m) if m == "SCRAM-SHA-512" => SaslMechanism::ScramSha512,
+            Some(m) => {
+                c.at(
+                    span,
+                    format!("{key}.sasl.mechanism"),
+                    format!("unknown SASL mechanism {m:?}"),
+                    "use \"PLAIN\", \"SCRAM-SHA-256\" or \"SCRAM-SHA-512\"",
+                );
+                SaslMechanism::Plain
+            }
+        };
+        for (field, value) in [("username", &s.username.0), ("password", &s.password.0)] {
+            if value.is_empty() {
+                c.at(
+                    span,
+                    format!("{key}.sasl.{field}"),
+                    format!("sasl.{field} is empty"),
+                    "set it, or take it from the environment with \"${NAME}\"",
+                );
+            }
+        }
+        Sasl {
+            mechanism,
+            username: s.username.0,
+            password: s.password.0,
+        }
+    });
+    let topics = k.topics.map(|list| {
+        if list.is_empty() {
+            c.at(
+                span,
+                format!("{key}.topics"),
+                "an empty allow-list forbids every topic".into(),
+                "list the topics clients may read, or remove `topics` to allow all",
+            );
+        }
+        list.into_iter()
+            .enumerate()
+            .filter_map(|(i, t)| {
+                let t = t.0;
+                let star = t.find('*');
+                if t.is_empty() || t == "*" || star.is_some_and(|s| s != t.len() - 1) {
+                    c.at(
+                        span,
+                        format!("{key}.topics[{i}]"),
+                        format!("{t:?} is not a topic name or prefix"),
+                        "write \"orders\" (exact) or \"audit-*\" (prefix); remove `topics` to allow every topic",
+                    );
+                    return None;
+                }
+                Some(match t.strip_suffix('*') {
+                    Some(p) => TopicPattern::Prefix(p.to_string()),
+                    None => TopicPattern::Exact(t),
+                })
+            })
+            .collect()
+    });
+    let mut num = |name: &str, value: Option<i64>, min: i64, max: i64, default: i64| {
+        value
+            .and_then(|v| in_range(c, span, &format!("{key}.{name}"), v, min, max))
+            .unwrap_or(default)
+    };
+    let max_frame_bytes = num(
+        "max_frame_bytes",
+        k.max_frame_bytes,
+        1024,
+        256 << 20,
+        d.max_frame_bytes as i64,
+    );
+    let fetch_max_bytes = num(
+        "fetch_max_bytes",
+        k.fetch_max_bytes,
+        1,
+        256 << 20,
+        d.fetch_max_bytes as i64,
+    );
+    let wait = num(
+        "fetch_max_wait_ms",
+        k.fetch_max_wait_ms,
+        0,
+        60_000,
+        d.fetch_max_wait.as_millis() as i64,
+    );
+    let socket = num(
+        "socket_timeout_ms",
+        k.socket_timeout_ms,
+        100,
+        600_000,
+        d.socket_timeout.as_millis() as i64,
+    );
+    let in_flight = num(
+        "max_in_flight",
+        k.max_in_flight,
+        1,
+        1024,
+        d.max_in_flight as i64,
+    );
+    if c.problems.len() > before {
+        return None;
+    }
+    Some(KafkaProxy {
+        sasl,
+        topics,
+        max_frame_bytes: max_frame_bytes as usize,
+        fetch_max_bytes: fetch_max_bytes as usize,
+        fetch_max_wait: Duration::from_millis(wait as u64),
+        socket_timeout: Duration::from_millis(socket as u64),
+        max_in_flight: in_flight as usize,
+    })
+}

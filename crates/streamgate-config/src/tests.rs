@@ -1,0 +1,361 @@
+//! Parsing and checking, one behaviour per test; every error is asserted by its message.
+use super::*;
+use model::*;
+
+fn problems(text: &str) -> Vec<Problem> {
+    match parse(text, "test.toml") {
+        Ok(_) => panic!("expected an error for:\n{text}"),
+        Err(e) => e.problems,
+    }
+}
+
+fn one_problem(text: &str) -> Problem {
+    let mut p = problems(text);
+    assert_eq!(p.len(), 1, "{p:#?}");
+    p.remove(0)
+}
+
+const UPSTREAM: &str = r#"
+[[upstreams]]
+id = "web"
+nodes = { "127.0.0.1:8080" = 1 }
+"#;
+
+#[test]
+fn the_stable_core_of_config_md_parses() {
+    std::env::set_var("STREAMGATE_TEST_KAFKA_PASSWORD", "admin-secret");
+    let text = r#"
+[server]
+listen = ["127.0.0.1:9080"]
+threads = 2
+grace_period_seconds = 10
+
+[admin]
+listen = "127.0.0.1:9091"
+
+[[upstreams]]
+id = "web"
+scheme = "http"
+nodes = { "127.0.0.1:8080" = 1, "127.0.0.1:8081" = 2 }
+type = "roundrobin"
+
+[[upstreams]]
+id = "events"
+scheme = "kafka"
+nodes = { "127.0.0.1:9092" = 1 }
+[upstreams.tls]
+verify = true
+
+[[routes]]
+id = "api"
+uri = "/api/*"
+hosts = ["api.example.com"]
+methods = ["GET", "POST"]
+upstream_id = "web"
+
+[[routes]]
+id = "events"
+uri = "/kafka"
+upstream_id = "events"
+[routes.plugins.kafka-proxy]
+sasl = { mechanism = "PLAIN", username = "admin", password = "${STREAMGATE_TEST_KAFKA_PASSWORD}" }
+topics = ["orders", "audit-*"]
+"#;
+    let config = parse(text, "core.toml").expect("valid");
+    assert_eq!(
+        config.server.listen,
+        vec!["127.0.0.1:9080".parse().unwrap()]
+    );
+    assert_eq!(config.upstreams.len(), 2);
+    assert_eq!(
+        config.upstreams[0]
+            .nodes
+            .iter()
+            .map(|n| n.weight)
+            .sum::<u32>(),
+        3
+    );
+    let api = &config.routes[0];
+    assert_eq!(api.paths, vec![PathPattern::Prefix("/api/".into())]);
+    assert_eq!(
+        api.hosts,
+        vec![HostPattern::Exact("api.example.com".into())]
+    );
+    assert_eq!(api.methods, vec!["GET", "POST"]);
+    let kafka = config.routes[1]
+        .plugins
+        .kafka_proxy
+        .as_ref()
+        .expect("plugin");
+    let sasl = kafka.sasl.as_ref().expect("sasl");
+    assert_eq!(sasl.password, "admin-secret");
+    assert!(
+        !format!("{sasl:?}").contains("admin-secret"),
+        "Debug must redact"
+    );
+    assert!(kafka.allows("orders") && kafka.allows("audit-2026") && !kafka.allows("payments"));
+    assert!(config.upstreams[1].tls.as_ref().expect("tls").verify);
+}
+
+#[test]
+fn a_kafka_route_without_the_plugin_gets_default_settings() {
+    let text = r#"
+[[upstreams]]
+id = "k"
+scheme = "kafka"
+nodes = { "127.0.0.1:9092" = 1 }
+[[routes]]
+id = "r"
+uri = "/kafka"
+upstream_id = "k"
+"#;
+    let config = parse(text, "t").expect("valid");
+    assert_eq!(
+        config.routes[0].plugins.kafka_proxy,
+        Some(KafkaProxy::default())
+    );
+}
+
+#[test]
+fn unknown_keys_are_rejected_with_line_and_path() {
+    let p = one_problem(&format!(
+        "{UPSTREAM}\n[[routes]]\nid = \"a\"\nuri = \"/\"\nupstream_id = \"web\"\nprioritty = 3\n"
+    ));
+    assert_eq!(p.key, "routes[0].prioritty");
+    assert!(
+        p.message.contains("unknown field `prioritty`"),
+        "{}",
+        p.message
+    );
+    assert_eq!(p.location.map(|l| l.0), Some(10));
+}
+
+#[test]
+fn an_unknown_plugin_is_named() {
+    let p = one_problem(&format!(
+        "{UPSTREAM}[[routes]]\nid = \"a\"\nuri = \"/\"\nupstream_id = \"web\"\n[routes.plugins.kafka-proxi]\n"
+    ));
+    assert_eq!(p.key, "routes[0].plugins.kafka-proxi");
+    assert!(
+        p.message.contains("unknown field `kafka-proxi`") && p.message.contains("kafka-proxy"),
+        "{}",
+        p.message
+    );
+}
+
+#[test]
+fn duplicate_ids_and_missing_upstreams_are_all_reported() {
+    let text = format!(
+        "{UPSTREAM}{UPSTREAM}[[routes]]\nid = \"a\"\nuri = \"/\"\nupstream_id = \"nope\"\n[[routes]]\nid = \"a\"\nuri = \"/b\"\nupstream_id = \"web\"\n"
+    );
+    let p = problems(&text);
+    assert_eq!(p.len(), 3, "{p:#?}");
+    assert!(
+        p[0].key == "upstreams[1].id" && p[0].message.contains("duplicate upstream id \"web\"")
+    );
+    assert!(
+        p[1].key == "routes[0].upstream_id" && p[1].message.contains("no upstream has id \"nope\"")
+    );
+    assert!(p[1].fix.contains("web"), "the fix lists known upstreams");
+    assert!(p[2].key == "routes[1].id" && p[2].message.contains("duplicate route id"));
+    let shown = parse(&text, "gw.toml").unwrap_err().to_string();
+    assert!(
+        shown.starts_with("gw.toml: 3 configuration errors"),
+        "{shown}"
+    );
+    assert!(shown.contains("gw.toml:6:1: `upstreams[1].id`"), "{shown}");
+}
+
+#[test]
+fn nodes_must_be_host_port_with_a_usable_weight() {
+    let p = one_problem("[[upstreams]]\nid = \"u\"\nnodes = { \"localhost\" = 1 }\n");
+    assert!(
+        p.message.contains("is not host:port (missing `:port`)"),
+        "{}",
+        p.message
+    );
+    let p = one_problem("[[upstreams]]\nid = \"u\"\nnodes = { \"h:99999\" = 1 }\n");
+    assert!(p.message.contains("not a port"), "{}", p.message);
+    let p = one_problem("[[upstreams]]\nid = \"u\"\nnodes = { \"a:1\" = 0, \"b:2\" = 0 }\n");
+    assert!(
+        p.message.contains("every node has weight 0"),
+        "{}",
+        p.message
+    );
+    let p = one_problem("[[upstreams]]\nid = \"u\"\nnodes = { \"a:1\" = -1 }\n");
+    assert!(p.message.contains("-1 is out of range"), "{}", p.message);
+    assert!(parse(
+        "[[upstreams]]\nid = \"u\"\nnodes = { \"[::1]:80\" = 1 }\n",
+        "t"
+    )
+    .is_ok());
+}
+
+#[test]
+fn wrong_types_name_the_expected_type() {
+    let p = one_problem("[server]\nthreads = \"two\"\n");
+    assert_eq!(p.key, "server.threads");
+    assert!(
+        p.message
+            .contains("invalid type: string \"two\", expected i64"),
+        "{}",
+        p.message
+    );
+}
+
+#[test]
+fn a_missing_environment_variable_is_named() {
+    let p = one_problem(&format!(
+        "{UPSTREAM}[[routes]]\nid = \"${{STREAMGATE_SURELY_UNSET_VAR}}\"\nuri = \"/\"\nupstream_id = \"web\"\n"
+    ));
+    assert!(
+        p.message
+            .contains("`STREAMGATE_SURELY_UNSET_VAR` is not set"),
+        "{}",
+        p.message
+    );
+    assert_eq!(p.key, "routes[0].id");
+}
+
+#[test]
+fn route_paths_hosts_and_methods_are_checked() {
+    let route =
+        |extra: &str| format!("{UPSTREAM}[[routes]]\nid = \"a\"\nupstream_id = \"web\"\n{extra}\n");
+    assert!(one_problem(&route("uri = \"api\""))
+        .message
+        .contains("is not a route path"));
+    assert!(one_problem(&route("uri = \"/a*/b\""))
+        .message
+        .contains("is not a route path"));
+    assert!(one_problem(&route("")).message.contains("matches no path"));
+    assert!(one_problem(&route("uri = \"/\"\nhosts = [\"a.*.com\"]"))
+        .message
+        .contains("not a host name"));
+    assert!(one_problem(&route("uri = \"/\"\nmethods = [\"FETCH\"]"))
+        .message
+        .contains("unknown method"));
+    let ok = parse(
+        &route("uris = [\"/x\", \"/y/*\"]\nhosts = [\"*.Example.com\"]\nmethods = [\"get\"]"),
+        "t",
+    )
+    .unwrap();
+    let r = &ok.routes[0];
+    assert_eq!(
+        r.paths,
+        vec![
+            PathPattern::Exact("/x".into()),
+            PathPattern::Prefix("/y/".into())
+        ]
+    );
+    assert_eq!(r.hosts, vec![HostPattern::Wildcard(".example.com".into())]);
+    assert_eq!(r.methods, vec!["GET"]);
+}
+
+#[test]
+fn kafka_proxy_needs_a_kafka_upstream() {
+    let p = one_problem(&format!(
+        "{UPSTREAM}[[routes]]\nid = \"a\"\nuri = \"/\"\nupstream_id = \"web\"\n[routes.plugins.kafka-proxy]\n"
+    ));
+    assert!(
+        p.message.contains("is not a kafka upstream"),
+        "{}",
+        p.message
+    );
+}
+
+#[test]
+fn upstream_options_are_checked() {
+    let up =
+        |extra: &str| format!("[[upstreams]]\nid = \"u\"\nnodes = {{ \"a:1\" = 1 }}\n{extra}\n");
+    assert!(one_problem(&up("type = \"chash\"\nhash_on = \"header\""))
+        .message
+        .contains("needs the header name"));
+    assert!(one_problem(&up("pass_host = \"rewrite\""))
+        .message
+        .contains("needs upstream_host"));
+    assert!(one_problem(&up("[upstreams.tls]\nverify = false"))
+        .message
+        .contains("on an http upstream"));
+    assert!(one_problem(&up("timeout = { connect = -1 }"))
+        .message
+        .contains("not a usable number of seconds"));
+    let p = one_problem(&up(
+        "scheme = \"https\"\n[upstreams.tls]\nca_file = \"/definitely/not/here.pem\"",
+    ));
+    assert_eq!(p.key, "upstreams[0].tls.ca_file");
+    let ok = parse(&up("type = \"chash\"\nhash_on = \"header\"\nkey = \"X-User\"\n[upstreams.health_check]\npath = \"/healthz\"\ninterval_seconds = 0.5"), "t").unwrap();
+    assert_eq!(
+        ok.upstreams[0].balance,
+        Balance::Chash(HashOn::Header("x-user".into()))
+    );
+    assert_eq!(
+        ok.upstreams[0].health_check.as_ref().unwrap().interval,
+        std::time::Duration::from_millis(500)
+    );
+}
+
+#[test]
+fn broken_toml_syntax_has_a_position() {
+    let p = one_problem("[server\nthreads = 2\n");
+    assert_eq!(p.location.map(|l| l.0), Some(1));
+}
+
+// The plugin config check cases of the contract (APISIX's kafka-proxy schema tests).
+
+#[test]
+fn kafka_proxy_empty_table_is_valid() {
+    assert_eq!(check_kafka_proxy("").expect("valid"), KafkaProxy::default());
+}
+
+#[test]
+fn kafka_proxy_sasl_with_username_and_password_is_valid() {
+    let k = check_kafka_proxy("sasl = { username = \"admin\", password = \"admin-secret\" }")
+        .expect("valid");
+    assert_eq!(k.sasl.expect("sasl").mechanism, SaslMechanism::Plain);
+}
+
+#[test]
+fn kafka_proxy_sasl_without_password_names_sasl_password() {
+    let e = check_kafka_proxy("sasl = { username = \"admin\" }").unwrap_err();
+    assert_eq!(e.problems[0].key, "sasl.password");
+    assert!(
+        e.to_string()
+            .contains("`sasl.password`: required key `password` is missing"),
+        "{e}"
+    );
+}
+
+#[test]
+fn kafka_proxy_numeric_password_names_the_expected_type() {
+    let e = check_kafka_proxy("sasl = { username = \"admin\", password = 1234 }").unwrap_err();
+    assert_eq!(e.problems[0].key, "sasl.password");
+    assert!(
+        e.problems[0]
+            .message
+            .contains("invalid type: integer `1234`, expected a string"),
+        "{e}"
+    );
+}
+
+#[test]
+fn kafka_proxy_limits_and_allow_list_are_checked() {
+    assert!(check_kafka_proxy("max_frame_bytes = 10")
+        .unwrap_err()
+        .to_string()
+        .contains("max_frame_bytes"));
+    assert!(check_kafka_proxy("topics = []")
+        .unwrap_err()
+        .to_string()
+        .contains("forbids every topic"));
+    assert!(check_kafka_proxy("topics = [\"a*b\"]")
+        .unwrap_err()
+        .to_string()
+        .contains("not a topic name"));
+    let e =
+        check_kafka_proxy("sasl = { mechanism = \"GSSAPI\", username = \"a\", password = \"b\" }")
+            .unwrap_err();
+    assert!(e.to_string().contains("unknown SASL mechanism"), "{e}");
+    let k = check_kafka_proxy("sasl = { mechanism = \"scram-sha-512\", username = \"a\", password = \"b\" }\nfetch_max_wait_ms = 0").unwrap();
+    assert_eq!(k.sasl.unwrap().mechanism, SaslMechanism::ScramSha512);
+    assert_eq!(k.fetch_max_wait, std::time::Duration::ZERO);
+}
