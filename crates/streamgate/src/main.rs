@@ -1,1 +1,77 @@
-fn main() {}
+//! `streamgate`: run the gateway, or check a configuration file.
+#![deny(rust_2018_idioms, unsafe_code)]
+
+use clap::Parser;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use streamgate_config::model::LogFormat;
+
+/// An edge proxy on Pingora: HTTP routes, and Kafka topics over WebSocket.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Cli {
+    /// The configuration file.
+    #[arg(short = 'c', long = "config", default_value = "conf/streamgate.toml")]
+    config: PathBuf,
+    /// Check the configuration (including TLS files and node names) and exit.
+    #[arg(short = 't', long = "test")]
+    test: bool,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let config = match streamgate_config::load(&cli.config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(1);
+        }
+    };
+    if cli.test {
+        return match streamgate::server::prepare(&config) {
+            Ok(_) => {
+                println!(
+                    "{}: ok ({} listeners, {} upstreams, {} routes)",
+                    cli.config.display(),
+                    config.server.listen.len() + config.server.tls_listen.len(),
+                    config.upstreams.len(),
+                    config.routes.len()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{}: {e}", cli.config.display());
+                ExitCode::from(1)
+            }
+        };
+    }
+    init_logging(config.server.log_format);
+    let server = match streamgate::server::build(&config) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!("{}: {e}", cli.config.display());
+            return ExitCode::from(1);
+        }
+    };
+    tracing::info!(
+        config = %cli.config.display(),
+        listen = ?config.server.listen,
+        tls_listen = ?config.server.tls_listen.iter().map(|l| l.address).collect::<Vec<_>>(),
+        routes = config.routes.len(),
+        "streamgate {} started",
+        env!("CARGO_PKG_VERSION")
+    );
+    server.run_forever()
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("STREAMGATE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+}

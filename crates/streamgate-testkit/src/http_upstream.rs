@@ -1,0 +1,201 @@
+//! A real HTTP/1.1 upstream server (hyper) for proxying tests.
+//!
+//! Routes: `/healthz` (200, or 503 after `set_healthy(false)`), `/sleep/MS` (answers after MS
+//! milliseconds), `/bytes/N` (streams N bytes), `POST /count` (answers how many body bytes it
+//! read), anything else: JSON naming the server, the method, the path and the request headers.
+
+use crate::tls::TestCa;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Body, Frame, Incoming};
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+/// A running upstream; stops when dropped.
+#[derive(Debug)]
+pub struct Upstream {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    state: Arc<State>,
+    task: JoinHandle<()>,
+}
+
+#[derive(Debug)]
+struct State {
+    name: String,
+    healthy: AtomicBool,
+    hits: AtomicUsize,
+}
+
+impl Upstream {
+    /// A plain HTTP upstream named `name` on a free loopback port.
+    pub async fn start(name: &str) -> Upstream {
+        Self::start_inner(name, None).await
+    }
+
+    /// An HTTPS upstream presenting `ca`'s server certificate.
+    pub async fn start_tls(name: &str, ca: &TestCa) -> Upstream {
+        Self::start_inner(
+            name,
+            Some(tokio_rustls::TlsAcceptor::from(
+                ca.server_config(&[b"http/1.1"]),
+            )),
+        )
+        .await
+    }
+
+    async fn start_inner(name: &str, tls: Option<tokio_rustls::TlsAcceptor>) -> Upstream {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind upstream");
+        let addr = listener.local_addr().expect("local addr");
+        let state = Arc::new(State {
+            name: name.to_string(),
+            healthy: AtomicBool::new(true),
+            hits: AtomicUsize::new(0),
+        });
+        let shared = Arc::clone(&state);
+        let task = tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let state = Arc::clone(&shared);
+                let tls = tls.clone();
+                tokio::spawn(async move {
+                    let service =
+                        hyper::service::service_fn(move |req| handle(Arc::clone(&state), req));
+                    let builder = hyper::server::conn::http1::Builder::new();
+                    match tls {
+                        None => {
+                            let _ = builder
+                                .serve_connection(TokioIo::new(tcp), service)
+                                .with_upgrades()
+                                .await;
+                        }
+                        Some(acceptor) => {
+                            if let Ok(stream) = acceptor.accept(tcp).await {
+                                let _ = builder
+                                    .serve_connection(TokioIo::new(stream), service)
+                                    .await;
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        Upstream { addr, state, task }
+    }
+
+    /// Makes `/healthz` answer 200 (true) or 503 (false).
+    pub fn set_healthy(&self, healthy: bool) {
+        self.state.healthy.store(healthy, Ordering::SeqCst);
+    }
+
+    /// Requests served, `/healthz` not counted.
+    pub fn hits(&self) -> usize {
+        self.state.hits.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+type BoxBody = http_body_util::combinators::BoxBody<Bytes, Infallible>;
+
+async fn handle(
+    state: Arc<State>,
+    req: Request<Incoming>,
+) -> Result<Response<BoxBody>, Infallible> {
+    let path = req.uri().path().to_string();
+    if path == "/healthz" {
+        let ok = state.healthy.load(Ordering::SeqCst);
+        return Ok(text(
+            if ok { 200 } else { 503 },
+            if ok { "ok" } else { "unhealthy" },
+        ));
+    }
+    state.hits.fetch_add(1, Ordering::SeqCst);
+    if let Some(ms) = path
+        .strip_prefix("/sleep/")
+        .and_then(|m| m.parse::<u64>().ok())
+    {
+        tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+        return Ok(text(200, &state.name));
+    }
+    if let Some(n) = path
+        .strip_prefix("/bytes/")
+        .and_then(|m| m.parse::<u64>().ok())
+    {
+        let mut resp = Response::new(Repeat { left: n }.boxed());
+        resp.headers_mut().insert("content-length", n.into());
+        return Ok(resp);
+    }
+    if path == "/count" {
+        let mut body = req.into_body();
+        let mut count = 0u64;
+        while let Some(frame) = body.frame().await {
+            match frame {
+                Ok(f) => count += f.data_ref().map_or(0, |d| d.len() as u64),
+                Err(_) => return Ok(text(400, "broken body")),
+            }
+        }
+        return Ok(text(200, &count.to_string()));
+    }
+    let headers: serde_json::Map<String, serde_json::Value> = req
+        .headers()
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.to_string(),
+                serde_json::Value::String(v.to_str().unwrap_or("").to_string()),
+            )
+        })
+        .collect();
+    let body = serde_json::json!({
+        "name": state.name,
+        "method": req.method().as_str(),
+        "path": req.uri().to_string(),
+        "headers": headers,
+    });
+    let mut resp = Response::new(Full::new(Bytes::from(body.to_string())).boxed());
+    resp.headers_mut()
+        .insert("content-type", "application/json".parse().expect("header"));
+    Ok(resp)
+}
+
+fn text(status: u16, body: &str) -> Response<BoxBody> {
+    let mut resp = Response::new(Full::new(Bytes::from(body.to_string())).boxed());
+    *resp.status_mut() = hyper::StatusCode::from_u16(status).expect("status");
+    resp
+}
+
+/// A body of `left` bytes, made 64 KiB at a time as the client reads.
+struct Repeat {
+    left: u64,
+}
+
+impl Body for Repeat {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        if self.left == 0 {
+            return Poll::Ready(None);
+        }
+        let n = self.left.min(64 * 1024);
+        self.left -= n;
+        Poll::Ready(Some(Ok(Frame::data(Bytes::from(vec![b'x'; n as usize])))))
+    }
+}

@@ -1,0 +1,39 @@
+//! The admin listener: liveness and readiness for load balancers and orchestrators.
+//!
+//! Bound only where `[admin] listen` says (loopback in the shipped config). `/healthz` answers
+//! 200 while the process runs; `/readyz` answers 200 once the configuration is loaded and the
+//! listeners are up, which is the case whenever this service runs.
+
+use crate::pubsub::PubSub;
+use async_trait::async_trait;
+use http::Response;
+use pingora::apps::http_app::ServeHttp;
+use pingora::protocols::http::ServerSession;
+use std::sync::Arc;
+
+/// Serves `/healthz` and `/readyz`.
+#[derive(Debug)]
+pub struct AdminApp {
+    /// For the session count in `/readyz`.
+    pub pubsub: Arc<PubSub>,
+}
+
+#[async_trait]
+impl ServeHttp for AdminApp {
+    async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        let (status, body) = match session.req_header().uri.path() {
+            "/healthz" => (200, "ok\n".to_string()),
+            "/readyz" => (
+                200,
+                format!("ready\npubsub_sessions {}\n", self.pubsub.active_sessions()),
+            ),
+            _ => (404, "not found: try /healthz or /readyz\n".to_string()),
+        };
+        Response::builder()
+            .status(status)
+            .header("content-type", "text/plain; charset=utf-8")
+            .header("content-length", body.len())
+            .body(body.into_bytes())
+            .unwrap_or_default()
+    }
+}

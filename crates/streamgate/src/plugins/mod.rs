@@ -1,0 +1,56 @@
+//! Route plugins: per-route behaviour that runs at fixed phases of a request.
+//!
+//! Each route has an ordered list of plugins built from its `[routes.plugins.NAME]` tables at
+//! start-up. A plugin reads the request and puts its checked settings on the per-request context
+//! ([`RequestCtx`]), where the proxy or the pub/sub session picks them up; it can also answer the
+//! request itself. Phases mirror Pingora's `ProxyHttp`, and every method has a no-op default so a
+//! plugin implements only what it uses.
+
+mod kafka_proxy;
+
+pub use kafka_proxy::KafkaProxyPlugin;
+
+use crate::proxy::RequestCtx;
+use async_trait::async_trait;
+use pingora::http::RequestHeader;
+use pingora::proxy::Session;
+use std::sync::Arc;
+use streamgate_config::model::Route;
+
+/// A route plugin.
+#[async_trait]
+pub trait Plugin: Send + Sync + std::fmt::Debug {
+    /// The name used in the config file, e.g. `kafka-proxy`.
+    fn name(&self) -> &'static str;
+
+    /// Runs once the route matched, before the request is proxied or upgraded to pub/sub, in the
+    /// route's plugin order.
+    ///
+    /// It may read the request and put settings on `ctx`. If it sends a response itself (to
+    /// refuse the request, say), it returns `Ok(true)` and no later plugin or phase runs;
+    /// `Ok(false)` lets the request go on.
+    async fn access(&self, _session: &mut Session, _ctx: &mut RequestCtx) -> pingora::Result<bool> {
+        Ok(false)
+    }
+
+    /// Runs just before an HTTP request is sent to the upstream node (not for pub/sub routes).
+    ///
+    /// It may change the request headers that the node receives.
+    async fn before_proxy(
+        &self,
+        _session: &mut Session,
+        _upstream_request: &mut RequestHeader,
+        _ctx: &mut RequestCtx,
+    ) -> pingora::Result<()> {
+        Ok(())
+    }
+}
+
+/// The plugins a route turns on, in the order they run.
+pub fn for_route(route: &Route) -> Vec<Arc<dyn Plugin>> {
+    let mut plugins: Vec<Arc<dyn Plugin>> = Vec::new();
+    if let Some(settings) = &route.plugins.kafka_proxy {
+        plugins.push(Arc::new(KafkaProxyPlugin::new(settings.clone())));
+    }
+    plugins
+}

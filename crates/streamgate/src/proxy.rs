@@ -1,0 +1,402 @@
+//! The gateway's one `ProxyHttp` implementation: the request path of every request.
+//!
+//! ```text
+//!   request ─▶ request_filter: path check ─▶ route match ─▶ route plugins (settings on ctx)
+//!                   │                              │ none: 404
+//!                   │ kafka upstream               ▼ http/https upstream
+//!                   ▼                        upstream_peer: pick a healthy node (retries skip
+//!          pubsub::serve: 101 + detached           nodes already tried)
+//!          session, or 400                         ▼
+//!                                            upstream_request_filter: X-Forwarded-*, Host,
+//!                                            plugins' before_proxy
+//!                                                  ▼
+//!                                            streamed response ─▶ logging: access log line
+//! ```
+//!
+//! Errors never panic the process: a failed upstream is a 502 (or 504 on a timeout) with a JSON
+//! body, and a log line naming the route, upstream and node.
+
+use crate::plugins::Plugin;
+use crate::pubsub::{KafkaCluster, KafkaRoute, PubSub};
+use crate::router::{is_routable_path, Router};
+use crate::upstream::HttpUpstream;
+use async_trait::async_trait;
+use bytes::Bytes;
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::prelude::HttpPeer;
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::{Error, ErrorSource, ErrorType};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+use streamgate_config::model::{Balance, HashOn, KafkaProxy, Route};
+
+/// Where a route sends matching requests.
+#[derive(Debug)]
+pub enum Target {
+    /// Proxied to HTTP(S) nodes.
+    Http(Arc<HttpUpstream>),
+    /// Served as a pub/sub WebSocket against Kafka brokers.
+    Kafka(Arc<KafkaCluster>),
+}
+
+/// A route ready to serve: its settings, plugins and target.
+#[derive(Debug)]
+pub struct RouteRuntime {
+    /// The checked route.
+    pub config: Arc<Route>,
+    /// Its plugins, in the order they run.
+    pub plugins: Vec<Arc<dyn Plugin>>,
+    /// Where it sends requests.
+    pub target: Target,
+}
+
+/// Per-request state, shared by every phase and by the route's plugins.
+#[derive(Debug)]
+pub struct RequestCtx {
+    /// When the request arrived.
+    pub started: Instant,
+    /// The matched route.
+    pub route: Option<Arc<RouteRuntime>>,
+    /// Set by the `kafka-proxy` plugin: the route's Kafka settings.
+    pub kafka: Option<Arc<KafkaProxy>>,
+    /// Upstream nodes tried so far, the current one last.
+    pub tried: Vec<SocketAddr>,
+    /// A status the gateway answered itself (101, 400, 404) where Pingora records none.
+    pub status: Option<u16>,
+}
+
+/// The gateway: route table, upstreams and the pub/sub side.
+#[derive(Debug)]
+pub struct Gateway {
+    router: Router,
+    routes: Vec<Arc<RouteRuntime>>,
+    pubsub: Arc<PubSub>,
+}
+
+impl Gateway {
+    /// A gateway over routes given in file order (`routes[i].config.index == i`).
+    pub fn new(routes: Vec<Arc<RouteRuntime>>, pubsub: Arc<PubSub>) -> Self {
+        let router = Router::new(routes.iter().map(|r| Arc::clone(&r.config)).collect());
+        Self {
+            router,
+            routes,
+            pubsub,
+        }
+    }
+
+    fn http_upstream(ctx: &RequestCtx) -> Option<&Arc<HttpUpstream>> {
+        match &ctx.route.as_ref()?.target {
+            Target::Http(u) => Some(u),
+            Target::Kafka(_) => None,
+        }
+    }
+}
+
+/// Sends a complete JSON error response `{"error_msg": message}`.
+pub async fn respond_json(
+    session: &mut Session,
+    status: u16,
+    message: &str,
+) -> pingora::Result<()> {
+    let body = serde_json::json!({ "error_msg": message }).to_string();
+    let mut resp = ResponseHeader::build(status, Some(3))?;
+    resp.insert_header("content-type", "application/json")?;
+    resp.insert_header("content-length", body.len().to_string())?;
+    session.write_response_header(Box::new(resp), false).await?;
+    session
+        .write_response_body(Some(Bytes::from(body)), true)
+        .await?;
+    Ok(())
+}
+
+fn client_ip(session: &Session) -> Option<std::net::IpAddr> {
+    session
+        .client_addr()
+        .and_then(|a| a.as_inet())
+        .map(|a| a.ip())
+}
+
+fn request_host(req: &RequestHeader) -> Option<&str> {
+    req.headers
+        .get(http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| req.uri.host())
+}
+
+fn hash_key(session: &Session, balance: &Balance) -> Vec<u8> {
+    let req = session.req_header();
+    match balance {
+        Balance::RoundRobin => Vec::new(),
+        Balance::Chash(HashOn::RemoteAddr) => client_ip(session)
+            .map(|ip| ip.to_string().into_bytes())
+            .unwrap_or_default(),
+        Balance::Chash(HashOn::Uri) => req
+            .uri
+            .path_and_query()
+            .map(|p| p.as_str().as_bytes().to_vec())
+            .unwrap_or_default(),
+        Balance::Chash(HashOn::Header(name)) => req
+            .headers
+            .get(name.as_str())
+            .map(|v| v.as_bytes().to_vec())
+            .unwrap_or_default(),
+        Balance::Chash(HashOn::Cookie(name)) => req
+            .headers
+            .get_all(http::header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(';'))
+            .filter_map(|pair| pair.trim().split_once('='))
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_bytes().to_vec())
+            .unwrap_or_default(),
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for Gateway {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> RequestCtx {
+        RequestCtx {
+            started: Instant::now(),
+            route: None,
+            kafka: None,
+            tried: Vec::new(),
+            status: None,
+        }
+    }
+
+    /// Matches the route and runs its plugins; answers 400/404 itself, and hands pub/sub routes
+    /// to the WebSocket session (which always answers). `Ok(false)` means "proxy it".
+    async fn request_filter(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> pingora::Result<bool> {
+        let req = session.req_header();
+        let path = req.uri.path();
+        if !is_routable_path(path) {
+            ctx.status = Some(400);
+            respond_json(
+                session,
+                400,
+                "400 Bad Request: the path has `.` or `..` segments",
+            )
+            .await?;
+            return Ok(true);
+        }
+        let found = self
+            .router
+            .find(request_host(req), req.method.as_str(), path)
+            .and_then(|r| self.routes.get(r.index))
+            .cloned();
+        let Some(route) = found else {
+            ctx.status = Some(404);
+            respond_json(session, 404, "404 Route Not Found").await?;
+            return Ok(true);
+        };
+        ctx.route = Some(Arc::clone(&route));
+        for plugin in &route.plugins {
+            if plugin.access(session, ctx).await? {
+                return Ok(true);
+            }
+        }
+        match &route.target {
+            Target::Http(_) => Ok(false),
+            Target::Kafka(cluster) => {
+                let settings = ctx.kafka.clone().unwrap_or_default();
+                let kafka_route = KafkaRoute {
+                    route_id: route.config.id.as_str().into(),
+                    pool: Arc::clone(&self.pubsub.pool),
+                    cluster: Arc::clone(cluster),
+                    settings,
+                };
+                self.pubsub.serve(session, ctx, kafka_route).await
+            }
+        }
+    }
+
+    /// Picks a healthy node not yet tried for this request.
+    async fn upstream_peer(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> pingora::Result<Box<HttpPeer>> {
+        let Some(upstream) = Self::http_upstream(ctx) else {
+            return Err(Error::explain(
+                ErrorType::InternalError,
+                "no HTTP upstream for this request",
+            ));
+        };
+        let key = hash_key(session, &upstream.config.balance);
+        let Some(addr) = upstream.select(&key, &ctx.tried) else {
+            let what = if ctx.tried.is_empty() {
+                "no healthy node"
+            } else {
+                "no other healthy node to retry on"
+            };
+            return Err(Error::create(
+                ErrorType::ConnectNoRoute,
+                ErrorSource::Upstream,
+                Some(format!("upstream {}: {what}", upstream.config.id).into()),
+                None,
+            ));
+        };
+        let peer = upstream.peer(addr);
+        ctx.tried.push(addr);
+        Ok(Box::new(peer))
+    }
+
+    /// Connecting failed: retry on another node while the upstream's `retries` allow.
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        peer: &HttpPeer,
+        ctx: &mut RequestCtx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        if let Some(upstream) = Self::http_upstream(ctx) {
+            tracing::warn!(
+                route = ctx.route.as_ref().map(|r| r.config.id.as_str()).unwrap_or(""),
+                upstream = %upstream.config.id,
+                node = %peer._address,
+                error = %e,
+                "connecting to the upstream node failed"
+            );
+            if ctx.tried.len() <= upstream.config.retries {
+                e.set_retry(true);
+            }
+        }
+        e
+    }
+
+    /// Sets forwarding headers and the Host policy, then runs the plugins' `before_proxy`.
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream_request: &mut RequestHeader,
+        ctx: &mut RequestCtx,
+    ) -> pingora::Result<()> {
+        let original_host = request_host(session.req_header()).map(str::to_string);
+        if let Some(ip) = client_ip(session) {
+            let ip = ip.to_string();
+            let forwarded_for = match session
+                .req_header()
+                .headers
+                .get("x-forwarded-for")
+                .and_then(|v| v.to_str().ok())
+            {
+                Some(prior) if !prior.trim().is_empty() => format!("{prior}, {ip}"),
+                _ => ip.clone(),
+            };
+            upstream_request.insert_header("x-forwarded-for", forwarded_for)?;
+            upstream_request.insert_header("x-real-ip", ip)?;
+        }
+        let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
+        upstream_request.insert_header("x-forwarded-proto", if tls { "https" } else { "http" })?;
+        if let Some(host) = &original_host {
+            upstream_request.insert_header("x-forwarded-host", host.as_str())?;
+        }
+        if let (Some(upstream), Some(node)) = (Self::http_upstream(ctx), ctx.tried.last()) {
+            if let Some(host) = upstream.host_header(node) {
+                upstream_request.insert_header(http::header::HOST, host)?;
+            }
+        }
+        if let Some(route) = ctx.route.clone() {
+            for plugin in &route.plugins {
+                plugin.before_proxy(session, upstream_request, ctx).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Answers a failed proxy attempt: 504 for upstream timeouts, 502 for other upstream
+    /// failures, each with a JSON body; logs the route, upstream and node.
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut RequestCtx,
+    ) -> FailToProxy {
+        use ErrorType::*;
+        let code = match (e.esource(), e.etype()) {
+            (_, HTTPStatus(code)) => *code,
+            (
+                ErrorSource::Upstream,
+                ConnectTimedout | ReadTimedout | WriteTimedout | TLSHandshakeTimedout,
+            ) => 504,
+            (ErrorSource::Upstream, _) => 502,
+            (ErrorSource::Downstream, ReadError | WriteError | ConnectionClosed) => 0,
+            (ErrorSource::Downstream, ReadTimedout) => 408,
+            (ErrorSource::Downstream, _) => 400,
+            (ErrorSource::Internal | ErrorSource::Unset, _) => 500,
+        };
+        let route = ctx
+            .route
+            .as_ref()
+            .map(|r| r.config.id.as_str())
+            .unwrap_or("");
+        let upstream = Self::http_upstream(ctx)
+            .map(|u| u.config.id.as_str())
+            .unwrap_or("");
+        let node = ctx.tried.last().map(|a| a.to_string()).unwrap_or_default();
+        if code >= 500 {
+            tracing::error!(route, upstream, node, status = code, error = %e, "proxying failed");
+        } else {
+            tracing::debug!(route, upstream, node, status = code, error = %e, "client side of the request failed");
+        }
+        if code > 0 && session.response_written().is_none() {
+            let message = match code {
+                502 => "502 Bad Gateway",
+                504 => "504 Gateway Timeout",
+                408 => "408 Request Timeout",
+                400 => "400 Bad Request",
+                _ => "500 Internal Server Error",
+            };
+            if let Err(write) = respond_json(session, code, message).await {
+                tracing::debug!(error = %write, "could not send the error response");
+            }
+            ctx.status = Some(code);
+        }
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
+    }
+
+    /// Our own log lines replace Pingora's per-error log.
+    fn suppress_error_log(&self, _session: &Session, _ctx: &RequestCtx, _error: &Error) -> bool {
+        true
+    }
+
+    /// Writes the access log line.
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
+        let req = session.req_header();
+        let status = session
+            .response_written()
+            .map(|r| r.status.as_u16())
+            .or(ctx.status)
+            .unwrap_or(0);
+        let upstream = ctx.route.as_ref().map(|r| match &r.target {
+            Target::Http(u) => u.config.id.as_str(),
+            Target::Kafka(k) => k.upstream_id.as_str(),
+        });
+        tracing::info!(
+            target: "streamgate::access",
+            client = %client_ip(session).map(|i| i.to_string()).unwrap_or_default(),
+            method = %req.method,
+            uri = %req.uri,
+            host = request_host(req).unwrap_or(""),
+            route = ctx.route.as_ref().map(|r| r.config.id.as_str()).unwrap_or("-"),
+            upstream = upstream.unwrap_or("-"),
+            node = %ctx.tried.last().map(|a| a.to_string()).unwrap_or_else(|| "-".into()),
+            status,
+            bytes = session.body_bytes_sent(),
+            duration_ms = ctx.started.elapsed().as_secs_f64() * 1000.0,
+            error = e.map(|e| e.to_string()).unwrap_or_default(),
+            "access"
+        );
+    }
+}

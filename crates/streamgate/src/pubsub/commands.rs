@@ -1,0 +1,236 @@
+//! The Kafka commands: list offset and fetch, with Kafka's semantics even where a broker is
+//! sloppy (a fetch beyond the high watermark is `OFFSET_OUT_OF_RANGE`; a timestamp later than
+//! every record is -1), the route's allow-list applied before Kafka is asked, and fetch answers
+//! that never exceed the route's frame limit.
+
+use super::failure::KafkaFailure;
+use super::kafka_pool::{KafkaCluster, KafkaPool};
+use bytes::Bytes;
+use prost::Message as _;
+use rskafka::chrono::{TimeZone, Utc};
+use rskafka::client::partition::OffsetAt;
+use std::sync::Arc;
+use std::time::Duration;
+use streamgate_config::model::KafkaProxy;
+use streamgate_protocol::{
+    pub_sub_resp::Resp, CmdKafkaFetch, CmdKafkaListOffset, ErrorCode, KafkaFetchResp, KafkaHeader,
+    KafkaListOffsetResp, KafkaMessage, PubSubResp,
+};
+
+/// Room kept in every frame for the response envelope (sequence, tags, high watermark).
+const ENVELOPE_BYTES: usize = 40;
+
+/// What a session's Kafka commands run against.
+#[derive(Debug, Clone)]
+pub struct KafkaRoute {
+    /// The route id (for logs).
+    pub route_id: Arc<str>,
+    /// Shared clients.
+    pub pool: Arc<KafkaPool>,
+    /// The upstream's brokers and TLS.
+    pub cluster: Arc<KafkaCluster>,
+    /// The route's kafka-proxy settings.
+    pub settings: Arc<KafkaProxy>,
+}
+
+/// Answers a list-offset command.
+pub async fn list_offset(route: &KafkaRoute, sequence: i64, cmd: CmdKafkaListOffset) -> PubSubResp {
+    match list_offset_inner(route, &cmd).await {
+        Ok(offset) => PubSubResp {
+            sequence,
+            resp: Some(Resp::KafkaListOffsetResp(KafkaListOffsetResp { offset })),
+        },
+        Err(f) => failed(sequence, "list offset", &cmd.topic, cmd.partition, f),
+    }
+}
+
+/// Answers a fetch command.
+pub async fn fetch(route: &KafkaRoute, sequence: i64, cmd: CmdKafkaFetch) -> PubSubResp {
+    match fetch_inner(route, &cmd).await {
+        Ok(resp) => PubSubResp {
+            sequence,
+            resp: Some(Resp::KafkaFetchResp(resp)),
+        },
+        Err(f) => failed(sequence, "fetch message", &cmd.topic, cmd.partition, f),
+    }
+}
+
+fn failed(sequence: i64, what: &str, topic: &str, partition: i32, f: KafkaFailure) -> PubSubResp {
+    PubSubResp::error(
+        sequence,
+        f.code,
+        format!(
+            "failed to {what}, topic: {topic}, partition: {partition}, err: {}",
+            f.reason
+        ),
+    )
+}
+
+fn check_target(route: &KafkaRoute, topic: &str, partition: i32) -> Result<(), KafkaFailure> {
+    if topic.is_empty() {
+        return Err(KafkaFailure::new(ErrorCode::BadRequest, "topic is empty"));
+    }
+    if !route.settings.allows(topic) {
+        return Err(KafkaFailure::new(
+            ErrorCode::Forbidden,
+            "forbidden: the topic is not in this route's allow-list",
+        ));
+    }
+    if partition < 0 {
+        return Err(KafkaFailure::new(
+            ErrorCode::NotFound,
+            "not found partition",
+        ));
+    }
+    Ok(())
+}
+
+async fn list_offset_inner(
+    route: &KafkaRoute,
+    cmd: &CmdKafkaListOffset,
+) -> Result<i64, KafkaFailure> {
+    check_target(route, &cmd.topic, cmd.partition)?;
+    let at = match cmd.timestamp {
+        -1 => OffsetAt::Latest,
+        -2 => OffsetAt::Earliest,
+        ms if ms >= 0 => match Utc.timestamp_millis_opt(ms).single() {
+            Some(t) => OffsetAt::Timestamp(t),
+            None => return Err(invalid_timestamp(ms)),
+        },
+        ms => return Err(invalid_timestamp(ms)),
+    };
+    let timeout = route.settings.socket_timeout;
+    let pc = route
+        .pool
+        .partition(
+            &route.cluster,
+            route.settings.sasl.as_ref(),
+            &cmd.topic,
+            cmd.partition,
+            timeout,
+        )
+        .await?;
+    let offset = kafka_call(timeout, pc.get_offset(at)).await?;
+    if cmd.timestamp < 0 || offset < 0 {
+        return Ok(offset);
+    }
+    // Kafka answers -1 when no record is that late; some brokers answer an offset whose record
+    // is older than asked. Read the record there and check.
+    let (records, high_watermark) =
+        kafka_call(timeout, pc.fetch_records(offset, 1..64 * 1024, 0)).await?;
+    let first_late_enough = records
+        .iter()
+        .find(|r| r.offset >= offset && r.record.timestamp.timestamp_millis() >= cmd.timestamp);
+    Ok(match first_late_enough {
+        Some(r) => r.offset,
+        None if records
+            .last()
+            .is_none_or(|r| r.offset + 1 >= high_watermark) =>
+        {
+            -1
+        }
+        None => offset,
+    })
+}
+
+fn invalid_timestamp(ms: i64) -> KafkaFailure {
+    KafkaFailure::new(
+        ErrorCode::BadRequest,
+        format!("invalid timestamp {ms}: use -1 (latest), -2 (earliest) or milliseconds since the epoch"),
+    )
+}
+
+async fn kafka_call<T>(
+    timeout: Duration,
+    call: impl std::future::Future<Output = Result<T, rskafka::client::error::Error>>,
+) -> Result<T, KafkaFailure> {
+    match tokio::time::timeout(timeout, call).await {
+        Ok(result) => result.map_err(|e| KafkaFailure::from_kafka(&e)),
+        Err(_) => Err(KafkaFailure::timeout(timeout)),
+    }
+}
+
+fn out_of_range() -> KafkaFailure {
+    KafkaFailure::new(ErrorCode::KafkaError, "OFFSET_OUT_OF_RANGE")
+}
+
+async fn fetch_inner(
+    route: &KafkaRoute,
+    cmd: &CmdKafkaFetch,
+) -> Result<KafkaFetchResp, KafkaFailure> {
+    check_target(route, &cmd.topic, cmd.partition)?;
+    let s = &route.settings;
+    if cmd.offset < 0 {
+        return Err(out_of_range());
+    }
+    let frame_budget = s.max_frame_bytes.saturating_sub(ENVELOPE_BYTES);
+    let mut max_bytes = s.fetch_max_bytes.min(frame_budget);
+    if cmd.max_bytes > 0 {
+        max_bytes = max_bytes.min(cmd.max_bytes as usize);
+    }
+    let mut wait = s.fetch_max_wait;
+    if cmd.max_wait_ms > 0 {
+        wait = wait.min(Duration::from_millis(cmd.max_wait_ms as u64));
+    }
+    let pc = route
+        .pool
+        .partition(
+            &route.cluster,
+            s.sasl.as_ref(),
+            &cmd.topic,
+            cmd.partition,
+            s.socket_timeout,
+        )
+        .await?;
+    let max_bytes = i32::try_from(max_bytes.max(1)).unwrap_or(i32::MAX);
+    let wait_ms = i32::try_from(wait.as_millis()).unwrap_or(i32::MAX);
+    let (records, high_watermark) = kafka_call(
+        s.socket_timeout + wait,
+        pc.fetch_records(cmd.offset, 1..max_bytes, wait_ms),
+    )
+    .await?;
+    if records.is_empty() && cmd.offset > high_watermark {
+        return Err(out_of_range());
+    }
+    let mut messages = Vec::with_capacity(records.len());
+    let mut used = 0usize;
+    for r in records.into_iter().filter(|r| r.offset >= cmd.offset) {
+        let record = r.record;
+        let message = KafkaMessage {
+            offset: r.offset,
+            timestamp: record.timestamp.timestamp_millis(),
+            key: record.key.map(Bytes::from).unwrap_or_default(),
+            value: record.value.map(Bytes::from).unwrap_or_default(),
+            headers: record
+                .headers
+                .into_iter()
+                .map(|(key, value)| KafkaHeader {
+                    key,
+                    value: Bytes::from(value),
+                })
+                .collect(),
+        };
+        let len = message.encoded_len();
+        let framed = 1 + prost::encoding::encoded_len_varint(len as u64) + len;
+        if used + framed > frame_budget {
+            if messages.is_empty() {
+                return Err(KafkaFailure::new(
+                    ErrorCode::TooLarge,
+                    format!(
+                        "record at offset {} needs {} bytes, more than this route's max_frame_bytes of {}",
+                        message.offset,
+                        framed + ENVELOPE_BYTES,
+                        s.max_frame_bytes
+                    ),
+                ));
+            }
+            break;
+        }
+        used += framed;
+        messages.push(message);
+    }
+    Ok(KafkaFetchResp {
+        messages,
+        high_watermark,
+    })
+}

@@ -1,0 +1,132 @@
+//! Turning Kafka client errors into the contract's error classes and plain descriptions.
+
+use rskafka::client::error::{Error as KafkaError, ProtocolError};
+use std::time::Duration;
+use streamgate_protocol::ErrorCode;
+
+/// A failed Kafka operation: its class and the `err:` text of the error message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KafkaFailure {
+    /// The error class sent as `ErrorResp.code`.
+    pub code: ErrorCode,
+    /// What happened, e.g. `not found topic` or `OFFSET_OUT_OF_RANGE`.
+    pub reason: String,
+}
+
+impl KafkaFailure {
+    /// A failure with a fixed class and reason.
+    pub fn new(code: ErrorCode, reason: impl Into<String>) -> Self {
+        Self {
+            code,
+            reason: reason.into(),
+        }
+    }
+
+    /// The brokers did not answer in time.
+    pub fn timeout(after: Duration) -> Self {
+        Self::new(
+            ErrorCode::Unavailable,
+            format!(
+                "no answer from the Kafka brokers within {} ms",
+                after.as_millis()
+            ),
+        )
+    }
+
+    /// Classifies an rskafka error.
+    pub fn from_kafka(e: &KafkaError) -> Self {
+        match e {
+            KafkaError::ServerError { protocol_error, .. } => match protocol_error {
+                ProtocolError::UnknownTopicOrPartition => {
+                    Self::new(ErrorCode::NotFound, "not found topic")
+                }
+                ProtocolError::TopicAuthorizationFailed
+                | ProtocolError::ClusterAuthorizationFailed
+                | ProtocolError::SaslAuthenticationFailed => {
+                    Self::new(ErrorCode::AuthFailed, kafka_name(protocol_error))
+                }
+                other => Self::new(ErrorCode::KafkaError, kafka_name(other)),
+            },
+            KafkaError::InvalidResponse(text)
+                if text.contains("Could not find metadata for partition") =>
+            {
+                Self::new(ErrorCode::NotFound, "not found partition")
+            }
+            KafkaError::Timeout => {
+                Self::new(ErrorCode::Unavailable, "the broker did not answer in time")
+            }
+            other => Self::from_description(other.to_string()),
+        }
+    }
+
+    /// Classifies a connection-level failure by what its description says, since rskafka
+    /// wraps TLS and SASL failures in retry and transport errors.
+    fn from_description(description: String) -> Self {
+        let lower = description.to_ascii_lowercase();
+        let code = if lower.contains("certificate")
+            || lower.contains("tls")
+            || lower.contains("handshake failure")
+        {
+            ErrorCode::TlsError
+        } else if lower.contains("sasl")
+            || lower.contains("authentication")
+            || lower.contains("scram")
+        {
+            ErrorCode::AuthFailed
+        } else {
+            ErrorCode::Unavailable
+        };
+        Self::new(code, description)
+    }
+}
+
+/// Kafka's own spelling of an error code, e.g. `OFFSET_OUT_OF_RANGE`.
+pub fn kafka_name(e: &ProtocolError) -> String {
+    let camel = format!("{e:?}");
+    let mut out = String::with_capacity(camel.len() + 8);
+    for (i, c) in camel.chars().enumerate() {
+        if c.is_ascii_uppercase() && i > 0 {
+            out.push('_');
+        }
+        if c == '(' {
+            break;
+        }
+        out.push(c.to_ascii_uppercase());
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kafka_names_match_the_kafka_protocol_spelling() {
+        assert_eq!(
+            kafka_name(&ProtocolError::OffsetOutOfRange),
+            "OFFSET_OUT_OF_RANGE"
+        );
+        assert_eq!(
+            kafka_name(&ProtocolError::UnknownTopicOrPartition),
+            "UNKNOWN_TOPIC_OR_PARTITION"
+        );
+        assert_eq!(
+            kafka_name(&ProtocolError::NotLeaderOrFollower),
+            "NOT_LEADER_OR_FOLLOWER"
+        );
+    }
+
+    #[test]
+    fn connection_failures_are_classified_by_cause() {
+        let tls = KafkaFailure::from_description(
+            "Connection error: invalid peer certificate: UnknownIssuer".into(),
+        );
+        assert_eq!(tls.code, ErrorCode::TlsError);
+        let sasl = KafkaFailure::from_description("Sasl handshake failed: early eof".into());
+        assert_eq!(sasl.code, ErrorCode::AuthFailed);
+        let down = KafkaFailure::from_description(
+            "error connecting to broker \"127.0.0.1:1\": Connection refused".into(),
+        );
+        assert_eq!(down.code, ErrorCode::Unavailable);
+    }
+}

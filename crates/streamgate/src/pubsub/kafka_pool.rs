@@ -1,0 +1,210 @@
+//! Shared Kafka clients.
+//!
+//! One rskafka client per (bootstrap brokers, TLS settings, SASL identity), reused by every
+//! session of every route with the same three; two routes with different credentials never share
+//! a connection. Partition clients are cached per client. Clients idle for
+//! [`IDLE_CLIENT_TTL`] are dropped on a later lookup. Locks are held only to look up or insert an
+//! entry, never across a network call.
+
+use super::failure::KafkaFailure;
+use rskafka::client::partition::{PartitionClient, UnknownTopicHandling};
+use rskafka::client::{Client, ClientBuilder, Credentials, SaslConfig};
+use rskafka::BackoffConfig;
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+use streamgate_config::model::{Sasl, SaslMechanism, UpstreamTls};
+use tokio::sync::OnceCell;
+
+/// How long an unused client is kept.
+pub const IDLE_CLIENT_TTL: Duration = Duration::from_secs(300);
+
+/// A Kafka cluster as one kafka upstream names it.
+pub struct KafkaCluster {
+    /// The upstream id (for logs).
+    pub upstream_id: String,
+    /// Bootstrap brokers, `host:port`, sorted.
+    pub brokers: Vec<String>,
+    /// TLS settings and the client configuration built from them.
+    pub tls: Option<(UpstreamTls, Arc<rustls::ClientConfig>)>,
+}
+
+impl fmt::Debug for KafkaCluster {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KafkaCluster")
+            .field("upstream_id", &self.upstream_id)
+            .field("brokers", &self.brokers)
+            .field("tls", &self.tls.as_ref().map(|(t, _)| t))
+            .finish()
+    }
+}
+
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct ClientKey {
+    brokers: Vec<String>,
+    tls: Option<UpstreamTls>,
+    sasl: Option<Sasl>,
+}
+
+type PartitionKey = (String, i32);
+
+struct ClientSlot {
+    client: OnceCell<Arc<Client>>,
+    partitions: Mutex<HashMap<PartitionKey, Arc<OnceCell<Arc<PartitionClient>>>>>,
+    last_used: Mutex<Instant>,
+}
+
+/// The process-wide pool of Kafka clients.
+#[derive(Default)]
+pub struct KafkaPool {
+    slots: Mutex<HashMap<ClientKey, Arc<ClientSlot>>>,
+    last_sweep: Mutex<Option<Instant>>,
+}
+
+impl fmt::Debug for KafkaPool {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KafkaPool")
+            .field("clients", &lock(&self.slots).len())
+            .finish()
+    }
+}
+
+/// Locks a mutex even if a panicking thread poisoned it: the maps stay consistent because every
+/// critical section is a single insert, lookup or retain.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl KafkaPool {
+    /// How many Kafka clients exist now.
+    pub fn client_count(&self) -> usize {
+        lock(&self.slots).len()
+    }
+
+    /// The partition client for `topic`/`partition` on `cluster` as `sasl`, connecting first if
+    /// needed. Every network step is bounded by `timeout`.
+    pub async fn partition(
+        &self,
+        cluster: &KafkaCluster,
+        sasl: Option<&Sasl>,
+        topic: &str,
+        partition: i32,
+        timeout: Duration,
+    ) -> Result<Arc<PartitionClient>, KafkaFailure> {
+        let slot = self.slot(cluster, sasl);
+        let client = bounded(timeout, async {
+            slot.client
+                .get_or_try_init(|| build_client(cluster, sasl, timeout))
+                .await
+                .cloned()
+        })
+        .await?;
+        let cell = {
+            let mut parts = lock(&slot.partitions);
+            Arc::clone(parts.entry((topic.to_string(), partition)).or_default())
+        };
+        bounded(timeout, async {
+            cell.get_or_try_init(|| async {
+                client
+                    .partition_client(topic, partition, UnknownTopicHandling::Error)
+                    .await
+                    .map(Arc::new)
+                    .map_err(|e| KafkaFailure::from_kafka(&e))
+            })
+            .await
+            .cloned()
+        })
+        .await
+        .inspect_err(|_| {
+            // Do not keep entries for topics that do not exist: clients choose the names.
+            let mut parts = lock(&slot.partitions);
+            if let Some(c) = parts.get(&(topic.to_string(), partition)) {
+                if c.get().is_none() {
+                    parts.remove(&(topic.to_string(), partition));
+                }
+            }
+        })
+    }
+
+    fn slot(&self, cluster: &KafkaCluster, sasl: Option<&Sasl>) -> Arc<ClientSlot> {
+        let key = ClientKey {
+            brokers: cluster.brokers.clone(),
+            tls: cluster.tls.as_ref().map(|(t, _)| t.clone()),
+            sasl: sasl.cloned(),
+        };
+        self.sweep_idle();
+        let mut slots = lock(&self.slots);
+        let slot = slots.entry(key).or_insert_with(|| {
+            Arc::new(ClientSlot {
+                client: OnceCell::new(),
+                partitions: Mutex::default(),
+                last_used: Mutex::new(Instant::now()),
+            })
+        });
+        *lock(&slot.last_used) = Instant::now();
+        Arc::clone(slot)
+    }
+
+    /// Drops clients nobody used for [`IDLE_CLIENT_TTL`], at most once a minute.
+    fn sweep_idle(&self) {
+        let now = Instant::now();
+        {
+            let mut last = lock(&self.last_sweep);
+            if last.is_some_and(|t| now.duration_since(t) < Duration::from_secs(60)) {
+                return;
+            }
+            *last = Some(now);
+        }
+        lock(&self.slots).retain(|_, slot| {
+            Arc::strong_count(slot) > 1
+                || now.duration_since(*lock(&slot.last_used)) < IDLE_CLIENT_TTL
+        });
+    }
+}
+
+async fn bounded<T>(
+    timeout: Duration,
+    work: impl std::future::Future<Output = Result<T, KafkaFailure>>,
+) -> Result<T, KafkaFailure> {
+    tokio::time::timeout(timeout, work)
+        .await
+        .unwrap_or_else(|_| Err(KafkaFailure::timeout(timeout)))
+}
+
+async fn build_client(
+    cluster: &KafkaCluster,
+    sasl: Option<&Sasl>,
+    timeout: Duration,
+) -> Result<Arc<Client>, KafkaFailure> {
+    let mut builder = ClientBuilder::new(cluster.brokers.clone())
+        .client_id("streamgate")
+        .backoff_config(backoff(timeout));
+    if let Some((_, config)) = &cluster.tls {
+        builder = builder.tls_config(Arc::clone(config));
+    }
+    if let Some(s) = sasl {
+        let credentials = Credentials::new(s.username.clone(), s.password.clone());
+        builder = builder.sasl_config(match s.mechanism {
+            SaslMechanism::Plain => SaslConfig::Plain(credentials),
+            SaslMechanism::ScramSha256 => SaslConfig::ScramSha256(credentials),
+            SaslMechanism::ScramSha512 => SaslConfig::ScramSha512(credentials),
+        });
+    }
+    let client = builder
+        .build()
+        .await
+        .map_err(|e| KafkaFailure::from_kafka(&e))?;
+    tracing::debug!(upstream = %cluster.upstream_id, "connected a Kafka client");
+    Ok(Arc::new(client))
+}
+
+/// rskafka retries forever by default; bound every operation by the route's socket timeout.
+pub fn backoff(timeout: Duration) -> BackoffConfig {
+    BackoffConfig {
+        init_backoff: Duration::from_millis(50),
+        max_backoff: Duration::from_millis(500),
+        base: 2.0,
+        deadline: Some(timeout),
+    }
+}

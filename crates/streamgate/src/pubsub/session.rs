@@ -1,0 +1,164 @@
+//! One pub/sub connection: the command loop.
+//!
+//! Frames are read in one task. A ping is answered at once; Kafka commands run as tasks of their
+//! own (at most `max_in_flight` at a time), so a ping never waits behind a slow fetch, and each
+//! answer carries its request's sequence. Answers reach the socket through a channel, so the
+//! loop can also send frames that no request triggered (reserved for push subscriptions).
+
+use super::commands::{self, KafkaRoute};
+use futures_util::{SinkExt, StreamExt};
+use prost::Message as _;
+use streamgate_protocol::{
+    pub_sub_req::Req, pub_sub_resp::Resp, ErrorCode, PongResp, PubSubReq, PubSubResp,
+};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use tokio_tungstenite::WebSocketStream;
+
+/// How long a closing session waits for the client's close reply.
+const CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// WebSocket buffers sized for small command frames: an idle session costs a few KiB.
+pub fn websocket_config(max_frame_bytes: usize) -> WebSocketConfig {
+    WebSocketConfig::default()
+        .read_buffer_size(4 * 1024)
+        .write_buffer_size(0)
+        .max_write_buffer_size(max_frame_bytes.saturating_mul(2).max(64 * 1024))
+        .max_message_size(Some(max_frame_bytes))
+        .max_frame_size(Some(max_frame_bytes))
+}
+
+/// Runs a session until the client leaves or the gateway shuts down.
+pub async fn run<S>(
+    mut ws: WebSocketStream<S>,
+    route: KafkaRoute,
+    mut shutdown: watch::Receiver<bool>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let max_in_flight = route.settings.max_in_flight;
+    let (answers_tx, mut answers) = mpsc::channel::<PubSubResp>(max_in_flight);
+    let mut tasks = JoinSet::new();
+    let close = loop {
+        tokio::select! {
+            biased;
+            Ok(()) = shutdown.changed() => if *shutdown.borrow() {
+                break Some((CloseCode::Away, "shutting down"));
+            },
+            Some(answer) = answers.recv() => {
+                if send(&mut ws, &answer).await.is_err() {
+                    break None;
+                }
+            }
+            Some(joined) = tasks.join_next(), if !tasks.is_empty() => {
+                if let Err(e) = joined {
+                    tracing::error!(route = %route.route_id, error = %e, "a pub/sub command task failed");
+                }
+            }
+            frame = ws.next() => match frame {
+                None => break None,
+                Some(Err(WsError::Capacity(e))) => {
+                    tracing::debug!(route = %route.route_id, error = %e, "frame over the route's limit");
+                    break Some((CloseCode::Size, "frame larger than this route's max_frame_bytes"));
+                }
+                Some(Err(e)) => {
+                    tracing::debug!(route = %route.route_id, error = %e, "websocket read failed");
+                    break None;
+                }
+                Some(Ok(Message::Binary(data))) => {
+                    let immediate = match PubSubReq::decode(data) {
+                        Err(_) => Some(PubSubResp::error(0, ErrorCode::BadRequest, "wrong command")),
+                        Ok(req) => dispatch(req, &route, &mut tasks, &answers_tx),
+                    };
+                    if let Some(answer) = immediate {
+                        if send(&mut ws, &answer).await.is_err() {
+                            break None;
+                        }
+                    }
+                }
+                // Pings are answered and close frames echoed by tungstenite; flush those
+                // replies now rather than with the next answer.
+                Some(Ok(Message::Ping(_) | Message::Close(_))) => {
+                    if ws.flush().await.is_err() {
+                        break None;
+                    }
+                }
+                // Text frames carry no command (as in APISIX): ignored.
+                Some(Ok(_)) => {}
+            }
+        }
+    };
+    tasks.abort_all();
+    if let Some((code, reason)) = close {
+        let frame = CloseFrame {
+            code,
+            reason: reason.into(),
+        };
+        if ws.close(Some(frame)).await.is_ok() {
+            // Wait briefly for the client's close reply, reading (and dropping) what comes.
+            let _ = tokio::time::timeout(CLOSE_WAIT, async { while ws.next().await.is_some() {} })
+                .await;
+        }
+    }
+}
+
+/// Handles one request: returns an answer to send now, or starts a Kafka command task.
+fn dispatch(
+    req: PubSubReq,
+    route: &KafkaRoute,
+    tasks: &mut JoinSet<()>,
+    answers: &mpsc::Sender<PubSubResp>,
+) -> Option<PubSubResp> {
+    let sequence = req.sequence;
+    let unknown = || {
+        Some(PubSubResp::error(
+            sequence,
+            ErrorCode::BadRequest,
+            "unknown command",
+        ))
+    };
+    let cmd = match req.req {
+        None | Some(Req::CmdEmpty(_)) => return unknown(),
+        Some(Req::CmdPing(ping)) => {
+            return Some(PubSubResp {
+                sequence,
+                resp: Some(Resp::PongResp(PongResp { state: ping.state })),
+            })
+        }
+        Some(cmd) => cmd,
+    };
+    if tasks.len() >= route.settings.max_in_flight {
+        return Some(PubSubResp::error(
+            sequence,
+            ErrorCode::LimitExceeded,
+            format!(
+                "too many commands in flight on this connection (limit {}): wait for an answer before sending more",
+                route.settings.max_in_flight
+            ),
+        ));
+    }
+    let route = route.clone();
+    let answers = answers.clone();
+    tasks.spawn(async move {
+        let answer = match cmd {
+            Req::CmdKafkaListOffset(c) => commands::list_offset(&route, sequence, c).await,
+            Req::CmdKafkaFetch(c) => commands::fetch(&route, sequence, c).await,
+            Req::CmdEmpty(_) | Req::CmdPing(_) => return,
+        };
+        // The receiver is gone only when the session ended; the answer has nowhere to go.
+        let _ = answers.send(answer).await;
+    });
+    None
+}
+
+async fn send<S>(ws: &mut WebSocketStream<S>, answer: &PubSubResp) -> Result<(), WsError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    ws.send(Message::Binary(answer.encode_to_vec().into()))
+        .await
+}

@@ -1,0 +1,89 @@
+//! The WebSocket handshake of a pub/sub route, and detaching the connection from Pingora.
+//!
+//! Pingora's `is_upgrade_req` only checks that an `Upgrade` header exists, so the handshake is
+//! validated here (RFC 6455 §4.2.1). After the 101 the TCP stream is taken out of Pingora's
+//! session, so that `request_filter` can return at once and Pingora frees its per-request state:
+//! an idle session then costs a few KiB instead of the whole request context.
+
+use bytes::BytesMut;
+use futures_util::FutureExt;
+use pingora::http::ResponseHeader;
+use pingora::protocols::http::ServerSession;
+use pingora::protocols::Stream;
+use pingora::proxy::Session;
+use std::io::Cursor;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+
+/// Why a request to a pub/sub route is not a usable WebSocket handshake.
+pub fn handshake_problem(session: &Session) -> Option<&'static str> {
+    let req = session.req_header();
+    let header = |name: &str| req.headers.get(name).and_then(|v| v.to_str().ok());
+    let has_token = |name: &str, token: &str| {
+        header(name).is_some_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+    };
+    if req.method != http::Method::GET {
+        return Some("a WebSocket handshake must use GET");
+    }
+    if req.version != http::Version::HTTP_11 {
+        return Some("a WebSocket handshake must use HTTP/1.1");
+    }
+    if !has_token("upgrade", "websocket") || !has_token("connection", "upgrade") {
+        return Some("this route serves Kafka pub/sub over WebSocket: send `Connection: Upgrade` and `Upgrade: websocket`");
+    }
+    if header("sec-websocket-version") != Some("13") {
+        return Some("unsupported WebSocket version: send `Sec-WebSocket-Version: 13`");
+    }
+    if header("sec-websocket-key").is_none_or(|k| k.trim().len() != 24) {
+        return Some("missing or malformed `Sec-WebSocket-Key`");
+    }
+    None
+}
+
+/// Answers 101 and takes the connection out of Pingora's session.
+///
+/// Returns the stream and the bytes the client already sent after the handshake (a client may
+/// send its first frame in the same TCP write). Call only when [`handshake_problem`] is `None`.
+pub async fn accept_and_detach(session: &mut Session) -> pingora::Result<(Stream, Vec<u8>)> {
+    let key = session
+        .req_header()
+        .headers
+        .get("sec-websocket-key")
+        .map(|k| derive_accept_key(k.as_bytes()))
+        .unwrap_or_default();
+    let mut resp = ResponseHeader::build(101, Some(3))?;
+    resp.insert_header("upgrade", "websocket")?;
+    resp.insert_header("connection", "Upgrade")?;
+    resp.insert_header("sec-websocket-accept", key)?;
+    session.write_response_header(Box::new(resp), false).await?;
+
+    // Bytes Pingora read past the headers; the read is cancel-safe, so stop at the first
+    // read that would wait.
+    let mut early = BytesMut::new();
+    while let Some(Ok(Some(chunk))) = session.read_request_body().now_or_never() {
+        early.extend_from_slice(&chunk);
+    }
+
+    // Leave Pingora a finished stand-in session so its logging phase still sees the request.
+    let mut placeholder = ServerSession::new_http1(Box::new(Cursor::new(request_line(session))));
+    placeholder.read_request().await?;
+    let original = std::mem::replace(session.as_downstream_mut(), placeholder);
+    match original {
+        ServerSession::H1(h1) => Ok((h1.into_inner(), early.to_vec())),
+        _ => Err(pingora::Error::explain(
+            pingora::ErrorType::InternalError,
+            "WebSocket upgrade on a connection that is not HTTP/1.1",
+        )),
+    }
+}
+
+fn request_line(session: &Session) -> Vec<u8> {
+    let req = session.req_header();
+    let mut raw = format!("{} {} HTTP/1.1\r\n", req.method, req.uri).into_bytes();
+    if let Some(host) = req.headers.get("host") {
+        raw.extend_from_slice(b"host: ");
+        raw.extend_from_slice(host.as_bytes());
+        raw.extend_from_slice(b"\r\n");
+    }
+    raw.extend_from_slice(b"\r\n");
+    raw
+}

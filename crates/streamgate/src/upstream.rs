@@ -1,0 +1,246 @@
+//! HTTP(S) upstreams at run time: node selection, health, and the peer to connect to.
+//!
+//! Built once at start-up from the checked model. Selection uses Pingora's load balancer (weighted
+//! round robin, or Ketama consistent hashing), which skips nodes that active health checks took
+//! out. Retries exclude nodes already tried for the request.
+
+use crate::error::StartupError;
+use futures_util::FutureExt;
+use pingora::lb::{
+    discovery,
+    health_check::HttpHealthCheck,
+    selection::{Consistent, RoundRobin},
+    Backend, Backends, LoadBalancer,
+};
+use pingora::prelude::HttpPeer;
+use pingora::protocols::l4::socket::SocketAddr as PeerAddr;
+use pingora::services::background::{background_service, GenBackgroundService};
+use pingora::utils::tls::{CertKey, WrappedX509};
+use std::collections::{BTreeSet, HashMap};
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::Arc;
+use streamgate_config::model::{Balance, HostPolicy, Node, Scheme, Upstream};
+
+/// One HTTP(S) upstream, ready to pick nodes.
+pub struct HttpUpstream {
+    /// The checked settings.
+    pub config: Arc<Upstream>,
+    balancer: Balancer,
+    nodes: HashMap<SocketAddr, Node>,
+    tls: Option<PeerTls>,
+}
+
+impl std::fmt::Debug for HttpUpstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpUpstream")
+            .field("id", &self.config.id)
+            .finish_non_exhaustive()
+    }
+}
+
+enum Balancer {
+    RoundRobin(Arc<LoadBalancer<RoundRobin>>),
+    Chash(Arc<LoadBalancer<Consistent>>),
+}
+
+struct PeerTls {
+    verify: bool,
+    sni: Option<String>,
+    ca: Option<Arc<[WrappedX509]>>,
+    client_cert: Option<Arc<CertKey>>,
+}
+
+/// A background service (health checks) that must be registered with the Pingora server.
+pub type HealthService = Box<dyn pingora::services::ServiceWithDependents>;
+
+impl HttpUpstream {
+    /// Resolves the nodes, loads TLS files and builds the balancer. Returns the health-check
+    /// service to register when the upstream has checks configured.
+    pub fn build(config: Arc<Upstream>) -> Result<(Self, Option<HealthService>), StartupError> {
+        let at = |what: &str, why: String| StartupError::Upstream {
+            id: config.id.clone(),
+            what: what.to_string(),
+            why,
+        };
+        let mut nodes = HashMap::new();
+        let mut backends = BTreeSet::new();
+        for node in config.nodes.iter().filter(|n| n.weight > 0) {
+            let addr = (node.host.as_str(), node.port)
+                .to_socket_addrs()
+                .map_err(|e| at(&format!("node {node}"), format!("cannot resolve: {e}")))?
+                .next()
+                .ok_or_else(|| at(&format!("node {node}"), "resolves to no address".into()))?;
+            nodes.insert(addr, node.clone());
+            backends.insert(Backend {
+                addr: PeerAddr::Inet(addr),
+                weight: node.weight as usize,
+                ext: Default::default(),
+            });
+        }
+        let tls = match &config.tls {
+            None => None,
+            Some(t) => Some(PeerTls {
+                verify: t.verify,
+                sni: t.sni.clone(),
+                ca: t
+                    .ca_file
+                    .as_deref()
+                    .map(crate::tls::pingora_ca)
+                    .transpose()
+                    .map_err(|e| at("tls.ca_file", e))?,
+                client_cert: t
+                    .client_cert
+                    .as_ref()
+                    .map(|(c, k)| crate::tls::pingora_client_cert(c, k))
+                    .transpose()
+                    .map_err(|e| at("tls.client_cert_file", e))?,
+            }),
+        };
+        let backends = Backends::new(discovery::Static::new(backends));
+        let health = config.health_check.as_ref().map(|h| {
+            let host = config.nodes[0].host.clone();
+            let tls_on = config.scheme == Scheme::Https;
+            let mut check = HttpHealthCheck::new(&host, tls_on);
+            check.consecutive_success = h.healthy_threshold;
+            check.consecutive_failure = h.unhealthy_threshold;
+            check.peer_template.options.connection_timeout = Some(h.timeout);
+            check.peer_template.options.read_timeout = Some(h.timeout);
+            if let Some(t) = &tls {
+                check.peer_template.options.verify_cert = t.verify;
+                check.peer_template.options.ca = t.ca.clone();
+                if let Some(sni) = &t.sni {
+                    check.peer_template.sni = sni.clone();
+                }
+            }
+            // The request line's path; `set_uri` only fails on an invalid URI, which the
+            // config check already rejected (it must start with "/").
+            if let Ok(uri) = h.path.parse() {
+                check.req.set_uri(uri);
+            }
+            (Box::new(check), h.interval)
+        });
+        fn finish<S>(
+            lb: LoadBalancer<S>,
+            health: Option<(Box<HttpHealthCheck>, std::time::Duration)>,
+            name: String,
+        ) -> (Arc<LoadBalancer<S>>, Option<HealthService>)
+        where
+            S: pingora::lb::selection::BackendSelection + Send + Sync + 'static,
+            S::Iter: pingora::lb::selection::BackendIter,
+        {
+            // A static discovery never blocks or fails: this fills the selector at once.
+            let _ = lb.update().now_or_never();
+            match health {
+                None => (Arc::new(lb), None),
+                Some((check, interval)) => {
+                    let mut lb = lb;
+                    lb.set_health_check(check);
+                    lb.health_check_frequency = Some(interval);
+                    let service: GenBackgroundService<LoadBalancer<S>> =
+                        background_service(&name, lb);
+                    let task = service.task();
+                    (task, Some(Box::new(service) as HealthService))
+                }
+            }
+        }
+        let name = format!("health checks of upstream {}", config.id);
+        let (balancer, service) = match config.balance {
+            Balance::RoundRobin => {
+                let (lb, s) = finish(
+                    LoadBalancer::<RoundRobin>::from_backends(backends),
+                    health,
+                    name,
+                );
+                (Balancer::RoundRobin(lb), s)
+            }
+            Balance::Chash(_) => {
+                let (lb, s) = finish(
+                    LoadBalancer::<Consistent>::from_backends(backends),
+                    health,
+                    name,
+                );
+                (Balancer::Chash(lb), s)
+            }
+        };
+        Ok((
+            Self {
+                config,
+                balancer,
+                nodes,
+                tls,
+            },
+            service,
+        ))
+    }
+
+    /// A healthy node not in `tried`, chosen by the balancing policy for `key`.
+    pub fn select(&self, key: &[u8], tried: &[SocketAddr]) -> Option<SocketAddr> {
+        let accept = |b: &Backend, healthy: bool| {
+            healthy && b.addr.as_inet().is_some_and(|a| !tried.contains(a))
+        };
+        // Enough iterations to walk every weighted slot once.
+        let max = self
+            .nodes
+            .values()
+            .map(|n| n.weight as usize)
+            .sum::<usize>()
+            .max(1)
+            * 2;
+        let backend = match &self.balancer {
+            Balancer::RoundRobin(lb) => lb.select_with(key, max, accept),
+            Balancer::Chash(lb) => lb.select_with(key, max, accept),
+        }?;
+        backend.addr.as_inet().copied()
+    }
+
+    /// The configured node behind a selected address.
+    pub fn node(&self, addr: &SocketAddr) -> Option<&Node> {
+        self.nodes.get(addr)
+    }
+
+    /// The peer for `addr`, with this upstream's timeouts and TLS settings.
+    pub fn peer(&self, addr: SocketAddr) -> HttpPeer {
+        let node_host = self
+            .nodes
+            .get(&addr)
+            .map(|n| n.host.clone())
+            .unwrap_or_default();
+        let sni = match &self.tls {
+            Some(t) => t.sni.clone().unwrap_or(node_host),
+            None => String::new(),
+        };
+        let mut peer = HttpPeer::new(addr, self.tls.is_some(), sni);
+        let t = &self.config.timeouts;
+        peer.options.connection_timeout = Some(t.connect);
+        peer.options.total_connection_timeout = Some(t.connect);
+        peer.options.read_timeout = Some(t.read);
+        peer.options.write_timeout = Some(t.send);
+        if let Some(tls) = &self.tls {
+            peer.options.verify_cert = tls.verify;
+            peer.options.verify_hostname = tls.verify;
+            peer.options.ca = tls.ca.clone();
+            peer.client_cert_key = tls.client_cert.clone();
+        }
+        peer
+    }
+
+    /// The `Host` header to send to `addr`, or `None` to pass the client's.
+    pub fn host_header(&self, addr: &SocketAddr) -> Option<String> {
+        match &self.config.host_policy {
+            HostPolicy::Pass => None,
+            HostPolicy::Node => self.nodes.get(addr).map(|n| {
+                let default_port = if self.config.scheme == Scheme::Https {
+                    443
+                } else {
+                    80
+                };
+                if n.port == default_port {
+                    n.host.clone()
+                } else {
+                    n.to_string()
+                }
+            }),
+            HostPolicy::Rewrite(h) => Some(h.clone()),
+        }
+    }
+}
