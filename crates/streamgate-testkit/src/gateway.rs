@@ -50,12 +50,26 @@ impl GatewayProcess {
             dir,
             addr,
         };
-        if let Err(e) = wait_for_port(addr, Duration::from_secs(15)).await {
-            let log = gateway.log();
-            gateway.kill();
-            panic!("{e}; gateway log:\n{log}");
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        loop {
+            if wait_for_port(addr, Duration::from_millis(100))
+                .await
+                .is_ok()
+            {
+                return gateway;
+            }
+            let exited = gateway
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten());
+            if exited.is_some() || std::time::Instant::now() > deadline {
+                let log = gateway.log();
+                gateway.kill();
+                panic!(
+                    "the gateway did not start listening on {addr} ({exited:?}); its log:\n{log}"
+                );
+            }
         }
-        gateway
     }
 
     /// The base URL of the plain listener, e.g. `http://127.0.0.1:9080`.

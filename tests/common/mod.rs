@@ -1,0 +1,46 @@
+//! Shared set-up of the integration tests: a gateway in front of real brokers.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::Path;
+use streamgate_testkit::{free_port, Broker, GatewayProcess};
+
+/// The gateway binary built by Cargo for these tests.
+pub fn binary() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_streamgate"))
+}
+
+/// A fresh loopback address for a gateway listener.
+pub fn listen_addr() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], free_port()))
+}
+
+/// `[server]` for tests: one plain listener, short shutdown periods.
+pub fn server_toml(addr: SocketAddr) -> String {
+    format!("[server]\nlisten = [\"{addr}\"]\nthreads = 2\ngrace_period_seconds = 1\ngraceful_shutdown_timeout_seconds = 1\n\n")
+}
+
+/// A kafka upstream `id` on `bootstrap`, with extra lines (e.g. a tls table).
+pub fn kafka_upstream(id: &str, bootstrap: &str, extra: &str) -> String {
+    format!("[[upstreams]]\nid = \"{id}\"\nscheme = \"kafka\"\nnodes = {{ \"{bootstrap}\" = 1 }}\n{extra}\n")
+}
+
+/// A route `id` at `uri` to upstream `upstream`, with a kafka-proxy table body.
+pub fn kafka_route(id: &str, uri: &str, upstream: &str, plugin: &str) -> String {
+    format!(
+        "[[routes]]\nid = \"{id}\"\nuri = \"{uri}\"\nupstream_id = \"{upstream}\"\n[routes.plugins.kafka-proxy]\nfetch_max_wait_ms = 100\nsocket_timeout_ms = 2000\n{plugin}\n\n"
+    )
+}
+
+/// A gateway with one plaintext pub/sub route `/kafka` on `broker`, plus `extra` config.
+pub async fn gateway_for(broker: &Broker, plugin: &str, extra: &str) -> GatewayProcess {
+    let addr = listen_addr();
+    let config = format!(
+        "{}{}{}{}",
+        server_toml(addr),
+        kafka_upstream("kafka", &broker.bootstrap, ""),
+        kafka_route("kafka", "/kafka", "kafka", plugin),
+        extra
+    );
+    GatewayProcess::start(binary(), &config, addr).await
+}
