@@ -64,6 +64,8 @@ pub struct RequestCtx {
     pub tried: Vec<SocketAddr>,
     /// A status the gateway answered itself (101, 400, 404) where Pingora records none.
     pub status: Option<u16>,
+    /// The client's address, kept here because a detached WebSocket takes the connection away.
+    pub client: Option<std::net::IpAddr>,
 }
 
 /// The gateway: route table, upstreams and the pub/sub side.
@@ -165,6 +167,7 @@ impl ProxyHttp for Gateway {
             kafka: None,
             tried: Vec::new(),
             status: None,
+            client: None,
         }
     }
 
@@ -175,6 +178,7 @@ impl ProxyHttp for Gateway {
         session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> pingora::Result<bool> {
+        ctx.client = client_ip(session);
         let req = session.req_header();
         let path = req.uri.path();
         if !is_routable_path(path) {
@@ -385,7 +389,7 @@ impl ProxyHttp for Gateway {
         });
         tracing::info!(
             target: "streamgate::access",
-            client = %client_ip(session).map(|i| i.to_string()).unwrap_or_default(),
+            client = %ctx.client.or_else(|| client_ip(session)).map(|i| i.to_string()).unwrap_or_default(),
             method = %req.method,
             uri = %req.uri,
             host = request_host(req).unwrap_or(""),

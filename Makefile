@@ -1,0 +1,24 @@
+# Streamgate. `make run` and `make test` do all set-up on a fresh Debian machine with Rust.
+.PHONY: run test lint check bench clean broker
+
+run:            ## build, start the demo broker + web upstream + gateway (Ctrl-C stops all)
+	bash scripts/run-demo.sh
+
+test:           ## install what the tests need, then fmt, clippy and every test
+	bash scripts/test.sh
+
+lint:           ## formatting and clippy only
+	cargo fmt --all -- --check
+	cargo clippy --workspace --all-targets -- -D warnings
+
+check:          ## check the shipped configuration
+	cargo run --quiet --bin streamgate -- -t -c conf/streamgate.toml
+
+broker:         ## install the test/demo broker into ~/.cache/streamgate (no-op when cached)
+	bash scripts/install-test-broker.sh
+
+bench:          ## benchmarks (see BENCHMARKS.md)
+	@echo "make bench: not built yet (tracked in the benchmarks issue)"; exit 1
+
+clean:
+	cargo clean

@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# `make run`: the local demo. Starts a development Kafka broker on 127.0.0.1:9092 with a `demo`
+# topic that keeps receiving messages, a static web upstream on 127.0.0.1:8080, and the gateway
+# with conf/streamgate.toml on 127.0.0.1:9080. Ctrl-C stops everything it started.
+set -euo pipefail
+repo=$(cd "$(dirname "$0")/.." && pwd)
+cd "$repo"
+bash scripts/install-deps.sh
+broker=$(bash scripts/install-test-broker.sh)
+cargo build --quiet --bin streamgate --example demo_producer --example consume
+target=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
+
+state=$(mktemp -d -t streamgate-demo.XXXXXX)
+pids=()
+cleanup() {
+  trap - INT TERM EXIT
+  echo; echo "demo: stopping"
+  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$state"
+}
+trap cleanup INT TERM EXIT
+
+port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+for port in 9092 8080 9080; do
+  if port_busy "$port"; then
+    echo "demo: 127.0.0.1:$port is already in use; stop what runs there (or change conf/streamgate.toml)" >&2
+    exit 1
+  fi
+done
+
+# The broker reads ./.env: run it from an empty directory. IP-literal URLs only.
+(cd "$state" && exec "$broker" broker --listener-url tcp://127.0.0.1:9092 \
+  --advertised-listener-url tcp://127.0.0.1:9092 --storage-engine memory://tansu/ --silent) &
+pids+=($!)
+python3 -m http.server 8080 --bind 127.0.0.1 --directory examples/web >"$state/web.log" 2>&1 &
+pids+=($!)
+"$target/debug/examples/demo_producer" --broker 127.0.0.1:9092 --topic demo &
+pids+=($!)
+"$target/debug/streamgate" -c conf/streamgate.toml &
+pids+=($!)
+
+sleep 1
+cat <<MSG
+
+  Streamgate demo is running (Ctrl-C stops it):
+    HTTP route   http://127.0.0.1:9080/            (static files from examples/web via the gateway)
+    Kafka route  ws://127.0.0.1:9080/kafka          (topic "demo", a new message every second)
+    Read it:     $target/debug/examples/consume ws://127.0.0.1:9080/kafka --topic demo --from earliest --follow
+
+MSG
+wait -n "${pids[@]}" || true
+echo "demo: a process exited; stopping the rest" >&2
