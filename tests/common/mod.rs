@@ -25,11 +25,16 @@ pub fn kafka_upstream(id: &str, bootstrap: &str, extra: &str) -> String {
     format!("[[upstreams]]\nid = \"{id}\"\nscheme = \"kafka\"\nnodes = {{ \"{bootstrap}\" = 1 }}\n{extra}\n")
 }
 
-/// A route `id` at `uri` to upstream `upstream`, with a kafka-proxy table body.
+/// A route `id` at `uri` to upstream `upstream`, with a kafka-proxy table body. Unless the body
+/// sets them, fetches wait at most 100 ms and Kafka calls give up after 2 s, so tests are quick.
 pub fn kafka_route(id: &str, uri: &str, upstream: &str, plugin: &str) -> String {
-    format!(
-        "[[routes]]\nid = \"{id}\"\nuri = \"{uri}\"\nupstream_id = \"{upstream}\"\n[routes.plugins.kafka-proxy]\nfetch_max_wait_ms = 100\nsocket_timeout_ms = 2000\n{plugin}\n\n"
-    )
+    let mut body = plugin.to_string();
+    for (key, value) in [("fetch_max_wait_ms", "100"), ("socket_timeout_ms", "2000")] {
+        if !plugin.contains(key) {
+            body.push_str(&format!("\n{key} = {value}"));
+        }
+    }
+    format!("[[routes]]\nid = \"{id}\"\nuri = \"{uri}\"\nupstream_id = \"{upstream}\"\n[routes.plugins.kafka-proxy]\n{body}\n\n")
 }
 
 /// A gateway with one plaintext pub/sub route `/kafka` on `broker`, plus `extra` config.

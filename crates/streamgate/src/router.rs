@@ -14,6 +14,9 @@ pub struct Router {
     routes: Vec<Arc<Route>>,
 }
 
+/// How a candidate ranks: path specificity, then priority, then earlier in the file.
+type Rank = (Specificity, i32, std::cmp::Reverse<usize>);
+
 /// How specifically a path pattern matched; larger is more specific.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Specificity {
@@ -30,7 +33,7 @@ impl Router {
     /// The route for a request, if any. `host` may carry a port; it is ignored.
     pub fn find(&self, host: Option<&str>, method: &str, path: &str) -> Option<&Arc<Route>> {
         let host = host.map(strip_port);
-        let mut best: Option<(&Arc<Route>, (Specificity, i32, std::cmp::Reverse<usize>))> = None;
+        let mut best: Option<(&Arc<Route>, Rank)> = None;
         for route in &self.routes {
             if !route.methods.is_empty() && !route.methods.iter().any(|m| m == method) {
                 continue;
