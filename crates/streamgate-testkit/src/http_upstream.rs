@@ -2,7 +2,8 @@
 //!
 //! Routes: `/healthz` (200, or 503 after `set_healthy(false)`), `/sleep/MS` (answers after MS
 //! milliseconds), `/bytes/N` (streams N bytes), `POST /count` (answers how many body bytes it
-//! read), anything else: JSON naming the server, the method, the path and the request headers.
+//! read), a WebSocket upgrade on any path (echoes every message), anything else: JSON naming the
+//! server, the method, the path and the request headers.
 
 use crate::tls::TestCa;
 use bytes::Bytes;
@@ -124,6 +125,13 @@ async fn handle(
         ));
     }
     state.hits.fetch_add(1, Ordering::SeqCst);
+    if req
+        .headers()
+        .get("upgrade")
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"))
+    {
+        return Ok(websocket_echo(req));
+    }
     if let Some(ms) = path
         .strip_prefix("/sleep/")
         .and_then(|m| m.parse::<u64>().ok())
@@ -170,6 +178,42 @@ async fn handle(
     resp.headers_mut()
         .insert("content-type", "application/json".parse().expect("header"));
     Ok(resp)
+}
+
+/// Answers a WebSocket handshake and echoes every data message on the upgraded connection.
+fn websocket_echo(req: Request<Incoming>) -> Response<BoxBody> {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::{handshake::derive_accept_key, protocol::Role};
+    let Some(key) = req
+        .headers()
+        .get("sec-websocket-key")
+        .map(|k| derive_accept_key(k.as_bytes()))
+    else {
+        return text(400, "no Sec-WebSocket-Key");
+    };
+    tokio::spawn(async move {
+        let Ok(upgraded) = hyper::upgrade::on(req).await else {
+            return;
+        };
+        let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
+            TokioIo::new(upgraded),
+            Role::Server,
+            None,
+        )
+        .await;
+        while let Some(Ok(msg)) = ws.next().await {
+            if (msg.is_text() || msg.is_binary()) && ws.send(msg).await.is_err() {
+                break;
+            }
+        }
+    });
+    let mut resp = Response::new(Full::new(Bytes::new()).boxed());
+    *resp.status_mut() = hyper::StatusCode::SWITCHING_PROTOCOLS;
+    let h = resp.headers_mut();
+    h.insert("upgrade", "websocket".parse().expect("header"));
+    h.insert("connection", "Upgrade".parse().expect("header"));
+    h.insert("sec-websocket-accept", key.parse().expect("header"));
+    resp
 }
 
 fn text(status: u16, body: &str) -> Response<BoxBody> {

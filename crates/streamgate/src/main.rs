@@ -68,9 +68,12 @@ fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("STREAMGATE_LOG")
         // rskafka logs every broker connection at info: per-session noise at the edge.
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rskafka=warn"));
+    // Colours for people at a terminal; plain text for files and log collectors.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().flatten_event(true).init(),

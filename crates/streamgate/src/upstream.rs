@@ -28,6 +28,10 @@ pub struct HttpUpstream {
     balancer: Balancer,
     nodes: HashMap<SocketAddr, Node>,
     tls: Option<PeerTls>,
+    /// Keeps this upstream's pooled connections to itself. Pingora's reuse key leaves out the
+    /// trusted CA, so without it a connection verified for one upstream could be reused by
+    /// another that trusts different roots.
+    pool_key: u64,
 }
 
 impl std::fmt::Debug for HttpUpstream {
@@ -143,6 +147,13 @@ impl HttpUpstream {
                 }
             }
         }
+        let pool_key = {
+            use std::hash::{Hash, Hasher};
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            config.id.hash(&mut h);
+            config.tls.hash(&mut h);
+            h.finish()
+        };
         let name = format!("health checks of upstream {}", config.id);
         let (balancer, service) = match config.balance {
             Balance::RoundRobin => {
@@ -168,6 +179,7 @@ impl HttpUpstream {
                 balancer,
                 nodes,
                 tls,
+                pool_key,
             },
             service,
         ))
@@ -210,6 +222,7 @@ impl HttpUpstream {
             None => String::new(),
         };
         let mut peer = HttpPeer::new(addr, self.tls.is_some(), sni);
+        peer.group_key = self.pool_key;
         let t = &self.config.timeouts;
         peer.options.connection_timeout = Some(t.connect);
         peer.options.total_connection_timeout = Some(t.connect);
