@@ -6,6 +6,13 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use streamgate_config::model::LogFormat;
 
+/// jemalloc instead of glibc malloc. Measured with 1,000 WebSocket sessions opened and closed per
+/// round: glibc kept 45-54 MB after close and grew round after round (fragmentation from the
+/// handshake bursts); jemalloc with a purging background thread (see .cargo/config.toml) goes
+/// back to within ~5 MB of the process at rest every round.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// An edge proxy on Pingora: HTTP routes, and Kafka topics over WebSocket.
 #[derive(Debug, Parser)]
 #[command(version, about)]

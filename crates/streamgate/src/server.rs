@@ -48,7 +48,6 @@ pub fn prepare(config: &Config) -> Result<Prepared, StartupError> {
         crate::tls::read_key(&l.key_file).map_err(at)?;
     }
     let pubsub = Arc::new(PubSub::default());
-    let mut targets: HashMap<String, Arc<Target>> = HashMap::new();
     let mut health = Vec::new();
     let mut http: HashMap<String, Arc<HttpUpstream>> = HashMap::new();
     let mut kafka: HashMap<String, Arc<KafkaCluster>> = HashMap::new();
@@ -64,7 +63,6 @@ pub fn prepare(config: &Config) -> Result<Prepared, StartupError> {
             }
         }
     }
-    targets.clear();
     let mut routes = Vec::with_capacity(config.routes.len());
     for (i, route) in config.routes.iter().enumerate() {
         debug_assert_eq!(route.index, i);
@@ -119,6 +117,7 @@ fn kafka_cluster(upstream: &Upstream) -> Result<KafkaCluster, StartupError> {
         upstream_id: upstream.id.clone(),
         brokers,
         tls,
+        connect_timeout: upstream.timeouts.connect,
     })
 }
 

@@ -62,7 +62,7 @@ pub fn pingora_client_cert(cert: &Path, key: &Path) -> Result<Arc<CertKey>, Stri
     let certs = read_certs(cert)?;
     let key = read_key(key)?;
     for c in &certs {
-        x509_ok(c).map_err(|e| format!("{}: {e}", cert.display()))?;
+        check_x509(c).map_err(|e| format!("{}: {e}", cert.display()))?;
     }
     Ok(Arc::new(CertKey::new(
         certs.into_iter().map(|c| c.to_vec()).collect(),
@@ -70,12 +70,8 @@ pub fn pingora_client_cert(cert: &Path, key: &Path) -> Result<Arc<CertKey>, Stri
     )))
 }
 
-fn x509_ok(cert: &CertificateDer<'_>) -> Result<(), String> {
-    webpki_check(cert)
-}
-
-fn webpki_check(cert: &CertificateDer<'_>) -> Result<(), String> {
-    // A throwaway root store parses the certificate's structure without trusting it.
+/// Parses a certificate's structure without trusting it (Pingora's own parser panics on bad DER).
+fn check_x509(cert: &CertificateDer<'_>) -> Result<(), String> {
     RootCertStore::empty()
         .add(cert.clone())
         .map_err(|e| format!("not a usable X.509 certificate: {e}"))

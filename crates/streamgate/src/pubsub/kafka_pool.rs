@@ -28,6 +28,9 @@ pub struct KafkaCluster {
     pub brokers: Vec<String>,
     /// TLS settings and the client configuration built from them.
     pub tls: Option<(UpstreamTls, Arc<rustls::ClientConfig>)>,
+    /// The upstream's `timeout.connect`: bounds connecting (and SASL) to the brokers, within
+    /// the route's socket timeout.
+    pub connect_timeout: Duration,
 }
 
 impl fmt::Debug for KafkaCluster {
@@ -36,6 +39,7 @@ impl fmt::Debug for KafkaCluster {
             .field("upstream_id", &self.upstream_id)
             .field("brokers", &self.brokers)
             .field("tls", &self.tls.as_ref().map(|(t, _)| t))
+            .field("connect_timeout", &self.connect_timeout)
             .finish()
     }
 }
@@ -93,9 +97,10 @@ impl KafkaPool {
         timeout: Duration,
     ) -> Result<Arc<PartitionClient>, KafkaFailure> {
         let slot = self.slot(cluster, sasl);
-        let client = bounded(timeout, async {
+        let connect = timeout.min(cluster.connect_timeout);
+        let client = bounded(connect, async {
             slot.client
-                .get_or_try_init(|| build_client(cluster, sasl, timeout))
+                .get_or_try_init(|| build_client(cluster, sasl, connect))
                 .await
                 .cloned()
         })
