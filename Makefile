@@ -17,8 +17,8 @@ check:          ## check the shipped configuration
 broker:         ## install the test/demo broker into ~/.cache/streamgate (no-op when cached)
 	bash scripts/install-test-broker.sh
 
-bench:          ## benchmarks (see BENCHMARKS.md)
-	@echo "make bench: not built yet (tracked in the benchmarks issue)"; exit 1
+bench:          ## every benchmark scenario against its baseline (see BENCHMARKS.md); ARGS="--only 2,4"
+	bash scripts/bench.sh $(ARGS)
 
 clean:
 	cargo clean
