@@ -580,3 +580,82 @@ async fn a_thousand_sessions_and_memory_stays_at_baseline_over_three_rounds() {
         "KiB per open session: {open_cost:?}"
     );
 }
+
+async fn admin_counter(admin: std::net::SocketAddr, name: &str) -> u64 {
+    let text = reqwest::get(format!("http://{admin}/readyz"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(name).map(|v| v.trim().parse().unwrap()))
+        .unwrap_or_else(|| panic!("{name} not in {text}"))
+}
+
+#[tokio::test]
+async fn many_sessions_tailing_a_partition_share_broker_fetches_and_block_nobody() {
+    let broker = Broker::start().await;
+    let kafka = broker.client().await;
+    let topic = unique_topic("tail");
+    fixtures::create_topic(&kafka, &topic, 1).await;
+    fixtures::produce_each(&kafka, &topic, 0, vec![fixtures::value("first")]).await;
+    let admin = listen_addr();
+    let extra = format!(
+        "{}{}[admin]\nlisten = \"{admin}\"\n",
+        kafka_upstream("k2", &broker.bootstrap, ""),
+        kafka_route(
+            "tail",
+            "/tail",
+            "k2",
+            "fetch_max_wait_ms = 5000\nsocket_timeout_ms = 3000"
+        )
+    );
+    let gw = gateway_for(&broker, "", &extra).await;
+
+    // 300 sessions long-poll at the end of the log (offset 1) on one shared Kafka client.
+    let mut waiting = tokio::task::JoinSet::new();
+    for _ in 0..300 {
+        let (url, topic) = (gw.ws_url("/tail"), topic.clone());
+        waiting.spawn(async move {
+            let mut c = PubSubClient::connect(&url).await.unwrap();
+            let got = c.fetch(&topic, 0, 1).await.unwrap();
+            (
+                got.messages.first().map(|m| m.value.clone()),
+                std::time::Instant::now(),
+            )
+        });
+    }
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let before = admin_counter(admin, "kafka_broker_fetches").await;
+
+    // Other requests on the same client are not stuck behind the waiting fetches.
+    let mut other = PubSubClient::connect(&gw.ws_url("/tail")).await.unwrap();
+    let started = std::time::Instant::now();
+    assert_eq!(other.list_offset(&topic, 0, -1).await.unwrap(), 1);
+    assert!(
+        started.elapsed() < Duration::from_millis(500),
+        "list offset waited {:?}",
+        started.elapsed()
+    );
+
+    let produced_at = std::time::Instant::now();
+    fixtures::produce_each(&kafka, &topic, 0, vec![fixtures::value("second")]).await;
+    let mut delivered = 0;
+    while let Some(r) = waiting.join_next().await {
+        let (value, at) = r.unwrap();
+        assert_eq!(value.as_deref(), Some(&b"second"[..]));
+        assert!(
+            at.duration_since(produced_at) < Duration::from_secs(2),
+            "delivered after {:?}",
+            at.duration_since(produced_at)
+        );
+        delivered += 1;
+    }
+    assert_eq!(delivered, 300);
+    let fetches = admin_counter(admin, "kafka_broker_fetches").await - before;
+    assert!(
+        fetches < 100,
+        "300 tailing sessions caused {fetches} broker fetches"
+    );
+}

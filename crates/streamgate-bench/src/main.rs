@@ -550,9 +550,16 @@ async fn fan_out(
         tasks.spawn(async move {
             let mut client = {
                 let _permit = gate.acquire().await;
-                PubSubClient::connect(&url).await.ok()?
+                PubSubClient::connect(&url)
+                    .await
+                    .map_err(|e| eprintln!("connect: {e}"))
+                    .ok()?
             };
-            let mut offset = client.list_offset(topic, 0, -1).await.ok()?;
+            let mut offset = client
+                .list_offset(topic, 0, -1)
+                .await
+                .map_err(|e| eprintln!("list: {e}"))
+                .ok()?;
             let mut latencies = Vec::new();
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                 fetches.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -565,6 +572,7 @@ async fn fan_out(
                         max_wait_ms: 200,
                     })
                     .await
+                    .map_err(|e| eprintln!("fetch: {e}"))
                     .ok()?;
                 let now = fixtures::now_ms();
                 for m in &resp.messages {

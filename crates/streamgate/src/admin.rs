@@ -25,7 +25,12 @@ impl ServeHttp for AdminApp {
             "/healthz" => (200, "ok\n".to_string()),
             "/readyz" => (
                 200,
-                format!("ready\npubsub_sessions {}\n", self.pubsub.active_sessions()),
+                format!(
+                    "ready\npubsub_sessions {}\nkafka_clients {}\nkafka_broker_fetches {}\n",
+                    self.pubsub.active_sessions(),
+                    self.pubsub.pool.client_count(),
+                    self.pubsub.pool.broker_fetches()
+                ),
             ),
             _ => (404, "not found: try /healthz or /readyz\n".to_string()),
         };

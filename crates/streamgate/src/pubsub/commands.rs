@@ -5,7 +5,6 @@
 
 use super::failure::KafkaFailure;
 use super::kafka_pool::{KafkaCluster, KafkaPool};
-use bytes::Bytes;
 use prost::Message as _;
 use rskafka::chrono::{TimeZone, Utc};
 use rskafka::client::partition::OffsetAt;
@@ -13,8 +12,8 @@ use std::sync::Arc;
 use std::time::Duration;
 use streamgate_config::model::KafkaProxy;
 use streamgate_protocol::{
-    pub_sub_resp::Resp, CmdKafkaFetch, CmdKafkaListOffset, ErrorCode, KafkaFetchResp, KafkaHeader,
-    KafkaListOffsetResp, KafkaMessage, PubSubResp,
+    pub_sub_resp::Resp, CmdKafkaFetch, CmdKafkaListOffset, ErrorCode, KafkaFetchResp,
+    KafkaListOffsetResp, PubSubResp,
 };
 
 /// Room kept in every frame for the response envelope (sequence, tags, high watermark).
@@ -100,7 +99,7 @@ async fn list_offset_inner(
         ms => return Err(invalid_timestamp(ms)),
     };
     let timeout = route.settings.socket_timeout;
-    let pc = route
+    let reader = route
         .pool
         .partition(
             &route.cluster,
@@ -110,22 +109,22 @@ async fn list_offset_inner(
             timeout,
         )
         .await?;
-    let offset = kafka_call(timeout, pc.get_offset(at)).await?;
+    let offset = kafka_call(timeout, reader.client().get_offset(at)).await?;
     if cmd.timestamp < 0 || offset < 0 {
         return Ok(offset);
     }
     // Kafka answers -1 when no record is that late; some brokers answer an offset whose record
-    // is older than asked. Read the record there and check.
-    let (records, high_watermark) =
-        kafka_call(timeout, pc.fetch_records(offset, 1..64 * 1024, 0)).await?;
+    // is older than asked. Read the records there and check.
+    let fetched = reader.fetch_now(offset, 64 * 1024, timeout).await?;
+    let records = &fetched.messages;
     let first_late_enough = records
         .iter()
-        .find(|r| r.offset >= offset && r.record.timestamp.timestamp_millis() >= cmd.timestamp);
+        .find(|m| m.offset >= offset && m.timestamp >= cmd.timestamp);
     Ok(match first_late_enough {
-        Some(r) => r.offset,
+        Some(m) => m.offset,
         None if records
             .last()
-            .is_none_or(|r| r.offset + 1 >= high_watermark) =>
+            .is_none_or(|m| m.offset + 1 >= fetched.high_watermark) =>
         {
             -1
         }
@@ -172,7 +171,7 @@ async fn fetch_inner(
     if cmd.max_wait_ms > 0 {
         wait = wait.min(Duration::from_millis(cmd.max_wait_ms as u64));
     }
-    let pc = route
+    let reader = route
         .pool
         .partition(
             &route.cluster,
@@ -183,33 +182,21 @@ async fn fetch_inner(
         )
         .await?;
     let max_bytes = i32::try_from(max_bytes.max(1)).unwrap_or(i32::MAX);
-    let wait_ms = i32::try_from(wait.as_millis()).unwrap_or(i32::MAX);
-    let (records, high_watermark) = kafka_call(
-        s.socket_timeout + wait,
-        pc.fetch_records(cmd.offset, 1..max_bytes, wait_ms),
-    )
-    .await?;
-    if records.is_empty() && cmd.offset > high_watermark {
+    let fetched = reader
+        .fetch(cmd.offset, max_bytes, wait, s.socket_timeout)
+        .await?;
+    let high_watermark = fetched.high_watermark;
+    let mut records = fetched
+        .messages
+        .iter()
+        .filter(|m| m.offset >= cmd.offset)
+        .peekable();
+    if records.peek().is_none() && cmd.offset > high_watermark {
         return Err(out_of_range());
     }
-    let mut messages = Vec::with_capacity(records.len());
+    let mut messages = Vec::new();
     let mut used = 0usize;
-    for r in records.into_iter().filter(|r| r.offset >= cmd.offset) {
-        let record = r.record;
-        let message = KafkaMessage {
-            offset: r.offset,
-            timestamp: record.timestamp.timestamp_millis(),
-            key: record.key.map(Bytes::from).unwrap_or_default(),
-            value: record.value.map(Bytes::from).unwrap_or_default(),
-            headers: record
-                .headers
-                .into_iter()
-                .map(|(key, value)| KafkaHeader {
-                    key,
-                    value: Bytes::from(value),
-                })
-                .collect(),
-        };
+    for message in records {
         let len = message.encoded_len();
         let framed = 1 + prost::encoding::encoded_len_varint(len as u64) + len;
         if used + framed > frame_budget {
@@ -227,7 +214,8 @@ async fn fetch_inner(
             break;
         }
         used += framed;
-        messages.push(message);
+        // Keys and values are shared buffers: this clones reference counts, not payloads.
+        messages.push(message.clone());
     }
     Ok(KafkaFetchResp {
         messages,

@@ -7,11 +7,13 @@
 //! entry, never across a network call.
 
 use super::failure::KafkaFailure;
-use rskafka::client::partition::{PartitionClient, UnknownTopicHandling};
+use super::reader::PartitionReader;
+use rskafka::client::partition::UnknownTopicHandling;
 use rskafka::client::{Client, ClientBuilder, Credentials, SaslConfig};
 use rskafka::BackoffConfig;
 use std::collections::HashMap;
 use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 use streamgate_config::model::{Sasl, SaslMechanism, UpstreamTls};
@@ -55,7 +57,7 @@ type PartitionKey = (String, i32);
 
 struct ClientSlot {
     client: OnceCell<Arc<Client>>,
-    partitions: Mutex<HashMap<PartitionKey, Arc<OnceCell<Arc<PartitionClient>>>>>,
+    partitions: Mutex<HashMap<PartitionKey, Arc<OnceCell<Arc<PartitionReader>>>>>,
     last_used: Mutex<Instant>,
 }
 
@@ -64,6 +66,7 @@ struct ClientSlot {
 pub struct KafkaPool {
     slots: Mutex<HashMap<ClientKey, Arc<ClientSlot>>>,
     last_sweep: Mutex<Option<Instant>>,
+    broker_fetches: Arc<AtomicU64>,
 }
 
 impl fmt::Debug for KafkaPool {
@@ -81,13 +84,18 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl KafkaPool {
+    /// Fetch requests sent to brokers since start (after coalescing).
+    pub fn broker_fetches(&self) -> u64 {
+        self.broker_fetches.load(Ordering::Relaxed)
+    }
+
     /// How many Kafka clients exist now.
     pub fn client_count(&self) -> usize {
         lock(&self.slots).len()
     }
 
-    /// The partition client for `topic`/`partition` on `cluster` as `sasl`, connecting first if
-    /// needed. Every network step is bounded by `timeout`.
+    /// The reader for `topic`/`partition` on `cluster` as `sasl`, connecting first if needed.
+    /// Every network step is bounded by `timeout`.
     pub async fn partition(
         &self,
         cluster: &KafkaCluster,
@@ -95,7 +103,7 @@ impl KafkaPool {
         topic: &str,
         partition: i32,
         timeout: Duration,
-    ) -> Result<Arc<PartitionClient>, KafkaFailure> {
+    ) -> Result<Arc<PartitionReader>, KafkaFailure> {
         let slot = self.slot(cluster, sasl);
         let connect = timeout.min(cluster.connect_timeout);
         let client = bounded(connect, async {
@@ -114,7 +122,7 @@ impl KafkaPool {
                 client
                     .partition_client(topic, partition, UnknownTopicHandling::Error)
                     .await
-                    .map(Arc::new)
+                    .map(|pc| Arc::new(PartitionReader::new(pc, Arc::clone(&self.broker_fetches))))
                     .map_err(|e| KafkaFailure::from_kafka(&e))
             })
             .await

@@ -10,6 +10,8 @@
 //!              session loop (session.rs) ── ping ──▶ pong
 //!                        │ list offset / fetch (commands.rs), concurrently
 //!                        ▼
+//!              partition readers (reader.rs): coalesced fetches, tail polling
+//!                        ▼
 //!              shared Kafka clients (kafka_pool.rs) ──▶ brokers
 //! ```
 //!
@@ -19,6 +21,7 @@
 mod commands;
 mod failure;
 mod kafka_pool;
+mod reader;
 mod session;
 mod upgrade;
 

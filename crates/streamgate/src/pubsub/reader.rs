@@ -1,0 +1,224 @@
+//! Reading a partition over a shared broker connection without blocking other sessions.
+//!
+//! A broker answers one connection's requests in order, so a fetch that waits at the broker for
+//! new records holds up every other session sharing that client. Fetches are therefore always
+//! sent with no broker-side wait, and waiting happens here instead: sessions at the end of the
+//! log subscribe to the partition's high watermark, which one poller per partition refreshes every
+//! [`TAIL_POLL`] while anyone waits. Identical concurrent fetches (same offset and size) share a
+//! single broker request and its decoded records, so sessions tailing the same partition cost one
+//! broker fetch per new batch, not one each.
+
+use super::failure::KafkaFailure;
+use bytes::Bytes;
+use futures_util::future::{BoxFuture, FutureExt, Shared};
+use rskafka::client::partition::PartitionClient;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+use streamgate_protocol::{KafkaHeader, KafkaMessage};
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+/// How often a partition with waiting sessions is polled for new records.
+pub const TAIL_POLL: Duration = Duration::from_millis(20);
+
+/// Records decoded once, shared by every session that asked for them.
+#[derive(Debug)]
+pub struct Fetched {
+    /// Records in log order (keys and values are shared buffers, never copied per session).
+    pub messages: Vec<KafkaMessage>,
+    /// The partition's high watermark when the broker answered.
+    pub high_watermark: i64,
+}
+
+type SharedFetch = Shared<BoxFuture<'static, Result<Arc<Fetched>, KafkaFailure>>>;
+
+/// One partition of one shared client.
+pub struct PartitionReader {
+    client: Arc<PartitionClient>,
+    high_watermark: watch::Sender<i64>,
+    poller_running: Mutex<bool>,
+    in_flight: Mutex<HashMap<(i64, i32), SharedFetch>>,
+    broker_fetches: Arc<AtomicU64>,
+}
+
+impl std::fmt::Debug for PartitionReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PartitionReader")
+            .field("topic", &self.client.topic())
+            .field("partition", &self.client.partition())
+            .field("high_watermark", &*self.high_watermark.borrow())
+            .finish()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl PartitionReader {
+    /// A reader over `client`; every broker fetch it sends is counted in `broker_fetches`.
+    pub fn new(client: PartitionClient, broker_fetches: Arc<AtomicU64>) -> Self {
+        Self {
+            client: Arc::new(client),
+            high_watermark: watch::channel(-1).0,
+            poller_running: Mutex::new(false),
+            in_flight: Mutex::default(),
+            broker_fetches,
+        }
+    }
+
+    /// The rskafka partition client (for offset look-ups).
+    pub fn client(&self) -> &PartitionClient {
+        &self.client
+    }
+
+    /// Records from `offset` on, waiting up to `wait` for some to arrive when `offset` is the end
+    /// of the log. Each broker request is bounded by `timeout`.
+    pub async fn fetch(
+        self: &Arc<Self>,
+        offset: i64,
+        max_bytes: i32,
+        wait: Duration,
+        timeout: Duration,
+    ) -> Result<Arc<Fetched>, KafkaFailure> {
+        let deadline = Instant::now() + wait;
+        loop {
+            let fetched = self.fetch_now(offset, max_bytes, timeout).await?;
+            let at_end = offset == fetched.high_watermark;
+            let has_records = fetched.messages.iter().any(|m| m.offset >= offset);
+            // Only the end of the log is worth waiting at; anything else answers now.
+            if has_records || !at_end || Instant::now() >= deadline {
+                return Ok(fetched);
+            }
+            let mut high_watermark = self.high_watermark.subscribe();
+            self.ensure_poller(timeout);
+            let moved =
+                tokio::time::timeout_at(deadline, high_watermark.wait_for(|hw| *hw > offset))
+                    .await
+                    .is_ok_and(|r| r.is_ok());
+            if !moved {
+                return Ok(fetched);
+            }
+        }
+    }
+
+    /// One broker fetch with no broker-side wait; identical concurrent calls share it.
+    pub async fn fetch_now(
+        self: &Arc<Self>,
+        offset: i64,
+        max_bytes: i32,
+        timeout: Duration,
+    ) -> Result<Arc<Fetched>, KafkaFailure> {
+        let key = (offset, max_bytes);
+        let shared = {
+            let mut in_flight = lock(&self.in_flight);
+            match in_flight.get(&key) {
+                Some(f) => f.clone(),
+                None => {
+                    // Entries whose every waiter went away are never polled again: drop them.
+                    in_flight.retain(|_, f| f.strong_count().is_some_and(|n| n > 1));
+                    let request = broker_fetch(
+                        Arc::clone(&self.client),
+                        Arc::clone(&self.broker_fetches),
+                        offset,
+                        max_bytes,
+                        timeout,
+                    )
+                    .boxed()
+                    .shared();
+                    in_flight.insert(key, request.clone());
+                    request
+                }
+            }
+        };
+        let result = shared.clone().await;
+        {
+            let mut in_flight = lock(&self.in_flight);
+            if in_flight.get(&key).is_some_and(|f| f.ptr_eq(&shared)) {
+                in_flight.remove(&key);
+            }
+        }
+        if let Ok(f) = &result {
+            self.observe(f.high_watermark);
+        }
+        result
+    }
+
+    fn observe(&self, high_watermark: i64) {
+        self.high_watermark.send_if_modified(|current| {
+            let newer = high_watermark > *current;
+            if newer {
+                *current = high_watermark;
+            }
+            newer
+        });
+    }
+
+    /// Starts the partition's poller unless it runs; it stops when nobody waits.
+    fn ensure_poller(self: &Arc<Self>, timeout: Duration) {
+        let mut running = lock(&self.poller_running);
+        if *running {
+            return;
+        }
+        *running = true;
+        let reader = Arc::clone(self);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(TAIL_POLL).await;
+                {
+                    let mut running = lock(&reader.poller_running);
+                    if reader.high_watermark.receiver_count() == 0 {
+                        *running = false;
+                        return;
+                    }
+                }
+                let known = (*reader.high_watermark.borrow()).max(0);
+                // Errors are left to the waiting sessions' own deadlines; keep polling.
+                let _ = reader.fetch_now(known, 1, timeout).await;
+            }
+        });
+    }
+}
+
+async fn broker_fetch(
+    client: Arc<PartitionClient>,
+    counter: Arc<AtomicU64>,
+    offset: i64,
+    max_bytes: i32,
+    timeout: Duration,
+) -> Result<Arc<Fetched>, KafkaFailure> {
+    counter.fetch_add(1, Ordering::Relaxed);
+    let (records, high_watermark) = match tokio::time::timeout(
+        timeout,
+        client.fetch_records(offset, 1..max_bytes.max(2), 0),
+    )
+    .await
+    {
+        Ok(result) => result.map_err(|e| KafkaFailure::from_kafka(&e))?,
+        Err(_) => return Err(KafkaFailure::timeout(timeout)),
+    };
+    let messages = records
+        .into_iter()
+        .map(|r| KafkaMessage {
+            offset: r.offset,
+            timestamp: r.record.timestamp.timestamp_millis(),
+            key: r.record.key.map(Bytes::from).unwrap_or_default(),
+            value: r.record.value.map(Bytes::from).unwrap_or_default(),
+            headers: r
+                .record
+                .headers
+                .into_iter()
+                .map(|(key, value)| KafkaHeader {
+                    key,
+                    value: Bytes::from(value),
+                })
+                .collect(),
+        })
+        .collect();
+    Ok(Arc::new(Fetched {
+        messages,
+        high_watermark,
+    }))
+}
