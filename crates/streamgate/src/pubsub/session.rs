@@ -2,8 +2,9 @@
 //!
 //! Frames are read in one task. A ping is answered at once; Kafka commands run as tasks of their
 //! own (at most `max_in_flight` at a time), so a ping never waits behind a slow fetch, and each
-//! answer carries its request's sequence. Answers reach the socket through a channel, so the
-//! loop can also send frames that no request triggered (reserved for push subscriptions).
+//! answer carries its request's sequence. A command task's result is its answer, collected by the
+//! loop as tasks finish: no per-session channel. The loop can also send frames that no request
+//! triggered (reserved for push subscriptions), from any branch of its `select!`.
 
 use super::commands::{self, KafkaRoute};
 use futures_util::{SinkExt, StreamExt};
@@ -12,7 +13,7 @@ use streamgate_protocol::{
     pub_sub_req::Req, pub_sub_resp::Resp, ErrorCode, PongResp, PubSubReq, PubSubResp,
 };
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
@@ -40,25 +41,23 @@ pub async fn run<S>(
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let max_in_flight = route.settings.max_in_flight;
-    let (answers_tx, mut answers) = mpsc::channel::<PubSubResp>(max_in_flight);
-    let mut tasks = JoinSet::new();
+    let mut tasks: JoinSet<PubSubResp> = JoinSet::new();
     let close = loop {
         tokio::select! {
             biased;
             Ok(()) = shutdown.changed() => if *shutdown.borrow() {
                 break Some((CloseCode::Away, "shutting down"));
             },
-            Some(answer) = answers.recv() => {
-                if send(&mut ws, &answer).await.is_err() {
-                    break None;
+            Some(joined) = tasks.join_next(), if !tasks.is_empty() => match joined {
+                Ok(answer) => {
+                    if send(&mut ws, &answer).await.is_err() {
+                        break None;
+                    }
                 }
-            }
-            Some(joined) = tasks.join_next(), if !tasks.is_empty() => {
-                if let Err(e) = joined {
+                Err(e) => {
                     tracing::error!(route = %route.route_id, error = %e, "a pub/sub command task failed");
                 }
-            }
+            },
             frame = ws.next() => match frame {
                 None => break None,
                 Some(Err(WsError::Capacity(e))) => {
@@ -72,7 +71,7 @@ pub async fn run<S>(
                 Some(Ok(Message::Binary(data))) => {
                     let immediate = match PubSubReq::decode(data) {
                         Err(_) => Some(PubSubResp::error(0, ErrorCode::BadRequest, "wrong command")),
-                        Ok(req) => dispatch(req, &route, &mut tasks, &answers_tx),
+                        Ok(req) => dispatch(req, &route, &mut tasks),
                     };
                     if let Some(answer) = immediate {
                         if send(&mut ws, &answer).await.is_err() {
@@ -110,8 +109,7 @@ pub async fn run<S>(
 fn dispatch(
     req: PubSubReq,
     route: &KafkaRoute,
-    tasks: &mut JoinSet<()>,
-    answers: &mpsc::Sender<PubSubResp>,
+    tasks: &mut JoinSet<PubSubResp>,
 ) -> Option<PubSubResp> {
     let sequence = req.sequence;
     let unknown = || {
@@ -142,15 +140,15 @@ fn dispatch(
         ));
     }
     let route = route.clone();
-    let answers = answers.clone();
     tasks.spawn(async move {
-        let answer = match cmd {
+        match cmd {
             Req::CmdKafkaListOffset(c) => commands::list_offset(&route, sequence, c).await,
             Req::CmdKafkaFetch(c) => commands::fetch(&route, sequence, c).await,
-            Req::CmdEmpty(_) | Req::CmdPing(_) => return,
-        };
-        // The receiver is gone only when the session ended; the answer has nowhere to go.
-        let _ = answers.send(answer).await;
+            // Answered inline above; never spawned.
+            Req::CmdEmpty(_) | Req::CmdPing(_) => {
+                PubSubResp::error(sequence, ErrorCode::Internal, "command dispatched twice")
+            }
+        }
     });
     None
 }
