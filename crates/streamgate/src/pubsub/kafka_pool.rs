@@ -19,6 +19,9 @@ use std::time::{Duration, Instant};
 use streamgate_config::model::{Sasl, SaslMechanism, UpstreamTls};
 use tokio::sync::OnceCell;
 
+/// Extra time past rskafka's own deadline before a connect attempt counts as hung.
+const CAUSE_GRACE: Duration = Duration::from_secs(1);
+
 /// How long an unused client is kept.
 pub const IDLE_CLIENT_TTL: Duration = Duration::from_secs(300);
 
@@ -106,7 +109,9 @@ impl KafkaPool {
     ) -> Result<Arc<PartitionReader>, KafkaFailure> {
         let slot = self.slot(cluster, sasl);
         let connect = timeout.min(cluster.connect_timeout);
-        let client = bounded(connect, async {
+        // rskafka gives up at `connect` with the real cause (refused, TLS, SASL); the outer bound
+        // only catches a hang, so it must not race that answer.
+        let client = bounded(connect + CAUSE_GRACE, async {
             slot.client
                 .get_or_try_init(|| build_client(cluster, sasl, connect))
                 .await
