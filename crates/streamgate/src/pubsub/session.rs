@@ -15,7 +15,8 @@ use streamgate_protocol::{
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
+use tokio_tungstenite::tungstenite::protocol::frame::Frame;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::WebSocketStream;
@@ -153,10 +154,32 @@ fn dispatch(
     None
 }
 
+/// Answers larger than this go out as several frames of one WebSocket message (RFC 6455 §5.4;
+/// every client reassembles them). tungstenite shifts its whole send buffer forward after each
+/// partial socket write, so a 1 MiB frame cost several MiB of memmove; 64 KiB fragments keep that
+/// work proportional to the answer (measured in BENCHMARKS.md, scenario 1).
+const FRAGMENT_BYTES: usize = 64 * 1024;
+
 async fn send<S>(ws: &mut WebSocketStream<S>, answer: &PubSubResp) -> Result<(), WsError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    ws.send(Message::Binary(answer.encode_to_vec().into()))
-        .await
+    let encoded = bytes::Bytes::from(answer.encode_to_vec());
+    if encoded.len() <= FRAGMENT_BYTES {
+        return ws.send(Message::Binary(encoded)).await;
+    }
+    let mut start = 0;
+    while start < encoded.len() {
+        let end = (start + FRAGMENT_BYTES).min(encoded.len());
+        let opcode = if start == 0 {
+            Data::Binary
+        } else {
+            Data::Continue
+        };
+        let last = end == encoded.len();
+        let fragment = Frame::message(encoded.slice(start..end), OpCode::Data(opcode), last);
+        ws.feed(Message::Frame(fragment)).await?;
+        start = end;
+    }
+    ws.flush().await
 }
