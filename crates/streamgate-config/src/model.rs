@@ -24,6 +24,39 @@ pub struct Config {
     pub upstreams: Vec<Arc<Upstream>>,
     /// Routes, in file order.
     pub routes: Vec<Arc<Route>>,
+    /// Consumers, in file order.
+    pub consumers: Vec<Arc<Consumer>>,
+}
+
+/// One `[[consumers]]`: an identity that auth plugins recognise.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Consumer {
+    /// Unique name, in logs.
+    pub username: String,
+    /// Narrows the `kafka-proxy` allow-list of every route this consumer calls; `None` = no
+    /// narrowing.
+    pub topics: Option<Vec<TopicPattern>>,
+    /// The consumer's `key-auth` key (never printed).
+    pub key: Option<String>,
+}
+
+impl fmt::Debug for Consumer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Consumer")
+            .field("username", &self.username)
+            .field("topics", &self.topics)
+            .field("key", &self.key.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
+}
+
+impl Consumer {
+    /// Whether this consumer may read `topic` (before the route's own allow-list).
+    pub fn allows(&self, topic: &str) -> bool {
+        self.topics
+            .as_ref()
+            .is_none_or(|patterns| patterns.iter().any(|p| p.matches(topic)))
+    }
 }
 
 /// `[server]`.
@@ -246,6 +279,19 @@ pub enum HostPattern {
 pub struct Plugins {
     /// `kafka-proxy`.
     pub kafka_proxy: Option<KafkaProxy>,
+    /// `key-auth`.
+    pub key_auth: Option<KeyAuth>,
+}
+
+/// `[routes.plugins.key-auth]`: where callers put a consumer's key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyAuth {
+    /// Request header holding the key (lower case).
+    pub header: String,
+    /// Query parameter holding the key (browsers cannot set WebSocket headers).
+    pub query: String,
+    /// Remove the key from the request before it goes upstream.
+    pub hide_credentials: bool,
 }
 
 /// `[routes.plugins.kafka-proxy]`: per-route Kafka settings of a pub/sub route.
@@ -404,6 +450,8 @@ pub(crate) fn build(file: t::File, text: &str) -> Result<Config, Vec<Problem>> {
         upstream_list.push(upstream);
     }
 
+    let consumers = build_consumers(&mut c, file.consumers);
+
     let mut routes = Vec::new();
     let mut route_ids = HashSet::new();
     for (i, spanned) in file.routes.into_iter().enumerate() {
@@ -419,6 +467,15 @@ pub(crate) fn build(file: t::File, text: &str) -> Result<Config, Vec<Problem>> {
             );
         }
         if let Some(route) = build_route(&mut c, &span, &key, i, r, &upstreams) {
+            if route.plugins.key_auth.is_some() && !consumers.iter().any(|c| c.key.is_some()) {
+                c.at(
+                    Some(&span),
+                    format!("{key}.plugins.key-auth"),
+                    "key-auth is on but no consumer has a key, so every request would be refused"
+                        .into(),
+                    "add a [[consumers]] entry with [consumers.plugins.key-auth] key = \"...\"",
+                );
+            }
             routes.push(Arc::new(route));
         }
     }
@@ -429,6 +486,7 @@ pub(crate) fn build(file: t::File, text: &str) -> Result<Config, Vec<Problem>> {
             admin,
             upstreams: upstream_list,
             routes,
+            consumers,
         })
     } else {
         Err(c.problems)
@@ -1056,6 +1114,29 @@ fn build_route(
             },
         );
     }
+    let key_auth = r.plugins.key_auth.map(|k| {
+        let name = |value: Option<t::Text>, default: &str, field: &str, c: &mut Checker<'_>| {
+            let v = value.map(|t| t.0).unwrap_or_else(|| default.to_string());
+            if v.is_empty()
+                || !v
+                    .chars()
+                    .all(|ch| ch.is_ascii_alphanumeric() || ch == '-' || ch == '_')
+            {
+                c.at(
+                    span,
+                    format!("{key}.plugins.key-auth.{field}"),
+                    format!("{v:?} is not a usable {field} name"),
+                    "use letters, digits, `-` and `_`",
+                );
+            }
+            v
+        };
+        KeyAuth {
+            header: name(k.header, "apikey", "header", c).to_ascii_lowercase(),
+            query: name(k.query, "apikey", "query", c),
+            hide_credentials: k.hide_credentials.unwrap_or(false),
+        }
+    });
     let kafka_proxy = r
         .plugins
         .kafka_proxy
@@ -1086,8 +1167,110 @@ fn build_route(
         methods,
         priority,
         upstream,
-        plugins: Plugins { kafka_proxy },
+        plugins: Plugins {
+            kafka_proxy,
+            key_auth,
+        },
     })
+}
+
+fn build_consumers(
+    c: &mut Checker<'_>,
+    list: Vec<::toml::Spanned<t::ConsumerToml>>,
+) -> Vec<Arc<Consumer>> {
+    let mut names = HashSet::new();
+    let mut keys: HashSet<String> = HashSet::new();
+    let mut out = Vec::new();
+    for (i, spanned) in list.into_iter().enumerate() {
+        let span = spanned.span();
+        let span = Some(&span);
+        let key = format!("consumers[{i}]");
+        let t = spanned.into_inner();
+        let before = c.problems.len();
+        let username = t.username.0;
+        if username.is_empty() {
+            c.at(
+                span,
+                format!("{key}.username"),
+                "empty username".into(),
+                "name the consumer",
+            );
+        } else if !names.insert(username.clone()) {
+            c.at(
+                span,
+                format!("{key}.username"),
+                format!("duplicate consumer {username:?}"),
+                "give every [[consumers]] entry its own username",
+            );
+        }
+        let topics = t
+            .topics
+            .map(|list| topic_patterns(c, span, &format!("{key}.topics"), list));
+        let api_key = t.plugins.key_auth.map(|k| k.key.0);
+        if let Some(k) = &api_key {
+            if k.len() < 8 {
+                c.at(
+                    span,
+                    format!("{key}.plugins.key-auth.key"),
+                    "the key is shorter than 8 characters: too easy to guess".into(),
+                    "use a long random value, e.g. from `openssl rand -hex 24`, taken from the environment with \"${NAME}\"",
+                );
+            } else if !keys.insert(k.clone()) {
+                c.at(
+                    span,
+                    format!("{key}.plugins.key-auth.key"),
+                    "another consumer has the same key, so requests could not tell them apart"
+                        .into(),
+                    "give every consumer its own key",
+                );
+            }
+        }
+        if c.problems.len() == before {
+            out.push(Arc::new(Consumer {
+                username,
+                topics,
+                key: api_key,
+            }));
+        }
+    }
+    out
+}
+
+/// Allow-list entries: exact names or `prefix*`.
+fn topic_patterns(
+    c: &mut Checker<'_>,
+    span: Option<&std::ops::Range<usize>>,
+    key: &str,
+    list: Vec<t::Text>,
+) -> Vec<TopicPattern> {
+    if list.is_empty() {
+        c.at(
+            span,
+            key.to_string(),
+            "an empty allow-list forbids every topic".into(),
+            "list the topics clients may read, or remove `topics` to allow all",
+        );
+    }
+    list.into_iter()
+        .enumerate()
+        .filter_map(|(i, t)| {
+            let t = t.0;
+            let star = t.find('*');
+            if t.is_empty() || t == "*" || star.is_some_and(|s| s != t.len() - 1) {
+                c.at(
+                    span,
+                    format!("{key}[{i}]"),
+                    format!("{t:?} is not a topic name or prefix"),
+                    "write \"orders\" (exact) or \"audit-*\" (prefix); remove `topics` to allow every topic",
+                );
+                return None;
+            }
+            Some(match t.strip_suffix('*') {
+                Some(p) => TopicPattern::Prefix(p.to_string()),
+                None => TopicPattern::Exact(t),
+            })
+        })
+        .collect()
 }
 
 pub(crate) fn build_kafka_proxy(
@@ -1130,36 +1313,9 @@ pub(crate) fn build_kafka_proxy(
             password: s.password.0,
         }
     });
-    let topics = k.topics.map(|list| {
-        if list.is_empty() {
-            c.at(
-                span,
-                format!("{key}.topics"),
-                "an empty allow-list forbids every topic".into(),
-                "list the topics clients may read, or remove `topics` to allow all",
-            );
-        }
-        list.into_iter()
-            .enumerate()
-            .filter_map(|(i, t)| {
-                let t = t.0;
-                let star = t.find('*');
-                if t.is_empty() || t == "*" || star.is_some_and(|s| s != t.len() - 1) {
-                    c.at(
-                        span,
-                        format!("{key}.topics[{i}]"),
-                        format!("{t:?} is not a topic name or prefix"),
-                        "write \"orders\" (exact) or \"audit-*\" (prefix); remove `topics` to allow every topic",
-                    );
-                    return None;
-                }
-                Some(match t.strip_suffix('*') {
-                    Some(p) => TopicPattern::Prefix(p.to_string()),
-                    None => TopicPattern::Exact(t),
-                })
-            })
-            .collect()
-    });
+    let topics = k
+        .topics
+        .map(|list| topic_patterns(c, span, &format!("{key}.topics"), list));
     let mut num = |name: &str, value: Option<i64>, min: i64, max: i64, default: i64| {
         value
             .and_then(|v| in_range(c, span, &format!("{key}.{name}"), v, min, max))

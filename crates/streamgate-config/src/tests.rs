@@ -359,3 +359,48 @@ fn kafka_proxy_limits_and_allow_list_are_checked() {
     assert_eq!(k.sasl.unwrap().mechanism, SaslMechanism::ScramSha512);
     assert_eq!(k.fetch_max_wait, std::time::Duration::ZERO);
 }
+
+#[test]
+fn consumers_and_key_auth_are_checked() {
+    let with = |consumers: &str| {
+        format!("{UPSTREAM}[[routes]]\nid = \"a\"\nuri = \"/\"\nupstream_id = \"web\"\n[routes.plugins.key-auth]\n{consumers}")
+    };
+    let ok = parse(&with("[[consumers]]\nusername = \"app\"\ntopics = [\"orders\"]\n[consumers.plugins.key-auth]\nkey = \"0123456789abcdef\"\n"), "t").expect("valid");
+    let app = &ok.consumers[0];
+    assert!(app.allows("orders") && !app.allows("payments"));
+    assert!(
+        !format!("{app:?}").contains("0123456789abcdef"),
+        "Debug must redact the key"
+    );
+    assert_eq!(
+        ok.routes[0].plugins.key_auth.as_ref().unwrap().header,
+        "apikey"
+    );
+
+    let p = one_problem(&with(""));
+    assert!(p.message.contains("no consumer has a key"), "{}", p.message);
+    let p = problems(&with(
+        "[[consumers]]\nusername = \"app\"\n[consumers.plugins.key-auth]\nkey = \"short\"\n",
+    ));
+    assert!(
+        p.iter()
+            .any(|p| p.key == "consumers[0].plugins.key-auth.key"
+                && p.message.contains("shorter than 8")),
+        "{p:#?}"
+    );
+    let two = "[[consumers]]\nusername = \"a\"\n[consumers.plugins.key-auth]\nkey = \"same-key-123\"\n[[consumers]]\nusername = \"a\"\n[consumers.plugins.key-auth]\nkey = \"same-key-123\"\n";
+    let p = problems(&with(two));
+    assert!(
+        p.iter().any(|p| p.message.contains("duplicate consumer")),
+        "{p:#?}"
+    );
+    assert!(p.iter().any(|p| p.message.contains("same key")), "{p:#?}");
+    let p = one_problem(&with(
+        "[[consumers]]\nusername = \"a\"\n[consumers.plugins.jwt-auth]\nkey = \"x\"\n",
+    ));
+    assert!(
+        p.message.contains("unknown field `jwt-auth`"),
+        "{}",
+        p.message
+    );
+}

@@ -19,6 +19,32 @@ pub(crate) struct File {
     pub upstreams: Vec<Spanned<UpstreamToml>>,
     #[serde(default)]
     pub routes: Vec<Spanned<RouteToml>>,
+    #[serde(default)]
+    pub consumers: Vec<Spanned<ConsumerToml>>,
+}
+
+/// `[[consumers]]`: who may call routes that turn an auth plugin on.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ConsumerToml {
+    pub username: Text,
+    pub topics: Option<Vec<Text>>,
+    #[serde(default)]
+    pub plugins: ConsumerPluginsToml,
+}
+
+/// `[consumers.plugins.NAME]`: a consumer's credentials, one table per auth plugin.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ConsumerPluginsToml {
+    #[serde(rename = "key-auth")]
+    pub key_auth: Option<ConsumerKeyAuthToml>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ConsumerKeyAuthToml {
+    pub key: Text,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -115,6 +141,17 @@ pub(crate) struct RouteToml {
 pub(crate) struct PluginsToml {
     #[serde(rename = "kafka-proxy")]
     pub kafka_proxy: Option<KafkaProxyToml>,
+    #[serde(rename = "key-auth")]
+    pub key_auth: Option<KeyAuthToml>,
+}
+
+/// `[routes.plugins.key-auth]`: callers must present a consumer's key.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct KeyAuthToml {
+    pub header: Option<Text>,
+    pub query: Option<Text>,
+    pub hide_credentials: Option<bool>,
 }
 
 /// `[routes.plugins.kafka-proxy]`.

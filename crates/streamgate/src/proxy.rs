@@ -29,7 +29,7 @@ use pingora::{Error, ErrorSource, ErrorType};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
-use streamgate_config::model::{Balance, HashOn, KafkaProxy, Route};
+use streamgate_config::model::{Balance, Consumer, HashOn, KafkaProxy, Route};
 
 /// Where a route sends matching requests.
 #[derive(Debug)]
@@ -66,6 +66,10 @@ pub struct RequestCtx {
     pub status: Option<u16>,
     /// The client's address, kept here because a detached WebSocket takes the connection away.
     pub client: Option<std::net::IpAddr>,
+    /// Set by an auth plugin: who is calling.
+    pub consumer: Option<Arc<Consumer>>,
+    /// A query parameter that carries a credential: the access log writes its value as `***`.
+    pub secret_query_param: Option<String>,
 }
 
 /// The gateway: route table, upstreams and the pub/sub side.
@@ -101,7 +105,24 @@ pub async fn respond_json(
     status: u16,
     message: &str,
 ) -> pingora::Result<()> {
-    let body = serde_json::json!({ "error_msg": message }).to_string();
+    respond_body(session, status, serde_json::json!({ "error_msg": message })).await
+}
+
+/// Sends `{"message": message}`, the shape APISIX's auth plugins answer with.
+pub async fn respond_message(
+    session: &mut Session,
+    status: u16,
+    message: &str,
+) -> pingora::Result<()> {
+    respond_body(session, status, serde_json::json!({ "message": message })).await
+}
+
+async fn respond_body(
+    session: &mut Session,
+    status: u16,
+    body: serde_json::Value,
+) -> pingora::Result<()> {
+    let body = body.to_string();
     let mut resp = ResponseHeader::build(status, Some(3))?;
     resp.insert_header("content-type", "application/json")?;
     resp.insert_header("content-length", body.len().to_string())?;
@@ -110,6 +131,23 @@ pub async fn respond_json(
         .write_response_body(Some(Bytes::from(body)), true)
         .await?;
     Ok(())
+}
+
+/// The request URI for the access log, with a credential-carrying query parameter masked.
+fn redacted_uri(uri: &http::Uri, secret: Option<&str>) -> String {
+    match (uri.query(), secret) {
+        (Some(query), Some(name)) => {
+            let masked: Vec<String> = query
+                .split('&')
+                .map(|pair| match pair.split_once('=') {
+                    Some((k, _)) if k == name => format!("{k}=***"),
+                    _ => pair.to_string(),
+                })
+                .collect();
+            format!("{}?{}", uri.path(), masked.join("&"))
+        }
+        _ => uri.to_string(),
+    }
 }
 
 fn client_ip(session: &Session) -> Option<std::net::IpAddr> {
@@ -168,6 +206,8 @@ impl ProxyHttp for Gateway {
             tried: Vec::new(),
             status: None,
             client: None,
+            consumer: None,
+            secret_query_param: None,
         }
     }
 
@@ -216,6 +256,7 @@ impl ProxyHttp for Gateway {
                     pool: Arc::clone(&self.pubsub.pool),
                     cluster: Arc::clone(cluster),
                     settings,
+                    consumer: ctx.consumer.clone(),
                 };
                 self.pubsub.serve(session, ctx, kafka_route).await
             }
@@ -391,9 +432,10 @@ impl ProxyHttp for Gateway {
             target: "streamgate::access",
             client = %ctx.client.or_else(|| client_ip(session)).map(|i| i.to_string()).unwrap_or_default(),
             method = %req.method,
-            uri = %req.uri,
+            uri = %redacted_uri(&req.uri, ctx.secret_query_param.as_deref()),
             host = request_host(req).unwrap_or(""),
             route = ctx.route.as_ref().map(|r| r.config.id.as_str()).unwrap_or("-"),
+            consumer = ctx.consumer.as_ref().map(|c| c.username.as_str()).unwrap_or("-"),
             upstream = upstream.unwrap_or("-"),
             node = %ctx.tried.last().map(|a| a.to_string()).unwrap_or_else(|| "-".into()),
             status,

@@ -7,8 +7,10 @@
 //! plugin implements only what it uses.
 
 mod kafka_proxy;
+mod key_auth;
 
 pub use kafka_proxy::KafkaProxyPlugin;
+pub use key_auth::{key_index, KeyAuthPlugin, KeyIndex};
 
 use crate::proxy::RequestCtx;
 use async_trait::async_trait;
@@ -46,9 +48,16 @@ pub trait Plugin: Send + Sync + std::fmt::Debug {
     }
 }
 
-/// The plugins a route turns on, in the order they run.
-pub fn for_route(route: &Route) -> Vec<Arc<dyn Plugin>> {
+/// The plugins a route turns on, in the order they run: authentication first, so a refused
+/// request costs nothing else.
+pub fn for_route(route: &Route, keys: &KeyIndex) -> Vec<Arc<dyn Plugin>> {
     let mut plugins: Vec<Arc<dyn Plugin>> = Vec::new();
+    if let Some(settings) = &route.plugins.key_auth {
+        plugins.push(Arc::new(KeyAuthPlugin::new(
+            settings.clone(),
+            Arc::clone(keys),
+        )));
+    }
     if let Some(settings) = &route.plugins.kafka_proxy {
         plugins.push(Arc::new(KafkaProxyPlugin::new(settings.clone())));
     }

@@ -10,7 +10,7 @@ use rskafka::chrono::{TimeZone, Utc};
 use rskafka::client::partition::OffsetAt;
 use std::sync::Arc;
 use std::time::Duration;
-use streamgate_config::model::KafkaProxy;
+use streamgate_config::model::{Consumer, KafkaProxy};
 use streamgate_protocol::{
     pub_sub_resp::Resp, CmdKafkaFetch, CmdKafkaListOffset, ErrorCode, KafkaFetchResp,
     KafkaListOffsetResp, PubSubResp,
@@ -30,6 +30,8 @@ pub struct KafkaRoute {
     pub cluster: Arc<KafkaCluster>,
     /// The route's kafka-proxy settings.
     pub settings: Arc<KafkaProxy>,
+    /// The consumer an auth plugin recognised, whose allow-list narrows the route's.
+    pub consumer: Option<Arc<Consumer>>,
 }
 
 /// Answers a list-offset command.
@@ -73,6 +75,12 @@ fn check_target(route: &KafkaRoute, topic: &str, partition: i32) -> Result<(), K
         return Err(KafkaFailure::new(
             ErrorCode::Forbidden,
             "forbidden: the topic is not in this route's allow-list",
+        ));
+    }
+    if route.consumer.as_ref().is_some_and(|c| !c.allows(topic)) {
+        return Err(KafkaFailure::new(
+            ErrorCode::Forbidden,
+            "forbidden: the topic is not in this consumer's allow-list",
         ));
     }
     if partition < 0 {
