@@ -147,15 +147,7 @@ async fn fetch_at_the_end_is_empty_and_prompt() {
 
 #[tokio::test]
 async fn an_unreachable_broker_is_named_and_the_session_lives() {
-    let addr = listen_addr();
-    let dead = format!("127.0.0.1:{}", streamgate_testkit::free_port());
-    let config = format!(
-        "{}{}{}",
-        server_toml(addr),
-        kafka_upstream("dead", &dead, ""),
-        kafka_route("invalid", "/kafka-invalid", "dead", "")
-    );
-    let gw = GatewayProcess::start(binary(), &config, addr).await;
+    let gw = gateway_for_dead_broker("/kafka-invalid", "").await;
     let mut c = connect(&gw, "/kafka-invalid").await;
     let (code, message) = server_error(c.list_offset("test-consumer", 0, -1).await);
     assert!(

@@ -272,15 +272,7 @@ async fn scram_credentials_are_never_shared_between_routes() {
 async fn the_allow_list_refuses_without_asking_kafka() {
     // The route's broker does not exist: a forbidden topic must be refused as forbidden,
     // without the connection attempt that an allowed topic fails on.
-    let addr = listen_addr();
-    let dead = format!("127.0.0.1:{}", streamgate_testkit::free_port());
-    let config = format!(
-        "{}{}{}",
-        server_toml(addr),
-        kafka_upstream("dead", &dead, ""),
-        kafka_route("r", "/kafka", "dead", "topics = [\"orders\", \"audit-*\"]")
-    );
-    let gw = GatewayProcess::start(binary(), &config, addr).await;
+    let gw = gateway_for_dead_broker("/kafka", "topics = [\"orders\", \"audit-*\"]").await;
     let mut c = PubSubClient::connect(&gw.ws_url("/kafka")).await.unwrap();
     let started = std::time::Instant::now();
     let (code, message) = code_of(c.fetch("payments", 0, 0).await);

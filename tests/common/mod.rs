@@ -49,3 +49,16 @@ pub async fn gateway_for(broker: &Broker, plugin: &str, extra: &str) -> GatewayP
     );
     GatewayProcess::start(binary(), &config, addr).await
 }
+
+/// A gateway whose one pub/sub route `uri` points at a loopback port where nothing listens.
+pub async fn gateway_for_dead_broker(uri: &str, plugin: &str) -> GatewayProcess {
+    let addr = listen_addr();
+    let dead = format!("127.0.0.1:{}", free_port());
+    let config = format!(
+        "{}{}{}",
+        server_toml(addr),
+        kafka_upstream("dead", &dead, ""),
+        kafka_route("dead", uri, "dead", plugin)
+    );
+    GatewayProcess::start(binary(), &config, addr).await
+}
