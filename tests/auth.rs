@@ -169,3 +169,128 @@ async fn pubsub_routes_refuse_before_the_upgrade_and_consumers_narrow_the_allow_
         Some(ErrorCode::Forbidden)
     );
 }
+
+mod jwt {
+    use super::*;
+    use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
+
+    const SECRET: &str = "hs256-secret-for-tests-0123456789";
+
+    fn now() -> i64 {
+        fixtures::now_ms() / 1000
+    }
+
+    fn hs256(claims: serde_json::Value) -> String {
+        encode(
+            &Header::new(Algorithm::HS256),
+            &claims,
+            &EncodingKey::from_secret(SECRET.as_bytes()),
+        )
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn tokens_are_verified_per_consumer_with_hs256_and_es256() {
+        let broker = Broker::start().await;
+        let kafka = broker.client().await;
+        fixtures::create_topic(&kafka, "orders", 1).await;
+        let web = Upstream::start("web").await;
+        // An ES256 key pair made now: the consumer gets the public half.
+        let es = rcgen::KeyPair::generate().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let public = dir.path().join("es256.pub.pem");
+        std::fs::write(&public, es.public_key_pem()).unwrap();
+        let es_token = |claims: serde_json::Value| {
+            encode(
+                &Header::new(Algorithm::ES256),
+                &claims,
+                &EncodingKey::from_ec_pem(es.serialize_pem().as_bytes()).unwrap(),
+            )
+            .unwrap()
+        };
+
+        let addr = listen_addr();
+        let config = [
+            server_toml(addr),
+            format!("[[upstreams]]\nid = \"web\"\nnodes = {{ \"{}\" = 1 }}\n\n", web.addr),
+            kafka_upstream("kafka", &broker.bootstrap, ""),
+            "[[routes]]\nid = \"api\"\nuri = \"/api/*\"\nupstream_id = \"web\"\n[routes.plugins.jwt-auth]\n\n".into(),
+            "[[routes]]\nid = \"events\"\nuri = \"/kafka\"\nupstream_id = \"kafka\"\n[routes.plugins.jwt-auth]\n[routes.plugins.kafka-proxy]\nfetch_max_wait_ms = 100\n\n".into(),
+            format!("[[consumers]]\nusername = \"svc\"\n[consumers.plugins.jwt-auth]\nkey = \"svc\"\nsecret = \"{SECRET}\"\n\n"),
+            format!("[[consumers]]\nusername = \"phone\"\n[consumers.plugins.jwt-auth]\nkey = \"phone\"\nalgorithm = \"ES256\"\npublic_key_file = \"{}\"\n", public.display()),
+        ]
+        .concat();
+        let gw = GatewayProcess::start(binary(), &config, addr).await;
+        let get = |auth: Option<String>| {
+            let mut req = http().get(gw.http_url("/api/x"));
+            if let Some(a) = auth {
+                req = req.header("authorization", a);
+            }
+            req.send()
+        };
+        let message =
+            |r: reqwest::Response| async move { (r.status().as_u16(), r.text().await.unwrap()) };
+
+        let valid = hs256(serde_json::json!({ "key": "svc", "exp": now() + 300 }));
+        assert_eq!(
+            get(Some(format!("Bearer {valid}"))).await.unwrap().status(),
+            200
+        );
+        assert_eq!(
+            message(get(None).await.unwrap()).await,
+            (401, r#"{"message":"Missing JWT token in request"}"#.into())
+        );
+        let expired = hs256(serde_json::json!({ "key": "svc", "exp": now() - 3600 }));
+        assert_eq!(
+            message(get(Some(format!("Bearer {expired}"))).await.unwrap())
+                .await
+                .0,
+            401
+        );
+        let forged = encode(
+            &Header::new(Algorithm::HS256),
+            &serde_json::json!({ "key": "svc", "exp": now() + 300 }),
+            &EncodingKey::from_secret(b"not-the-secret-at-all-0000"),
+        )
+        .unwrap();
+        assert_eq!(
+            message(get(Some(format!("Bearer {forged}"))).await.unwrap()).await,
+            (401, r#"{"message":"failed to verify jwt"}"#.into())
+        );
+        let stranger = hs256(serde_json::json!({ "key": "nobody", "exp": now() + 300 }));
+        assert_eq!(
+            message(get(Some(format!("Bearer {stranger}"))).await.unwrap()).await,
+            (401, r#"{"message":"Invalid user key in JWT token"}"#.into())
+        );
+        let no_exp = hs256(serde_json::json!({ "key": "svc" }));
+        assert_eq!(
+            message(get(Some(format!("Bearer {no_exp}"))).await.unwrap())
+                .await
+                .0,
+            401,
+            "exp is required"
+        );
+        // An HS256 token claiming the ES256 consumer must not pass (no algorithm confusion).
+        let confused = hs256(serde_json::json!({ "key": "phone", "exp": now() + 300 }));
+        assert_eq!(
+            message(get(Some(format!("Bearer {confused}"))).await.unwrap())
+                .await
+                .0,
+            401
+        );
+        assert_eq!(web.hits(), 1, "only the valid request reached the upstream");
+
+        // A browser's WebSocket: the ES256 token in the query string.
+        let phone = es_token(serde_json::json!({ "key": "phone", "exp": now() + 300 }));
+        let mut c = PubSubClient::connect(&gw.ws_url(&format!("/kafka?jwt={phone}")))
+            .await
+            .unwrap();
+        assert_eq!(c.list_offset("orders", 0, -1).await.unwrap(), 0);
+        assert!(
+            PubSubClient::connect(&gw.ws_url("/kafka")).await.is_err(),
+            "no token, no upgrade"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        assert!(!gw.log().contains(&phone), "tokens never reach the log");
+    }
+}

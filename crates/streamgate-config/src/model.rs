@@ -38,6 +38,28 @@ pub struct Consumer {
     pub topics: Option<Vec<TopicPattern>>,
     /// The consumer's `key-auth` key (never printed).
     pub key: Option<String>,
+    /// The consumer's `jwt-auth` credential.
+    pub jwt: Option<JwtCredential>,
+}
+
+/// How a consumer's tokens are signed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct JwtCredential {
+    /// Matched against the token's `key` claim (or `iss` when there is no `key`).
+    pub key: String,
+    /// `HS256`, `HS512`, `RS256` or `ES256`.
+    pub algorithm: String,
+    /// The HMAC secret (HS*) or the PEM public key (RS256/ES256); never printed.
+    pub verify_with: Vec<u8>,
+}
+
+impl fmt::Debug for JwtCredential {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("JwtCredential")
+            .field("key", &self.key)
+            .field("algorithm", &self.algorithm)
+            .finish_non_exhaustive()
+    }
 }
 
 impl fmt::Debug for Consumer {
@@ -46,6 +68,7 @@ impl fmt::Debug for Consumer {
             .field("username", &self.username)
             .field("topics", &self.topics)
             .field("key", &self.key.as_ref().map(|_| "<redacted>"))
+            .field("jwt", &self.jwt)
             .finish()
     }
 }
@@ -281,6 +304,19 @@ pub struct Plugins {
     pub kafka_proxy: Option<KafkaProxy>,
     /// `key-auth`.
     pub key_auth: Option<KeyAuth>,
+    /// `jwt-auth`.
+    pub jwt_auth: Option<JwtAuth>,
+}
+
+/// `[routes.plugins.jwt-auth]`: where callers put their token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JwtAuth {
+    /// Request header (`Authorization: Bearer <token>` or the bare token).
+    pub header: String,
+    /// Query parameter (for browsers' WebSocket handshakes).
+    pub query: String,
+    /// Cookie name.
+    pub cookie: String,
 }
 
 /// `[routes.plugins.key-auth]`: where callers put a consumer's key.
@@ -467,6 +503,14 @@ pub(crate) fn build(file: t::File, text: &str) -> Result<Config, Vec<Problem>> {
             );
         }
         if let Some(route) = build_route(&mut c, &span, &key, i, r, &upstreams) {
+            if route.plugins.jwt_auth.is_some() && !consumers.iter().any(|c| c.jwt.is_some()) {
+                c.at(
+                    Some(&span),
+                    format!("{key}.plugins.jwt-auth"),
+                    "jwt-auth is on but no consumer has a jwt-auth credential, so every request would be refused".into(),
+                    "add [consumers.plugins.jwt-auth] to a [[consumers]] entry",
+                );
+            }
             if route.plugins.key_auth.is_some() && !consumers.iter().any(|c| c.key.is_some()) {
                 c.at(
                     Some(&span),
@@ -1137,6 +1181,15 @@ fn build_route(
             hide_credentials: k.hide_credentials.unwrap_or(false),
         }
     });
+    let jwt_auth = r.plugins.jwt_auth.map(|j| JwtAuth {
+        header: j
+            .header
+            .map(|t| t.0)
+            .unwrap_or_else(|| "authorization".into())
+            .to_ascii_lowercase(),
+        query: j.query.map(|t| t.0).unwrap_or_else(|| "jwt".into()),
+        cookie: j.cookie.map(|t| t.0).unwrap_or_else(|| "jwt".into()),
+    });
     let kafka_proxy = r
         .plugins
         .kafka_proxy
@@ -1170,6 +1223,7 @@ fn build_route(
         plugins: Plugins {
             kafka_proxy,
             key_auth,
+            jwt_auth,
         },
     })
 }
@@ -1180,6 +1234,7 @@ fn build_consumers(
 ) -> Vec<Arc<Consumer>> {
     let mut names = HashSet::new();
     let mut keys: HashSet<String> = HashSet::new();
+    let mut jwt_keys: HashSet<String> = HashSet::new();
     let mut out = Vec::new();
     for (i, spanned) in list.into_iter().enumerate() {
         let span = spanned.span();
@@ -1225,11 +1280,84 @@ fn build_consumers(
                 );
             }
         }
+        let jwt = t.plugins.jwt_auth.and_then(|j| {
+            let jk = format!("{key}.plugins.jwt-auth");
+            let algorithm = j
+                .algorithm
+                .map(|a| a.0.to_ascii_uppercase())
+                .unwrap_or_else(|| "HS256".into());
+            let verify_with = match (algorithm.as_str(), j.secret, j.public_key_file) {
+                ("HS256" | "HS512", Some(secret), None) if secret.0.len() >= 16 => {
+                    Some(secret.0.into_bytes())
+                }
+                ("HS256" | "HS512", Some(_), None) => {
+                    c.at(
+                        span,
+                        format!("{jk}.secret"),
+                        "the secret is shorter than 16 characters".into(),
+                        "use a long random secret from the environment (\"${NAME}\")",
+                    );
+                    None
+                }
+                ("RS256" | "ES256", None, Some(file)) => match std::fs::read(&file.0) {
+                    Ok(pem) => Some(pem),
+                    Err(e) => {
+                        c.at(
+                            span,
+                            format!("{jk}.public_key_file"),
+                            format!("cannot read {:?}: {e}", file.0),
+                            "name the PEM public key that verifies this consumer's tokens",
+                        );
+                        None
+                    }
+                },
+                ("HS256" | "HS512" | "RS256" | "ES256", _, _) => {
+                    c.at(
+                        span,
+                        jk.clone(),
+                        format!(
+                            "{algorithm} needs {}",
+                            if algorithm.starts_with("HS") {
+                                "`secret` (and no public_key_file)"
+                            } else {
+                                "`public_key_file` (and no secret)"
+                            }
+                        ),
+                        "set exactly the key material the algorithm uses",
+                    );
+                    None
+                }
+                (other, _, _) => {
+                    c.at(
+                        span,
+                        format!("{jk}.algorithm"),
+                        format!("unsupported algorithm {other:?}"),
+                        "use HS256, HS512, RS256 or ES256",
+                    );
+                    None
+                }
+            }?;
+            if !jwt_keys.insert(j.key.0.clone()) {
+                c.at(
+                    span,
+                    format!("{jk}.key"),
+                    format!("another consumer's tokens use the key {:?}", j.key.0),
+                    "give every consumer its own jwt-auth key",
+                );
+                return None;
+            }
+            Some(JwtCredential {
+                key: j.key.0,
+                algorithm,
+                verify_with,
+            })
+        });
         if c.problems.len() == before {
             out.push(Arc::new(Consumer {
                 username,
                 topics,
                 key: api_key,
+                jwt,
             }));
         }
     }

@@ -396,11 +396,68 @@ fn consumers_and_key_auth_are_checked() {
     );
     assert!(p.iter().any(|p| p.message.contains("same key")), "{p:#?}");
     let p = one_problem(&with(
-        "[[consumers]]\nusername = \"a\"\n[consumers.plugins.jwt-auth]\nkey = \"x\"\n",
+        "[[consumers]]\nusername = \"a\"\n[consumers.plugins.basic-auth]\nusername = \"x\"\n",
     ));
     assert!(
-        p.message.contains("unknown field `jwt-auth`"),
+        p.message.contains("unknown field `basic-auth`"),
         "{}",
         p.message
     );
+}
+
+#[test]
+fn jwt_auth_credentials_are_checked() {
+    let with = |consumers: &str| {
+        format!("{UPSTREAM}[[routes]]\nid = \"a\"\nuri = \"/\"\nupstream_id = \"web\"\n[routes.plugins.jwt-auth]\n{consumers}")
+    };
+    let jwt = |body: &str| {
+        format!(
+            "[[consumers]]\nusername = \"u\"\n[consumers.plugins.jwt-auth]\nkey = \"u\"\n{body}\n"
+        )
+    };
+    let ok = parse(&with(&jwt("secret = \"0123456789abcdef-long\"")), "t").expect("valid");
+    let cred = ok.consumers[0].jwt.as_ref().expect("jwt");
+    assert_eq!(cred.algorithm, "HS256");
+    assert!(
+        !format!("{:?}", ok.consumers[0]).contains("0123456789abcdef"),
+        "Debug must redact the secret"
+    );
+    assert_eq!(
+        ok.routes[0].plugins.jwt_auth.as_ref().unwrap().header,
+        "authorization"
+    );
+
+    let has = |text: String, needle: &str| {
+        let p = problems(&text);
+        assert!(
+            p.iter().any(|p| p.message.contains(needle)),
+            "{needle}: {p:#?}"
+        );
+    };
+    has(with(""), "no consumer has a jwt-auth credential");
+    has(with(&jwt("secret = \"short\"")), "shorter than 16");
+    has(
+        with(&jwt(
+            "algorithm = \"RS256\"\nsecret = \"0123456789abcdef-long\"",
+        )),
+        "RS256 needs `public_key_file`",
+    );
+    has(
+        with(&jwt(
+            "algorithm = \"none\"\nsecret = \"0123456789abcdef-long\"",
+        )),
+        "unsupported algorithm",
+    );
+    has(
+        with(&jwt(
+            "algorithm = \"ES256\"\npublic_key_file = \"/nope.pem\"",
+        )),
+        "cannot read",
+    );
+    let twice = format!(
+        "{}{}",
+        jwt("secret = \"0123456789abcdef-long\""),
+        jwt("secret = \"0123456789abcdef-long\"").replace("username = \"u\"", "username = \"v\"")
+    );
+    has(with(&twice), "another consumer's tokens use the key");
 }

@@ -39,6 +39,17 @@ pub(crate) struct ConsumerToml {
 pub(crate) struct ConsumerPluginsToml {
     #[serde(rename = "key-auth")]
     pub key_auth: Option<ConsumerKeyAuthToml>,
+    #[serde(rename = "jwt-auth")]
+    pub jwt_auth: Option<ConsumerJwtToml>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ConsumerJwtToml {
+    pub key: Text,
+    pub algorithm: Option<Text>,
+    pub secret: Option<Text>,
+    pub public_key_file: Option<Text>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -143,6 +154,17 @@ pub(crate) struct PluginsToml {
     pub kafka_proxy: Option<KafkaProxyToml>,
     #[serde(rename = "key-auth")]
     pub key_auth: Option<KeyAuthToml>,
+    #[serde(rename = "jwt-auth")]
+    pub jwt_auth: Option<JwtAuthToml>,
+}
+
+/// `[routes.plugins.jwt-auth]`: callers must present a token signed for a consumer.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct JwtAuthToml {
+    pub header: Option<Text>,
+    pub query: Option<Text>,
+    pub cookie: Option<Text>,
 }
 
 /// `[routes.plugins.key-auth]`: callers must present a consumer's key.

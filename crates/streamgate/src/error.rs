@@ -16,6 +16,14 @@ pub enum StartupError {
         /// What happened.
         why: String,
     },
+    /// A consumer's credentials could not be prepared.
+    #[error("consumer {username:?}: {why}")]
+    Consumer {
+        /// The consumer.
+        username: String,
+        /// What happened.
+        why: String,
+    },
     /// A listener could not be prepared or bound.
     #[error("listener {address}: {why}")]
     Listener {

@@ -64,6 +64,7 @@ pub fn prepare(config: &Config) -> Result<Prepared, StartupError> {
         }
     }
     let keys = plugins::key_index(&config.consumers);
+    let tokens = plugins::jwt_index(&config.consumers)?;
     let mut routes = Vec::with_capacity(config.routes.len());
     for (i, route) in config.routes.iter().enumerate() {
         debug_assert_eq!(route.index, i);
@@ -84,7 +85,7 @@ pub fn prepare(config: &Config) -> Result<Prepared, StartupError> {
         };
         routes.push(Arc::new(RouteRuntime {
             config: Arc::clone(route),
-            plugins: plugins::for_route(route, &keys),
+            plugins: plugins::for_route(route, &keys, &tokens),
             target,
         }));
     }

@@ -51,7 +51,7 @@ pub fn key_index(consumers: &[Arc<Consumer>]) -> KeyIndex {
 }
 
 /// The value of query parameter `name`, percent-decoded.
-fn query_param(query: &str, name: &str) -> Option<String> {
+pub(super) fn query_param(query: &str, name: &str) -> Option<String> {
     query.split('&').find_map(|pair| {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
         (k == name).then(|| percent_decode(v))

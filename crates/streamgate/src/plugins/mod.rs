@@ -6,9 +6,11 @@
 //! request itself. Phases mirror Pingora's `ProxyHttp`, and every method has a no-op default so a
 //! plugin implements only what it uses.
 
+mod jwt_auth;
 mod kafka_proxy;
 mod key_auth;
 
+pub use jwt_auth::{jwt_index, JwtAuthPlugin, JwtIndex};
 pub use kafka_proxy::KafkaProxyPlugin;
 pub use key_auth::{key_index, KeyAuthPlugin, KeyIndex};
 
@@ -50,8 +52,14 @@ pub trait Plugin: Send + Sync + std::fmt::Debug {
 
 /// The plugins a route turns on, in the order they run: authentication first, so a refused
 /// request costs nothing else.
-pub fn for_route(route: &Route, keys: &KeyIndex) -> Vec<Arc<dyn Plugin>> {
+pub fn for_route(route: &Route, keys: &KeyIndex, tokens: &JwtIndex) -> Vec<Arc<dyn Plugin>> {
     let mut plugins: Vec<Arc<dyn Plugin>> = Vec::new();
+    if let Some(settings) = &route.plugins.jwt_auth {
+        plugins.push(Arc::new(JwtAuthPlugin::new(
+            settings.clone(),
+            Arc::clone(tokens),
+        )));
+    }
     if let Some(settings) = &route.plugins.key_auth {
         plugins.push(Arc::new(KeyAuthPlugin::new(
             settings.clone(),
