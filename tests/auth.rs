@@ -294,3 +294,34 @@ mod jwt {
         assert!(!gw.log().contains(&phone), "tokens never reach the log");
     }
 }
+
+#[tokio::test]
+async fn only_listed_browser_origins_may_open_the_websocket() {
+    let broker = Broker::start().await;
+    let gw = gateway_for(
+        &broker,
+        "allowed_origins = [\"https://app.example.com\"]",
+        "",
+    )
+    .await;
+    let with_origin = |origin: &str| {
+        let mut request = gw.ws_url("/kafka").into_client_request().unwrap();
+        request
+            .headers_mut()
+            .insert("origin", origin.parse().unwrap());
+        request
+    };
+    let mut ok = PubSubClient::connect_request(with_origin("https://APP.example.com"))
+        .await
+        .expect("listed origin");
+    assert_eq!(&ok.ping("o").await.unwrap()[..], b"o");
+    let err = PubSubClient::connect_request(with_origin("https://evil.example"))
+        .await
+        .expect_err("unlisted origin");
+    assert!(err.to_string().contains("403"), "{err}");
+    // Non-browser clients send no Origin and are not affected.
+    let mut plain = PubSubClient::connect(&gw.ws_url("/kafka"))
+        .await
+        .expect("no origin");
+    assert_eq!(&plain.ping("p").await.unwrap()[..], b"p");
+}

@@ -347,6 +347,9 @@ pub struct KafkaProxy {
     pub socket_timeout: Duration,
     /// Kafka commands that may run at once on one connection.
     pub max_in_flight: usize,
+    /// Browser origins allowed to open the WebSocket (`scheme://host[:port]`, lower case);
+    /// `None` = any. Handshakes without an `Origin` header (non-browser clients) are not affected.
+    pub allowed_origins: Option<Vec<String>>,
 }
 
 impl Default for KafkaProxy {
@@ -359,6 +362,7 @@ impl Default for KafkaProxy {
             fetch_max_wait: Duration::from_millis(500),
             socket_timeout: Duration::from_secs(5),
             max_in_flight: 16,
+            allowed_origins: None,
         }
     }
 }
@@ -1444,6 +1448,26 @@ pub(crate) fn build_kafka_proxy(
     let topics = k
         .topics
         .map(|list| topic_patterns(c, span, &format!("{key}.topics"), list));
+    let allowed_origins = k.allowed_origins.map(|list| {
+        list.into_iter()
+            .enumerate()
+            .filter_map(|(i, o)| {
+                let o = o.0.trim_end_matches('/').to_ascii_lowercase();
+                let scheme_ok = o.starts_with("https://") || o.starts_with("http://");
+                let rest = o.split_once("://").map_or("", |(_, r)| r);
+                if !scheme_ok || rest.is_empty() || rest.contains(['/', '*', ' ']) {
+                    c.at(
+                        span,
+                        format!("{key}.allowed_origins[{i}]"),
+                        format!("{o:?} is not an origin"),
+                        "write scheme://host[:port], e.g. \"https://app.example.com\" (no path, no wildcard)",
+                    );
+                    return None;
+                }
+                Some(o)
+            })
+            .collect()
+    });
     let mut num = |name: &str, value: Option<i64>, min: i64, max: i64, default: i64| {
         value
             .and_then(|v| in_range(c, span, &format!("{key}.{name}"), v, min, max))
@@ -1495,5 +1519,6 @@ pub(crate) fn build_kafka_proxy(
         fetch_max_wait: Duration::from_millis(wait as u64),
         socket_timeout: Duration::from_millis(socket as u64),
         max_in_flight: in_flight as usize,
+        allowed_origins,
     })
 }

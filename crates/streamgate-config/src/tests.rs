@@ -461,3 +461,20 @@ fn jwt_auth_credentials_are_checked() {
     );
     has(with(&twice), "another consumer's tokens use the key");
 }
+
+#[test]
+fn allowed_origins_are_origins() {
+    let k = check_kafka_proxy("allowed_origins = [\"https://App.example.com/\"]").expect("valid");
+    assert_eq!(
+        k.allowed_origins,
+        Some(vec!["https://app.example.com".to_string()])
+    );
+    for bad in [
+        "app.example.com",
+        "https://*.example.com",
+        "https://a.com/path",
+    ] {
+        let e = check_kafka_proxy(&format!("allowed_origins = [\"{bad}\"]")).unwrap_err();
+        assert!(e.to_string().contains("is not an origin"), "{bad}: {e}");
+    }
+}

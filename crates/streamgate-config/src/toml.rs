@@ -187,6 +187,7 @@ pub(crate) struct KafkaProxyToml {
     pub fetch_max_wait_ms: Option<i64>,
     pub socket_timeout_ms: Option<i64>,
     pub max_in_flight: Option<i64>,
+    pub allowed_origins: Option<Vec<Text>>,
 }
 
 #[derive(Debug, Deserialize)]

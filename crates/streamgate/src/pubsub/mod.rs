@@ -79,6 +79,16 @@ impl PubSub {
         ctx: &mut RequestCtx,
         route: KafkaRoute,
     ) -> pingora::Result<bool> {
+        if !upgrade::origin_allowed(session, route.settings.allowed_origins.as_deref()) {
+            ctx.status = Some(403);
+            respond_json(
+                session,
+                403,
+                "403 Forbidden: this origin may not open this WebSocket",
+            )
+            .await?;
+            return Ok(true);
+        }
         if let Some(problem) = upgrade::handshake_problem(session) {
             ctx.status = Some(400);
             respond_json(session, 400, problem).await?;

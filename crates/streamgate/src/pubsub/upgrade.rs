@@ -14,6 +14,25 @@ use pingora::proxy::Session;
 use std::io::Cursor;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
+/// Whether a browser page at the request's `Origin` may open this WebSocket. Browsers always send
+/// `Origin` on WebSocket handshakes, and cookies or query-string credentials ride along, so a
+/// route that lists origins refuses every other one (cross-site WebSocket hijacking).
+pub fn origin_allowed(session: &Session, allowed: Option<&[String]>) -> bool {
+    let Some(allowed) = allowed else { return true };
+    match session
+        .req_header()
+        .headers
+        .get("origin")
+        .and_then(|v| v.to_str().ok())
+    {
+        None => true,
+        Some(origin) => {
+            let origin = origin.trim_end_matches('/').to_ascii_lowercase();
+            allowed.contains(&origin)
+        }
+    }
+}
+
 /// Why a request to a pub/sub route is not a usable WebSocket handshake.
 pub fn handshake_problem(session: &Session) -> Option<&'static str> {
     let req = session.req_header();
