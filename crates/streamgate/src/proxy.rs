@@ -181,17 +181,22 @@ fn hash_key(session: &Session, balance: &Balance) -> Vec<u8> {
             .get(name.as_str())
             .map(|v| v.as_bytes().to_vec())
             .unwrap_or_default(),
-        Balance::Chash(HashOn::Cookie(name)) => req
-            .headers
-            .get_all(http::header::COOKIE)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(';'))
-            .filter_map(|pair| pair.trim().split_once('='))
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_bytes().to_vec())
+        Balance::Chash(HashOn::Cookie(name)) => cookie(req, name)
+            .map(|v| v.as_bytes().to_vec())
             .unwrap_or_default(),
     }
+}
+
+/// The value of cookie `name` in the request's `Cookie` headers.
+pub fn cookie<'a>(req: &'a RequestHeader, name: &str) -> Option<&'a str> {
+    req.headers
+        .get_all(http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v)
 }
 
 #[async_trait]
@@ -443,6 +448,26 @@ impl ProxyHttp for Gateway {
             duration_ms = ctx.started.elapsed().as_secs_f64() * 1000.0,
             error = e.map(|e| e.to_string()).unwrap_or_default(),
             "access"
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cookies_are_found_across_headers_and_pairs() {
+        let mut req = RequestHeader::build("GET", b"/", None).expect("request");
+        req.append_header("cookie", "a=1; jwt=tok.en.sig")
+            .expect("header");
+        req.append_header("cookie", "user=alice").expect("header");
+        assert_eq!(cookie(&req, "jwt"), Some("tok.en.sig"));
+        assert_eq!(cookie(&req, "user"), Some("alice"));
+        assert_eq!(cookie(&req, "j"), None);
+        assert_eq!(
+            redacted_uri(&"/k?a=1&jwt=s3cret".parse().unwrap(), Some("jwt")),
+            "/k?a=1&jwt=***"
         );
     }
 }

@@ -205,11 +205,6 @@ impl HttpUpstream {
         backend.addr.as_inet().copied()
     }
 
-    /// The configured node behind a selected address.
-    pub fn node(&self, addr: &SocketAddr) -> Option<&Node> {
-        self.nodes.get(addr)
-    }
-
     /// The peer for `addr`, with this upstream's timeouts and TLS settings.
     pub fn peer(&self, addr: SocketAddr) -> HttpPeer {
         let node_host = self

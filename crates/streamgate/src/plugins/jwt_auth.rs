@@ -7,7 +7,7 @@
 use super::key_auth::query_param;
 use super::Plugin;
 use crate::error::StartupError;
-use crate::proxy::{respond_message, RequestCtx};
+use crate::proxy::{cookie, respond_message, RequestCtx};
 use async_trait::async_trait;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use pingora::proxy::Session;
@@ -109,16 +109,7 @@ impl JwtAuthPlugin {
                 .query()
                 .and_then(|q| query_param(q, &self.settings.query))
         };
-        let cookie = || {
-            req.headers
-                .get_all(http::header::COOKIE)
-                .iter()
-                .filter_map(|v| v.to_str().ok())
-                .flat_map(|v| v.split(';'))
-                .filter_map(|pair| pair.trim().split_once('='))
-                .find(|(k, _)| *k == self.settings.cookie)
-                .map(|(_, v)| v.to_string())
-        };
+        let cookie = || cookie(req, &self.settings.cookie).map(str::to_string);
         header
             .filter(|t| !t.is_empty())
             .or_else(query)
