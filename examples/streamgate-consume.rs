@@ -1,0 +1,380 @@
+//! `streamgate-consume`: read a Kafka partition through a Streamgate pub/sub route.
+//!
+//! ```text
+//! streamgate-consume ws://127.0.0.1:9080/kafka --topic demo [--partition 0]
+//!     [--from earliest|latest|OFFSET|@MILLIS|@RFC3339] [--follow] [--format text|json]
+//!     [--header apikey:KEY] [--limit N]
+//! ```
+//!
+//! Prints one line per record (offset, timestamp, key, value, headers) on stdout. When the
+//! connection drops or the gateway reports a passing Kafka failure, it reconnects with backoff
+//! and resumes after the last record it printed: no record is skipped or printed twice. While it
+//! catches up and stderr is a terminal, a progress line shows how far behind the log's end it is.
+
+use clap::{Parser, ValueEnum};
+use std::io::{IsTerminal, Write};
+use std::time::{Duration, Instant};
+use streamgate_protocol::{
+    ClientError, CmdKafkaFetch, ErrorCode, KafkaFetchResp, KafkaMessage, PubSubClient,
+};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::{HeaderName, HeaderValue};
+
+#[derive(Parser)]
+#[command(
+    name = "streamgate-consume",
+    version,
+    about = "Read a Kafka partition through a Streamgate pub/sub route"
+)]
+struct Args {
+    /// The route's WebSocket URL, e.g. ws://127.0.0.1:9080/kafka
+    url: String,
+    /// The topic to read.
+    #[arg(long)]
+    topic: String,
+    /// The partition to read.
+    #[arg(long, default_value_t = 0)]
+    partition: i32,
+    /// Where to start: earliest, latest, an offset, @MILLISECONDS or @RFC3339 time (the first
+    /// record at or after that time).
+    #[arg(long, default_value = "earliest")]
+    from: String,
+    /// Keep waiting for new records at the end of the log (otherwise stop there).
+    #[arg(long)]
+    follow: bool,
+    /// Output: text (tab-separated) or json (one object per line).
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    format: Format,
+    /// Extra handshake header, NAME:VALUE (e.g. `apikey:...` for key-auth). Repeatable.
+    #[arg(long = "header", short = 'H')]
+    headers: Vec<String>,
+    /// Stop after printing this many records.
+    #[arg(long)]
+    limit: Option<u64>,
+    /// Give up after this many failed reconnects in a row (0 = never give up).
+    #[arg(long, default_value_t = 0)]
+    max_retries: u32,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Format {
+    Text,
+    Json,
+}
+
+/// Where reading starts, parsed once from `--from`.
+#[derive(Clone, Copy)]
+enum Start {
+    Earliest,
+    Latest,
+    Offset(i64),
+    Time(i64),
+}
+
+impl Start {
+    fn parse(from: &str) -> Result<Self, String> {
+        match from {
+            "earliest" => Ok(Start::Earliest),
+            "latest" => Ok(Start::Latest),
+            at if at.starts_with('@') => {
+                let at = &at[1..];
+                if let Ok(ms) = at.parse::<i64>() {
+                    return Ok(Start::Time(ms));
+                }
+                rskafka::chrono::DateTime::parse_from_rfc3339(at)
+                    .map(|t| Start::Time(t.timestamp_millis()))
+                    .map_err(|_| {
+                        format!("--from @{at}: expected @MILLISECONDS or @2026-01-31T12:00:00Z")
+                    })
+            }
+            n => n.parse().map(Start::Offset).map_err(|_| {
+                format!(
+                    "--from {n}: expected earliest, latest, an offset, @MILLISECONDS or @RFC3339"
+                )
+            }),
+        }
+    }
+}
+
+/// Why a read stopped: for good, or worth a reconnect.
+enum Stop {
+    Fatal(String),
+    Retry(String),
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() {
+    let args = Args::parse();
+    match run(&args).await {
+        Ok(()) => {}
+        Err(message) => {
+            eprintln!("streamgate-consume: {message}");
+            std::process::exit(1);
+        }
+    }
+}
+
+async fn run(args: &Args) -> Result<(), String> {
+    let start = Start::parse(&args.from)?;
+    let mut request = args
+        .url
+        .as_str()
+        .into_client_request()
+        .map_err(|e| format!("{}: {e}", args.url))?;
+    for header in &args.headers {
+        let (name, value) = header
+            .split_once(':')
+            .ok_or_else(|| format!("--header {header:?}: expected NAME:VALUE"))?;
+        let name = HeaderName::from_bytes(name.trim().as_bytes())
+            .map_err(|e| format!("--header {name:?}: {e}"))?;
+        let value = HeaderValue::from_str(value.trim())
+            .map_err(|e| format!("--header {}: {e}", name.as_str()))?;
+        request.headers_mut().insert(name, value);
+    }
+
+    let mut out = Output::new(args.format, args.limit);
+    // The next offset to read, once known. Resuming uses it instead of `--from`.
+    let mut next: Option<i64> = None;
+    let mut failures = 0u32;
+    loop {
+        let stop = match PubSubClient::connect_request(request.clone()).await {
+            Ok(mut client) => {
+                if failures > 0 {
+                    eprintln!(
+                        "streamgate-consume: reconnected; resuming at offset {}",
+                        next.map_or_else(|| args.from.clone(), |n| n.to_string())
+                    );
+                }
+                failures = 0;
+                read(&mut client, args, start, &mut next, &mut out).await
+            }
+            Err(e) => Err(classify(e)),
+        };
+        match stop {
+            Ok(()) => return Ok(()),
+            Err(Stop::Fatal(message)) => return Err(message),
+            Err(Stop::Retry(message)) => {
+                out.clear_progress();
+                failures += 1;
+                if args.max_retries > 0 && failures > args.max_retries {
+                    return Err(format!(
+                        "{message} (gave up after {} retries)",
+                        failures - 1
+                    ));
+                }
+                let backoff =
+                    Duration::from_millis(100 << failures.min(6)).min(Duration::from_secs(5));
+                eprintln!(
+                    "streamgate-consume: {message}; reconnecting in {} ms",
+                    backoff.as_millis()
+                );
+                tokio::time::sleep(backoff).await;
+            }
+        }
+    }
+}
+
+/// Reads on one connection until the end (without `--follow`), the limit, or a failure.
+async fn read(
+    client: &mut PubSubClient,
+    args: &Args,
+    start: Start,
+    next: &mut Option<i64>,
+    out: &mut Output,
+) -> Result<(), Stop> {
+    let (topic, partition) = (args.topic.as_str(), args.partition);
+    let mut offset = match *next {
+        Some(offset) => offset,
+        None => {
+            let offset = match start {
+                Start::Earliest => client.list_offset(topic, partition, -2).await,
+                Start::Latest => client.list_offset(topic, partition, -1).await,
+                Start::Offset(offset) => Ok(offset),
+                // No record at or after the time: start at the end, like Kafka consumers do.
+                Start::Time(ms) => match client.list_offset(topic, partition, ms).await {
+                    Ok(-1) => client.list_offset(topic, partition, -1).await,
+                    other => other,
+                },
+            }
+            .map_err(classify)?;
+            *next = Some(offset);
+            offset
+        }
+    };
+    loop {
+        let batch: KafkaFetchResp = client
+            .fetch_with(CmdKafkaFetch {
+                topic: topic.into(),
+                partition,
+                offset,
+                ..Default::default()
+            })
+            .await
+            .map_err(classify)?;
+        for message in &batch.messages {
+            if message.offset < offset {
+                continue;
+            }
+            out.record(message);
+            offset = message.offset + 1;
+            *next = Some(offset);
+            if out.limit_reached() {
+                out.clear_progress();
+                return Ok(());
+            }
+        }
+        out.progress(offset, batch.high_watermark);
+        if !args.follow && offset >= batch.high_watermark && batch.messages.is_empty() {
+            out.clear_progress();
+            return Ok(());
+        }
+    }
+}
+
+/// Which failures are worth a reconnect: lost connections and passing Kafka trouble, not refusals.
+fn classify(error: ClientError) -> Stop {
+    let message = error.to_string();
+    match &error {
+        ClientError::Server {
+            message: reason, ..
+        } => match error.code() {
+            // The offset is gone (retention) or not there yet: retrying cannot help.
+            Some(ErrorCode::KafkaError) if reason.contains("OFFSET_OUT_OF_RANGE") => Stop::Fatal(
+                format!("{message}; start again with --from earliest or --from latest"),
+            ),
+            Some(ErrorCode::Unavailable | ErrorCode::KafkaError | ErrorCode::Internal) => {
+                Stop::Retry(message)
+            }
+            _ => Stop::Fatal(message),
+        },
+        ClientError::InvalidUrl(_) | ClientError::Decode(_) | ClientError::Unexpected(_) => {
+            Stop::Fatal(message)
+        }
+        // A refused handshake (401, 403, 404) will not change by retrying.
+        ClientError::WebSocket(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            Stop::Fatal(format!(
+                "the gateway refused the WebSocket: {}",
+                response.status()
+            ))
+        }
+        _ => Stop::Retry(message),
+    }
+}
+
+/// Prints records and, on a terminal, the catch-up progress line.
+struct Output {
+    format: Format,
+    stdout: std::io::StdoutLock<'static>,
+    limit: Option<u64>,
+    printed: u64,
+    progress: Option<Progress>,
+}
+
+/// Catch-up progress, redrawn on stderr at most ten times a second.
+struct Progress {
+    shown: bool,
+    last_draw: Instant,
+    since: Instant,
+    printed_since: u64,
+}
+
+impl Output {
+    fn new(format: Format, limit: Option<u64>) -> Self {
+        let progress = std::io::stderr().is_terminal().then(|| Progress {
+            shown: false,
+            last_draw: Instant::now(),
+            since: Instant::now(),
+            printed_since: 0,
+        });
+        Output {
+            format,
+            stdout: std::io::stdout().lock(),
+            limit,
+            printed: 0,
+            progress,
+        }
+    }
+
+    fn limit_reached(&self) -> bool {
+        self.limit.is_some_and(|limit| self.printed >= limit)
+    }
+
+    fn record(&mut self, m: &KafkaMessage) {
+        if self.progress.as_ref().is_some_and(|p| p.shown) {
+            eprint!("\r\x1b[2K");
+            if let Some(p) = &mut self.progress {
+                p.shown = false;
+            }
+        }
+        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+        // A closed stdout (`| head`) ends the program quietly, like other command-line tools.
+        let written = match self.format {
+            Format::Text => {
+                let headers: Vec<String> = m
+                    .headers
+                    .iter()
+                    .map(|h| format!("{}={}", h.key, text(&h.value)))
+                    .collect();
+                writeln!(
+                    self.stdout,
+                    "{}\t{}\t{}\t{}\t{}",
+                    m.offset,
+                    m.timestamp,
+                    text(&m.key),
+                    text(&m.value),
+                    headers.join(",")
+                )
+            }
+            Format::Json => {
+                let headers: serde_json::Map<String, serde_json::Value> = m
+                    .headers
+                    .iter()
+                    .map(|h| (h.key.clone(), text(&h.value).into()))
+                    .collect();
+                let line = serde_json::json!({
+                    "offset": m.offset,
+                    "timestamp": m.timestamp,
+                    "key": text(&m.key),
+                    "value": text(&m.value),
+                    "headers": headers,
+                });
+                writeln!(self.stdout, "{line}")
+            }
+        };
+        if written.and_then(|()| self.stdout.flush()).is_err() {
+            std::process::exit(0);
+        }
+        self.printed += 1;
+        if let Some(p) = &mut self.progress {
+            p.printed_since += 1;
+        }
+    }
+
+    fn progress(&mut self, offset: i64, high_watermark: i64) {
+        let Some(p) = &mut self.progress else { return };
+        let behind = high_watermark - offset;
+        if behind <= 0 {
+            self.clear_progress();
+            return;
+        }
+        if p.last_draw.elapsed() < Duration::from_millis(100) {
+            return;
+        }
+        let rate = p.printed_since as f64 / p.since.elapsed().as_secs_f64().max(0.001);
+        let done = 100.0 * offset as f64 / high_watermark.max(1) as f64;
+        eprint!("\r\x1b[2Kcatching up: offset {offset} of {high_watermark} ({done:.1} %), {behind} behind, {rate:.0} records/s");
+        p.shown = true;
+        p.last_draw = Instant::now();
+    }
+
+    fn clear_progress(&mut self) {
+        if let Some(p) = &mut self.progress {
+            if p.shown {
+                eprint!("\r\x1b[2K");
+                p.shown = false;
+            }
+            p.since = Instant::now();
+            p.printed_since = 0;
+        }
+    }
+}
