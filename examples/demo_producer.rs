@@ -1,7 +1,8 @@
-//! The demo's live data: appends a readable message to a topic every second, so `make run` has
-//! something to watch. Creates the topic when it does not exist.
+//! The demo's live data: appends a readable order event to a topic twice a second, so `make run`
+//! has something to watch. Creates the topic (two partitions) when it does not exist; all events
+//! of one order go to the same partition, as keyed Kafka producers do.
 //!
-//! `demo_producer --broker 127.0.0.1:9092 --topic demo [--interval-ms 1000]`
+//! `demo_producer --broker 127.0.0.1:9092 --topic demo [--interval-ms 500] [--partitions 2]`
 
 use clap::Parser;
 use rskafka::chrono::{TimeZone, Utc};
@@ -17,8 +18,10 @@ struct Args {
     broker: String,
     #[arg(long, default_value = "demo")]
     topic: String,
-    #[arg(long, default_value_t = 1000)]
+    #[arg(long, default_value_t = 500)]
     interval_ms: u64,
+    #[arg(long, default_value_t = 2)]
+    partitions: i32,
 }
 
 const WORDS: [&str; 8] = [
@@ -49,20 +52,27 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     match client
         .controller_client()?
-        .create_topic(&args.topic, 1, 1, 5_000)
+        .create_topic(&args.topic, args.partitions, 1, 5_000)
         .await
     {
         Ok(()) => eprintln!("demo_producer: created topic {}", args.topic),
         Err(e) if e.to_string().contains("TopicAlreadyExists") => {}
         Err(e) => return Err(e.into()),
     }
-    let partition = client
-        .partition_client(&args.topic, 0, UnknownTopicHandling::Retry)
-        .await?;
+    let mut partitions = Vec::new();
+    for p in 0..args.partitions.max(1) {
+        partitions.push(
+            client
+                .partition_client(&args.topic, p, UnknownTopicHandling::Retry)
+                .await?,
+        );
+    }
     for n in 0u64.. {
+        let order = n / 8;
+        let partition = &partitions[(order % partitions.len() as u64) as usize];
         let event = WORDS[(n % WORDS.len() as u64) as usize];
         let record = Record {
-            key: Some(format!("order-{}", n / 8).into_bytes()),
+            key: Some(format!("order-{order}").into_bytes()),
             value: Some(format!("#{n} {event}").into_bytes()),
             headers: BTreeMap::from([("source".to_string(), b"demo_producer".to_vec())]),
             timestamp: Utc

@@ -1,11 +1,19 @@
 #!/usr/bin/env bash
-# Installs the Debian packages the build and the tests need, only when they are missing.
-# cmake: Pingora builds zlib-ng with it. python3: the demo's static web upstream.
+# Installs the Debian packages the build, the demo and the tests need, only when missing.
+#   install-deps.sh        what `make run` needs: cmake (Pingora builds zlib-ng with it), a C
+#                          compiler, python3 (the demo's static web server), node + npm (the
+#                          demo page's build)
+#   install-deps.sh test   the above, and chromium for the browser test
 set -euo pipefail
 missing=()
 command -v cmake >/dev/null 2>&1 || missing+=(cmake)
 command -v cc >/dev/null 2>&1 || missing+=(gcc)
 command -v python3 >/dev/null 2>&1 || missing+=(python3)
+command -v node >/dev/null 2>&1 || missing+=(nodejs)
+command -v npm >/dev/null 2>&1 || missing+=(npm)
+if [ "${1:-}" = test ]; then
+  command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+fi
 if [ ${#missing[@]} -gt 0 ]; then
   echo "install-deps: installing ${missing[*]} with apt-get" >&2
   sudo_cmd=""

@@ -3,7 +3,8 @@
 //! Routes: `/healthz` (200, or 503 after `set_healthy(false)`), `/sleep/MS` (answers after MS
 //! milliseconds), `/bytes/N` (streams N bytes), `POST /count` (answers how many body bytes it
 //! read), a WebSocket upgrade on any path (echoes every message), anything else: JSON naming the
-//! server, the method, the path and the request headers.
+//! server, the method, the path and the request headers. [`Upstream::start_static`] serves the
+//! files of a folder instead (the demo page's test).
 
 use crate::tls::TestCa;
 use bytes::Bytes;
@@ -34,12 +35,18 @@ struct State {
     name: String,
     healthy: AtomicBool,
     hits: AtomicUsize,
+    static_dir: Option<std::path::PathBuf>,
 }
 
 impl Upstream {
     /// A plain HTTP upstream named `name` on a free loopback port.
     pub async fn start(name: &str) -> Upstream {
-        Self::start_inner(name, None).await
+        Self::start_inner(name, None, None).await
+    }
+
+    /// A plain HTTP server of the files under `dir` (`/` serves `index.html`); other paths 404.
+    pub async fn start_static(dir: &std::path::Path) -> Upstream {
+        Self::start_inner("static", None, Some(dir.to_path_buf())).await
     }
 
     /// An HTTPS upstream presenting `ca`'s server certificate.
@@ -49,11 +56,16 @@ impl Upstream {
             Some(tokio_rustls::TlsAcceptor::from(
                 ca.server_config(&[b"http/1.1"]),
             )),
+            None,
         )
         .await
     }
 
-    async fn start_inner(name: &str, tls: Option<tokio_rustls::TlsAcceptor>) -> Upstream {
+    async fn start_inner(
+        name: &str,
+        tls: Option<tokio_rustls::TlsAcceptor>,
+        static_dir: Option<std::path::PathBuf>,
+    ) -> Upstream {
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind upstream");
@@ -62,6 +74,7 @@ impl Upstream {
             name: name.to_string(),
             healthy: AtomicBool::new(true),
             hits: AtomicUsize::new(0),
+            static_dir,
         });
         let shared = Arc::clone(&state);
         let task = tokio::spawn(async move {
@@ -125,6 +138,9 @@ async fn handle(
         ));
     }
     state.hits.fetch_add(1, Ordering::SeqCst);
+    if let Some(dir) = &state.static_dir {
+        return Ok(static_file(dir, &path).await);
+    }
     if req
         .headers()
         .get("upgrade")
@@ -213,6 +229,31 @@ fn websocket_echo(req: Request<Incoming>) -> Response<BoxBody> {
     h.insert("upgrade", "websocket".parse().expect("header"));
     h.insert("connection", "Upgrade".parse().expect("header"));
     h.insert("sec-websocket-accept", key.parse().expect("header"));
+    resp
+}
+
+/// A file under `dir` for a request path, with a content type from its extension.
+async fn static_file(dir: &std::path::Path, path: &str) -> Response<BoxBody> {
+    let relative = match path.trim_start_matches('/') {
+        "" => "index.html",
+        p => p,
+    };
+    if relative.split('/').any(|s| s == ".." || s.is_empty()) {
+        return text(404, "not found");
+    }
+    let Ok(body) = tokio::fs::read(dir.join(relative)).await else {
+        return text(404, "not found");
+    };
+    let kind = match relative.rsplit('.').next() {
+        Some("html") => "text/html; charset=utf-8",
+        Some("js") => "text/javascript",
+        Some("css") => "text/css",
+        Some("svg") => "image/svg+xml",
+        _ => "application/octet-stream",
+    };
+    let mut resp = Response::new(Full::new(Bytes::from(body)).boxed());
+    resp.headers_mut()
+        .insert("content-type", kind.parse().expect("header"));
     resp
 }
 

@@ -1,0 +1,123 @@
+// Drives the demo page in Debian's headless Chromium as a person would, and saves screenshots.
+//
+//   node test/browser.mjs http://127.0.0.1:9080/ OUTPUT_DIR
+//
+// The page must be served through a gateway whose /kafka route allows topic "demo" (fed with
+// records while this runs) and refuses topic "secret". Exits 0 when every check passes; prints
+// what failed and saves failure.png otherwise. Run by tests/browser_demo.rs.
+import { chromium } from "playwright-core";
+import { mkdirSync } from "node:fs";
+import { join } from "node:path";
+
+const [url, out = "."] = process.argv.slice(2);
+if (!url) {
+  console.error("usage: node test/browser.mjs PAGE_URL [OUTPUT_DIR]");
+  process.exit(2);
+}
+mkdirSync(out, { recursive: true });
+
+const browser = await chromium.launch({
+  executablePath: process.env.CHROMIUM ?? "/usr/bin/chromium",
+  args: [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+  ],
+});
+const page = await browser.newPage({ viewport: { width: 1200, height: 800 } });
+const consoleErrors = [];
+page.on("console", (m) => m.type() === "error" && consoleErrors.push(m.text()));
+page.on("pageerror", (e) => consoleErrors.push(String(e)));
+
+const rows = () => page.locator("#messages tbody tr").count();
+const offsets = () =>
+  page.$$eval("#messages tbody tr", (trs) => trs.map((tr) => Number(tr.dataset.offset)));
+const check = (ok, what) => {
+  if (!ok) throw new Error(what);
+  console.log(`ok: ${what}`);
+};
+
+try {
+  await page.goto(url);
+  await page.waitForFunction(() => document.querySelectorAll("#messages tbody tr").length >= 3, null, {
+    timeout: 20_000,
+  });
+  check((await page.textContent("#status")) === "live", "the page is live and shows messages");
+  const hwm = Number(await page.textContent("#hwm"));
+  check(hwm >= 3, `the high watermark is shown (${hwm})`);
+  check(!Number.isNaN(Number(await page.textContent("#lag"))), "the lag is shown");
+  const partitions = await page.$$eval("#partition option", (o) => o.map((x) => x.value));
+  check(partitions.join(",") === "0,1", `the partition picker lists the topic's partitions (${partitions})`);
+  const first = await page.$$eval("#messages tbody tr:last-child td", (tds) => tds.map((td) => td.textContent));
+  check(
+    first[0] === "0" && first[2] === "k" && first[3] === "demo-0" && first[4] === "n=x",
+    `from earliest the first row is offset 0 with its key, value and headers (${first})`,
+  );
+  await page.screenshot({ path: join(out, "demo-live.png"), fullPage: true });
+
+  // Pause: nothing new arrives; resume: it flows again from where it stopped.
+  await page.click("#pause");
+  await page.waitForTimeout(600);
+  const paused = await rows();
+  await page.waitForTimeout(1500);
+  check((await rows()) === paused, "no rows arrive while paused");
+  check((await page.textContent("#status")) === "paused", "the status says paused");
+  await page.click("#pause");
+  await page.waitForFunction((n) => document.querySelectorAll("#messages tbody tr").length > n, paused, {
+    timeout: 10_000,
+  });
+  const afterResume = await offsets();
+  const sorted = [...afterResume].sort((a, b) => b - a);
+  check(
+    afterResume.every((o, i) => o === sorted[i]) && new Set(afterResume).size === afterResume.length,
+    "after resume the rows continue without gaps or repeats",
+  );
+  check(afterResume[0] - afterResume[afterResume.length - 1] === afterResume.length - 1, "offsets are contiguous");
+
+  // Start from an offset.
+  await page.selectOption("#from", "offset");
+  await page.fill("#offset", "2");
+  await page.click("#start");
+  await page.waitForFunction(
+    () => {
+      const trs = document.querySelectorAll("#messages tbody tr");
+      return trs.length >= 2 && trs[trs.length - 1].dataset.offset === "2";
+    },
+    null,
+    { timeout: 10_000 },
+  );
+  check(true, "start from offset 2 shows offset 2 first");
+
+  // Start from a time in the future: nothing old, only what arrives next.
+  await page.selectOption("#from", "latest");
+  await page.click("#start");
+  await page.waitForFunction(() => document.querySelectorAll("#messages tbody tr").length >= 1, null, {
+    timeout: 10_000,
+  });
+  const latest = await offsets();
+  check(latest[latest.length - 1] >= hwm, `start from latest skips history (first ${latest.at(-1)} >= ${hwm})`);
+
+  // A topic the route does not allow: a clear error naming the class.
+  await page.fill("#topic", "secret");
+  await page.selectOption("#from", "earliest");
+  await page.click("#start");
+  await page.waitForSelector("#error:not([hidden])", { timeout: 10_000 });
+  const code = await page.getAttribute("#error", "data-code");
+  const message = await page.textContent("#error");
+  check(code === "3" && /Not allowed/.test(message), `a forbidden topic is explained (${message})`);
+  check((await page.textContent("#status")) === "stopped", "the page stops instead of retrying a refusal");
+  await page.screenshot({ path: join(out, "demo-forbidden.png"), fullPage: true });
+
+  check(consoleErrors.length === 0, `no errors in the browser console (${consoleErrors.join("; ")})`);
+  console.log(`screenshots in ${out}`);
+} catch (error) {
+  console.error(`FAILED: ${error.message}`);
+  await page.screenshot({ path: join(out, "failure.png"), fullPage: true }).catch(() => {});
+  await browser.close();
+  process.exit(1);
+}
+await browser.close();
