@@ -213,3 +213,71 @@ async fn consume_cli_follows_and_resumes_after_the_gateway_restarts() {
         "the consumer says what it does: {stderr}"
     );
 }
+
+/// The interpreter with the Python client's requirements: `$STREAMGATE_PYTHON` (the virtualenv
+/// `make test` prepares), else `python3`.
+fn python() -> String {
+    std::env::var("STREAMGATE_PYTHON").unwrap_or_else(|_| "python3".into())
+}
+
+/// Runs one of the script clients against `topic` (10 records, allowed) and `secret` (refused).
+async fn check_script_client(program: &str, script: &str, hint: &str) {
+    let topic = unique_topic("script");
+    let broker = broker_with(&topic, 10).await;
+    let gw = gateway_for(&broker, "topics = [\"script*\"]", "").await;
+    let script = repo_root().join(script);
+    let client = |args: &[&str]| {
+        let mut cmd = Command::new(program);
+        cmd.arg(&script).arg(gw.ws_url("/kafka")).args(args);
+        cmd
+    };
+
+    let (code, stdout, stderr) = run(client(&["--topic", &topic])).await;
+    assert_eq!(
+        code,
+        0,
+        "{program} {}: {stderr}\n({hint})",
+        script.display()
+    );
+    assert_eq!(offsets(&stdout), (0..10).collect::<Vec<_>>(), "{stdout}");
+    let fields: Vec<&str> = stdout.lines().nth(3).unwrap_or("").split('\t').collect();
+    assert_eq!(fields[2..], ["k-3", "msg-3"], "key and value");
+    assert!(
+        fields[1].parse::<i64>().unwrap_or(0) > 1_600_000_000_000,
+        "timestamp"
+    );
+
+    let (code, stdout, _) = run(client(&["--topic", &topic, "--from", "8"])).await;
+    assert_eq!((code, offsets(&stdout)), (0, vec![8, 9]));
+    let (code, stdout, _) = run(client(&["--topic", &topic, "--from", "latest"])).await;
+    assert_eq!((code, stdout.as_str()), (0, ""));
+    let (code, stdout, _) = run(client(&["--topic", &topic, "--limit", "2", "--follow"])).await;
+    assert_eq!((code, offsets(&stdout)), (0, vec![0, 1]));
+
+    let (code, _, stderr) = run(client(&["--topic", "secret"])).await;
+    assert_eq!(code, 1, "a refused topic fails the client: {stderr}");
+    assert!(
+        stderr.contains("forbidden") && stderr.contains("code 3"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test]
+async fn python_client_reads_and_reports_refusals() {
+    check_script_client(
+        &python(),
+        "examples/python/consume.py",
+        "make test installs its requirements; or pip install -r examples/python/requirements.txt",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn node_client_reads_and_reports_refusals() {
+    check_script_client(
+        "node",
+        "examples/node/consume.mjs",
+        "make test installs its packages; or npm ci --prefix examples/node",
+    )
+    .await;
+}
