@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
-# `make run`: the local demo. Starts a development Kafka broker on 127.0.0.1:9092 with a `demo`
-# topic that keeps receiving messages, a static web upstream on 127.0.0.1:8080, and the gateway
-# with conf/streamgate.toml on 127.0.0.1:9080. Ctrl-C stops everything it started.
+# `make run`: the local demo. Builds everything, starts a development Kafka broker on
+# 127.0.0.1:9092 with a `demo` topic that keeps receiving messages, a static web server on
+# 127.0.0.1:8080 with the demo page, and the gateway with conf/streamgate.toml on 127.0.0.1:9080
+# (admin on 127.0.0.1:9091). Ctrl-C stops everything it started.
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 cd "$repo"
 bash scripts/install-deps.sh
 broker=$(bash scripts/install-test-broker.sh)
-cargo build --quiet --bin streamgate --example demo_producer --example consume
+bash scripts/setup-clients.sh
+cargo build --quiet --bin streamgate --bin streamgate-consume --example demo_producer
 target=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
 
 state=$(mktemp -d -t streamgate-demo.XXXXXX)
@@ -22,7 +24,7 @@ cleanup() {
 trap cleanup INT TERM EXIT
 
 port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-for port in 9092 8080 9080; do
+for port in 9092 8080 9080 9091; do
   if port_busy "$port"; then
     echo "demo: 127.0.0.1:$port is already in use; stop what runs there (or change conf/streamgate.toml)" >&2
     exit 1
@@ -33,20 +35,23 @@ done
 (cd "$state" && exec "$broker" broker --listener-url tcp://127.0.0.1:9092 \
   --advertised-listener-url tcp://127.0.0.1:9092 --storage-engine memory://tansu/ --silent) &
 pids+=($!)
-python3 -m http.server 8080 --bind 127.0.0.1 --directory examples/web >"$state/web.log" 2>&1 &
+python3 -m http.server 8080 --bind 127.0.0.1 --directory examples/web/dist >"$state/web.log" 2>&1 &
 pids+=($!)
 "$target/debug/examples/demo_producer" --broker 127.0.0.1:9092 --topic demo &
 pids+=($!)
 "$target/debug/streamgate" -c conf/streamgate.toml &
 pids+=($!)
 
-sleep 1
+for port in 9092 8080 9080; do
+  for _ in $(seq 100); do port_busy "$port" && break; sleep 0.1; done
+done
 cat <<MSG
 
   Streamgate demo is running (Ctrl-C stops it):
-    HTTP route   http://127.0.0.1:9080/            (static files from examples/web via the gateway)
-    Kafka route  ws://127.0.0.1:9080/kafka          (topic "demo", a new message every second)
-    Read it:     $target/debug/examples/consume ws://127.0.0.1:9080/kafka --topic demo --from earliest --follow
+    Open in a browser   http://127.0.0.1:9080/             the live page, served through the gateway
+    Kafka route         ws://127.0.0.1:9080/kafka           topic "demo", 2 partitions, 2 messages/s
+    From a terminal     $target/debug/streamgate-consume ws://127.0.0.1:9080/kafka --topic demo --follow
+    Health              http://127.0.0.1:9091/readyz
 
 MSG
 wait -n "${pids[@]}" || true
