@@ -192,6 +192,11 @@ threads = {threads}
 grace_period_seconds = 1
 graceful_shutdown_timeout_seconds = 1
 
+# Every benchmark client comes from 127.0.0.1: lift the per-client limits.
+[server.limits]
+max_connections = 1000000
+max_connections_per_ip = 1000000
+
 [[upstreams]]
 id = "kafka"
 scheme = "kafka"
@@ -206,6 +211,8 @@ max_frame_bytes = 67108864
 fetch_max_bytes = 1048576
 fetch_max_wait_ms = 200
 max_in_flight = 64
+max_commands_per_second = 0
+idle_timeout_ms = 3600000
 
 {extra}
 "#

@@ -100,6 +100,36 @@ pub struct Server {
     /// Pingora's per-connection read buffer on plain listeners (0 = none; saves memory per
     /// idle WebSocket).
     pub l4_read_buffer_bytes: usize,
+    /// Bounds on what clients may hold at once.
+    pub limits: Limits,
+}
+
+/// `[server.limits]`: what one client, one consumer or everyone together may hold at once, so
+/// that no one caller can exhaust the gateway.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// Requests in progress plus open WebSocket sessions, all clients together.
+    pub max_connections: usize,
+    /// The same, per client IP address.
+    pub max_connections_per_ip: usize,
+    /// Open pub/sub sessions per consumer (callers an auth plugin recognised).
+    pub max_sessions_per_consumer: usize,
+    /// Request line plus headers.
+    pub max_request_header_bytes: usize,
+    /// Request body (HTTP routes).
+    pub max_request_body_bytes: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_connections: 50_000,
+            max_connections_per_ip: 1_000,
+            max_sessions_per_consumer: 1_000,
+            max_request_header_bytes: 32 * 1024,
+            max_request_body_bytes: 100 << 20,
+        }
+    }
 }
 
 /// One `[[server.tls_listen]]`.
@@ -306,6 +336,33 @@ pub struct Plugins {
     pub key_auth: Option<KeyAuth>,
     /// `jwt-auth`.
     pub jwt_auth: Option<JwtAuth>,
+    /// `limit-req`.
+    pub limit_req: Option<LimitReq>,
+}
+
+/// `[routes.plugins.limit-req]`: a token bucket per key; requests beyond it are refused with
+/// `Retry-After`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LimitReq {
+    /// Sustained requests per second.
+    pub rate: f64,
+    /// Requests allowed at once (the bucket's size, at least 1).
+    pub burst: f64,
+    /// Whose requests share a bucket.
+    pub key: LimitKey,
+    /// The status of a refused request (429 unless set).
+    pub rejected_code: u16,
+}
+
+/// What a `limit-req` bucket is kept per.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LimitKey {
+    /// The client's IP address.
+    RemoteAddr,
+    /// The consumer an auth plugin recognised (the IP address for anonymous callers).
+    Consumer,
+    /// One bucket for the whole route.
+    Route,
 }
 
 /// `[routes.plugins.jwt-auth]`: where callers put their token.
@@ -350,6 +407,14 @@ pub struct KafkaProxy {
     /// Browser origins allowed to open the WebSocket (`scheme://host[:port]`, lower case);
     /// `None` = any. Handshakes without an `Origin` header (non-browser clients) are not affected.
     pub allowed_origins: Option<Vec<String>>,
+    /// Frames a session may send per second (burst: as many at once); 0 = no limit.
+    pub max_commands_per_second: u32,
+    /// A session that sends nothing (not even a pong to the gateway's ping) this long is closed.
+    pub idle_timeout: Duration,
+    /// Sessions are closed (1001, reconnect) after this long; `None` = never.
+    pub max_session: Option<Duration>,
+    /// A client that does not take an answer within this long is disconnected (slow reader).
+    pub send_timeout: Duration,
 }
 
 impl Default for KafkaProxy {
@@ -363,6 +428,10 @@ impl Default for KafkaProxy {
             socket_timeout: Duration::from_secs(5),
             max_in_flight: 16,
             allowed_origins: None,
+            max_commands_per_second: 1_000,
+            idle_timeout: Duration::from_secs(60),
+            max_session: Some(Duration::from_secs(24 * 3600)),
+            send_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -674,6 +743,7 @@ fn build_server(c: &mut Checker<'_>, s: t::ServerToml) -> Server {
         .l4_read_buffer_bytes
         .and_then(|v| in_range(c, None, "server.l4_read_buffer_bytes", v, 0, 1 << 20))
         .unwrap_or(0) as usize;
+    let limits = build_limits(c, s.limits.unwrap_or_default());
     Server {
         listen,
         tls_listen,
@@ -682,6 +752,53 @@ fn build_server(c: &mut Checker<'_>, s: t::ServerToml) -> Server {
         graceful_shutdown_timeout: Duration::from_secs(final_timeout),
         log_format,
         l4_read_buffer_bytes: l4,
+        limits,
+    }
+}
+
+fn build_limits(c: &mut Checker<'_>, l: t::LimitsToml) -> Limits {
+    let d = Limits::default();
+    let mut num = |name: &str, value: Option<i64>, min: i64, max: i64, default: i64| {
+        value
+            .and_then(|v| in_range(c, None, &format!("server.limits.{name}"), v, min, max))
+            .unwrap_or(default)
+    };
+    Limits {
+        max_connections: num(
+            "max_connections",
+            l.max_connections,
+            1,
+            10_000_000,
+            d.max_connections as i64,
+        ) as usize,
+        max_connections_per_ip: num(
+            "max_connections_per_ip",
+            l.max_connections_per_ip,
+            1,
+            10_000_000,
+            d.max_connections_per_ip as i64,
+        ) as usize,
+        max_sessions_per_consumer: num(
+            "max_sessions_per_consumer",
+            l.max_sessions_per_consumer,
+            1,
+            10_000_000,
+            d.max_sessions_per_consumer as i64,
+        ) as usize,
+        max_request_header_bytes: num(
+            "max_request_header_bytes",
+            l.max_request_header_bytes,
+            1024,
+            1 << 20,
+            d.max_request_header_bytes as i64,
+        ) as usize,
+        max_request_body_bytes: num(
+            "max_request_body_bytes",
+            l.max_request_body_bytes,
+            0,
+            i64::MAX,
+            d.max_request_body_bytes as i64,
+        ) as u64,
     }
 }
 
@@ -1194,6 +1311,51 @@ fn build_route(
         query: j.query.map(|t| t.0).unwrap_or_else(|| "jwt".into()),
         cookie: j.cookie.map(|t| t.0).unwrap_or_else(|| "jwt".into()),
     });
+    let limit_req = r.plugins.limit_req.and_then(|l| {
+        let at = format!("{key}.plugins.limit-req");
+        let rate_ok = l.rate.is_finite() && l.rate > 0.0 && l.rate <= 1e9;
+        if !rate_ok {
+            c.at(
+                span,
+                format!("{at}.rate"),
+                format!("{} is not a usable rate", l.rate),
+                "use requests per second above 0, e.g. 10 or 0.5",
+            );
+        }
+        let burst = l.burst.unwrap_or(l.rate.max(1.0));
+        if !(burst.is_finite() && (0.0..=1e9).contains(&burst)) {
+            c.at(
+                span,
+                format!("{at}.burst"),
+                format!("{burst} is not a usable burst"),
+                "use 0 or more requests allowed at once above the rate",
+            );
+        }
+        let limit_key = match l.key.as_ref().map(|t| t.0.as_str()) {
+            None | Some("remote_addr") => LimitKey::RemoteAddr,
+            Some("consumer") => LimitKey::Consumer,
+            Some("route") => LimitKey::Route,
+            Some(other) => {
+                c.at(
+                    span,
+                    format!("{at}.key"),
+                    format!("unknown key {other:?}"),
+                    "use \"remote_addr\", \"consumer\" or \"route\"",
+                );
+                LimitKey::RemoteAddr
+            }
+        };
+        let rejected_code = match l.rejected_code {
+            None => 429,
+            Some(code) => in_range(c, span, &format!("{at}.rejected_code"), code, 400, 599)? as u16,
+        };
+        Some(LimitReq {
+            rate: l.rate,
+            burst: burst.max(1.0),
+            key: limit_key,
+            rejected_code,
+        })
+    });
     let kafka_proxy = r
         .plugins
         .kafka_proxy
@@ -1228,6 +1390,7 @@ fn build_route(
             kafka_proxy,
             key_auth,
             jwt_auth,
+            limit_req,
         },
     })
 }
@@ -1508,10 +1671,42 @@ pub(crate) fn build_kafka_proxy(
         1024,
         d.max_in_flight as i64,
     );
+    let commands = num(
+        "max_commands_per_second",
+        k.max_commands_per_second,
+        0,
+        1_000_000,
+        d.max_commands_per_second.into(),
+    );
+    let idle = num(
+        "idle_timeout_ms",
+        k.idle_timeout_ms,
+        1_000,
+        86_400_000,
+        d.idle_timeout.as_millis() as i64,
+    );
+    let lifetime = num(
+        "max_session_seconds",
+        k.max_session_seconds,
+        0,
+        30 * 86_400,
+        d.max_session.map_or(0, |l| l.as_secs() as i64),
+    );
+    let send_timeout = num(
+        "send_timeout_ms",
+        k.send_timeout_ms,
+        100,
+        600_000,
+        d.send_timeout.as_millis() as i64,
+    );
     if c.problems.len() > before {
         return None;
     }
     Some(KafkaProxy {
+        max_commands_per_second: commands as u32,
+        idle_timeout: Duration::from_millis(idle as u64),
+        max_session: (lifetime > 0).then(|| Duration::from_secs(lifetime as u64)),
+        send_timeout: Duration::from_millis(send_timeout as u64),
         sasl,
         topics,
         max_frame_bytes: max_frame_bytes as usize,

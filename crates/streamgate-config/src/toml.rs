@@ -69,6 +69,18 @@ pub(crate) struct ServerToml {
     pub graceful_shutdown_timeout_seconds: Option<i64>,
     pub log_format: Option<Text>,
     pub l4_read_buffer_bytes: Option<i64>,
+    pub limits: Option<LimitsToml>,
+}
+
+/// `[server.limits]`: bounds on what clients may hold at once.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct LimitsToml {
+    pub max_connections: Option<i64>,
+    pub max_connections_per_ip: Option<i64>,
+    pub max_sessions_per_consumer: Option<i64>,
+    pub max_request_header_bytes: Option<i64>,
+    pub max_request_body_bytes: Option<i64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -156,6 +168,18 @@ pub(crate) struct PluginsToml {
     pub key_auth: Option<KeyAuthToml>,
     #[serde(rename = "jwt-auth")]
     pub jwt_auth: Option<JwtAuthToml>,
+    #[serde(rename = "limit-req")]
+    pub limit_req: Option<LimitReqToml>,
+}
+
+/// `[routes.plugins.limit-req]`: a request rate per client, consumer or route.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct LimitReqToml {
+    pub rate: f64,
+    pub burst: Option<f64>,
+    pub key: Option<Text>,
+    pub rejected_code: Option<i64>,
 }
 
 /// `[routes.plugins.jwt-auth]`: callers must present a token signed for a consumer.
@@ -188,6 +212,10 @@ pub(crate) struct KafkaProxyToml {
     pub socket_timeout_ms: Option<i64>,
     pub max_in_flight: Option<i64>,
     pub allowed_origins: Option<Vec<Text>>,
+    pub max_commands_per_second: Option<i64>,
+    pub idle_timeout_ms: Option<i64>,
+    pub max_session_seconds: Option<i64>,
+    pub send_timeout_ms: Option<i64>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -23,6 +23,18 @@ impl ServeHttp for AdminApp {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
         let (status, body) = match session.req_header().uri.path() {
             "/healthz" => (200, "ok\n".to_string()),
+            "/metrics" => {
+                let m = crate::metrics::metrics();
+                m.pubsub_sessions.set(self.pubsub.active_sessions() as i64);
+                m.kafka_clients.set(self.pubsub.pool.client_count() as i64);
+                let body = m.render();
+                return Response::builder()
+                    .status(200)
+                    .header("content-type", "text/plain; version=0.0.4; charset=utf-8")
+                    .header("content-length", body.len())
+                    .body(body)
+                    .unwrap_or_default();
+            }
             "/readyz" => (
                 200,
                 format!(
@@ -32,7 +44,10 @@ impl ServeHttp for AdminApp {
                     self.pubsub.pool.broker_fetches()
                 ),
             ),
-            _ => (404, "not found: try /healthz or /readyz\n".to_string()),
+            _ => (
+                404,
+                "not found: try /healthz, /readyz or /metrics\n".to_string(),
+            ),
         };
         Response::builder()
             .status(status)

@@ -10,6 +10,8 @@
 
 pub mod admin;
 pub mod error;
+pub mod limits;
+pub mod metrics;
 pub mod plugins;
 pub mod proxy;
 pub mod pubsub;

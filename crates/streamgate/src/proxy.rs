@@ -16,6 +16,7 @@
 //! Errors never panic the process: a failed upstream is a 502 (or 504 on a timeout) with a JSON
 //! body, and a log line naming the route, upstream and node.
 
+use crate::limits::{ConnectionLimits, Refusal, Slot};
 use crate::plugins::Plugin;
 use crate::pubsub::{KafkaCluster, KafkaRoute, PubSub};
 use crate::router::{is_routable_path, Router};
@@ -70,6 +71,10 @@ pub struct RequestCtx {
     pub consumer: Option<Arc<Consumer>>,
     /// A query parameter that carries a credential: the access log writes its value as `***`.
     pub secret_query_param: Option<String>,
+    /// This request's place in the connection limits; a pub/sub session takes it along.
+    pub slot: Option<Slot>,
+    /// Request body bytes seen so far.
+    pub body_bytes: u64,
 }
 
 /// The gateway: route table, upstreams and the pub/sub side.
@@ -78,17 +83,90 @@ pub struct Gateway {
     router: Router,
     routes: Vec<Arc<RouteRuntime>>,
     pubsub: Arc<PubSub>,
+    limits: Arc<ConnectionLimits>,
 }
 
 impl Gateway {
     /// A gateway over routes given in file order (`routes[i].config.index == i`).
-    pub fn new(routes: Vec<Arc<RouteRuntime>>, pubsub: Arc<PubSub>) -> Self {
+    pub fn new(
+        routes: Vec<Arc<RouteRuntime>>,
+        pubsub: Arc<PubSub>,
+        limits: Arc<ConnectionLimits>,
+    ) -> Self {
         let router = Router::new(routes.iter().map(|r| Arc::clone(&r.config)).collect());
         Self {
             router,
             routes,
             pubsub,
+            limits,
         }
+    }
+
+    /// Refuses a request over `[server.limits]`: 503 when the gateway is full, 429 for one
+    /// client or consumer holding too much, 431/413 for oversized headers or bodies. `Ok(true)`
+    /// means it answered.
+    async fn enforce_limits(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> pingora::Result<bool> {
+        let refusal = match self.limits.acquire(ctx.client) {
+            Ok(slot) => {
+                ctx.slot = Some(slot);
+                None
+            }
+            Err(Refusal::Total) => Some((
+                503,
+                "503 Service Unavailable: the gateway is at its connection limit; retry shortly",
+            )),
+            Err(_) => Some((
+                429,
+                "429 Too Many Requests: this client has too many requests or sessions open",
+            )),
+        };
+        let limits = self.limits.config();
+        let req = session.req_header();
+        let header_bytes = req.uri.to_string().len()
+            + req
+                .headers
+                .iter()
+                .map(|(k, v)| k.as_str().len() + v.len() + 4)
+                .sum::<usize>();
+        let declared_body = req
+            .headers
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        let refusal = refusal.or(if header_bytes > limits.max_request_header_bytes {
+            Some((
+                431,
+                "431 Request Header Fields Too Large: the request line and headers exceed this gateway's limit",
+            ))
+        } else if declared_body.is_some_and(|n| n > limits.max_request_body_bytes) {
+            Some((
+                413,
+                "413 Payload Too Large: the request body exceeds this gateway's limit",
+            ))
+        } else {
+            None
+        });
+        let Some((status, message)) = refusal else {
+            return Ok(false);
+        };
+        let which = match status {
+            503 => Refusal::Total.name(),
+            429 => Refusal::PerIp.name(),
+            431 => "max_request_header_bytes",
+            _ => "max_request_body_bytes",
+        };
+        crate::metrics::metrics()
+            .limited
+            .with_label_values(&[which])
+            .inc();
+        ctx.status = Some(status);
+        let retry = matches!(status, 429 | 503).then_some(1);
+        respond_refusal(session, status, message, retry).await?;
+        Ok(true)
     }
 
     fn http_upstream(ctx: &RequestCtx) -> Option<&Arc<HttpUpstream>> {
@@ -106,6 +184,27 @@ pub async fn respond_json(
     message: &str,
 ) -> pingora::Result<()> {
     respond_body(session, status, serde_json::json!({ "error_msg": message })).await
+}
+
+/// Sends a JSON refusal `{"error_msg": message}`, with `Retry-After: seconds` when given.
+pub async fn respond_refusal(
+    session: &mut Session,
+    status: u16,
+    message: &str,
+    retry_after: Option<u64>,
+) -> pingora::Result<()> {
+    let body = serde_json::json!({ "error_msg": message }).to_string();
+    let mut resp = ResponseHeader::build(status, Some(4))?;
+    resp.insert_header("content-type", "application/json")?;
+    resp.insert_header("content-length", body.len().to_string())?;
+    if let Some(seconds) = retry_after {
+        resp.insert_header("retry-after", seconds.to_string())?;
+    }
+    session.write_response_header(Box::new(resp), false).await?;
+    session
+        .write_response_body(Some(Bytes::from(body)), true)
+        .await?;
+    Ok(())
 }
 
 /// Sends `{"message": message}`, the shape APISIX's auth plugins answer with.
@@ -213,6 +312,8 @@ impl ProxyHttp for Gateway {
             client: None,
             consumer: None,
             secret_query_param: None,
+            slot: None,
+            body_bytes: 0,
         }
     }
 
@@ -224,6 +325,9 @@ impl ProxyHttp for Gateway {
         ctx: &mut RequestCtx,
     ) -> pingora::Result<bool> {
         ctx.client = client_ip(session);
+        if self.enforce_limits(session, ctx).await? {
+            return Ok(true);
+        }
         let req = session.req_header();
         let path = req.uri.path();
         if !is_routable_path(path) {
@@ -263,9 +367,34 @@ impl ProxyHttp for Gateway {
                     settings,
                     consumer: ctx.consumer.clone(),
                 };
-                self.pubsub.serve(session, ctx, kafka_route).await
+                self.pubsub
+                    .serve(session, ctx, kafka_route, &self.limits)
+                    .await
             }
         }
+    }
+
+    /// Counts the request body against `max_request_body_bytes` (chunked bodies declare no
+    /// length up front).
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> pingora::Result<()> {
+        ctx.body_bytes += body.as_ref().map_or(0, |b| b.len() as u64);
+        if ctx.body_bytes > self.limits.config().max_request_body_bytes {
+            crate::metrics::metrics()
+                .limited
+                .with_label_values(&["max_request_body_bytes"])
+                .inc();
+            return Err(Error::explain(
+                ErrorType::HTTPStatus(413),
+                "the request body exceeds max_request_body_bytes",
+            ));
+        }
+        Ok(())
     }
 
     /// Picks a healthy node not yet tried for this request.
@@ -308,6 +437,10 @@ impl ProxyHttp for Gateway {
         mut e: Box<Error>,
     ) -> Box<Error> {
         if let Some(upstream) = Self::http_upstream(ctx) {
+            crate::metrics::metrics()
+                .upstream_failures
+                .with_label_values(&[upstream.config.id.as_str(), "connect"])
+                .inc();
             tracing::warn!(
                 route = ctx.route.as_ref().map(|r| r.config.id.as_str()).unwrap_or(""),
                 upstream = %upstream.config.id,
@@ -392,6 +525,22 @@ impl ProxyHttp for Gateway {
             .map(|u| u.config.id.as_str())
             .unwrap_or("");
         let node = ctx.tried.last().map(|a| a.to_string()).unwrap_or_default();
+        if e.esource() == &ErrorSource::Upstream && !upstream.is_empty() {
+            // Connect failures were counted per attempt in fail_to_connect.
+            let kind = match e.etype() {
+                ConnectNoRoute => Some("no_healthy_node"),
+                ConnectTimedout | ConnectRefused | ConnectError | TLSHandshakeFailure
+                | TLSHandshakeTimedout => None,
+                ReadTimedout | WriteTimedout => Some("timeout"),
+                _ => Some("other"),
+            };
+            if let Some(kind) = kind {
+                crate::metrics::metrics()
+                    .upstream_failures
+                    .with_label_values(&[upstream, kind])
+                    .inc();
+            }
+        }
         if code >= 500 {
             tracing::error!(route, upstream, node, status = code, error = %e, "proxying failed");
         } else {
@@ -402,6 +551,7 @@ impl ProxyHttp for Gateway {
                 502 => "502 Bad Gateway",
                 504 => "504 Gateway Timeout",
                 408 => "408 Request Timeout",
+                413 => "413 Payload Too Large: the request body exceeds this gateway's limit",
                 400 => "400 Bad Request",
                 _ => "500 Internal Server Error",
             };
@@ -429,6 +579,16 @@ impl ProxyHttp for Gateway {
             .map(|r| r.status.as_u16())
             .or(ctx.status)
             .unwrap_or(0);
+        let route_id = ctx.route.as_ref().map_or("-", |r| r.config.id.as_str());
+        let metrics = crate::metrics::metrics();
+        metrics
+            .http_requests
+            .with_label_values(&[route_id, status.to_string().as_str()])
+            .inc();
+        metrics
+            .http_duration
+            .with_label_values(&[route_id])
+            .observe(ctx.started.elapsed().as_secs_f64());
         let upstream = ctx.route.as_ref().map(|r| match &r.target {
             Target::Http(u) => u.config.id.as_str(),
             Target::Kafka(k) => k.upstream_id.as_str(),
@@ -439,7 +599,7 @@ impl ProxyHttp for Gateway {
             method = %req.method,
             uri = %redacted_uri(&req.uri, ctx.secret_query_param.as_deref()),
             host = request_host(req).unwrap_or(""),
-            route = ctx.route.as_ref().map(|r| r.config.id.as_str()).unwrap_or("-"),
+            route = route_id,
             consumer = ctx.consumer.as_ref().map(|c| c.username.as_str()).unwrap_or("-"),
             upstream = upstream.unwrap_or("-"),
             node = %ctx.tried.last().map(|a| a.to_string()).unwrap_or_else(|| "-".into()),

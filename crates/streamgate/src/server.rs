@@ -90,7 +90,11 @@ pub fn prepare(config: &Config) -> Result<Prepared, StartupError> {
         }));
     }
     Ok(Prepared {
-        gateway: Gateway::new(routes, Arc::clone(&pubsub)),
+        gateway: Gateway::new(
+            routes,
+            Arc::clone(&pubsub),
+            crate::limits::ConnectionLimits::new(config.server.limits.clone()),
+        ),
         pubsub,
         health,
     })

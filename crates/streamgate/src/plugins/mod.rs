@@ -9,10 +9,12 @@
 mod jwt_auth;
 mod kafka_proxy;
 mod key_auth;
+mod limit_req;
 
 pub use jwt_auth::{jwt_index, JwtAuthPlugin, JwtIndex};
 pub use kafka_proxy::KafkaProxyPlugin;
 pub use key_auth::{key_index, KeyAuthPlugin, KeyIndex};
+pub use limit_req::LimitReqPlugin;
 
 use crate::proxy::RequestCtx;
 use async_trait::async_trait;
@@ -51,7 +53,8 @@ pub trait Plugin: Send + Sync + std::fmt::Debug {
 }
 
 /// The plugins a route turns on, in the order they run: authentication first, so a refused
-/// request costs nothing else.
+/// request costs nothing else; then rate limits (which may count per consumer); then the
+/// route's own settings.
 pub fn for_route(route: &Route, keys: &KeyIndex, tokens: &JwtIndex) -> Vec<Arc<dyn Plugin>> {
     let mut plugins: Vec<Arc<dyn Plugin>> = Vec::new();
     if let Some(settings) = &route.plugins.jwt_auth {
@@ -65,6 +68,9 @@ pub fn for_route(route: &Route, keys: &KeyIndex, tokens: &JwtIndex) -> Vec<Arc<d
             settings.clone(),
             Arc::clone(keys),
         )));
+    }
+    if let Some(settings) = &route.plugins.limit_req {
+        plugins.push(Arc::new(LimitReqPlugin::new(settings.clone())));
     }
     if let Some(settings) = &route.plugins.kafka_proxy {
         plugins.push(Arc::new(KafkaProxyPlugin::new(settings.clone())));

@@ -117,7 +117,10 @@ async fn list_offset_inner(
             timeout,
         )
         .await?;
-    let offset = kafka_call(timeout, reader.client().get_offset(at)).await?;
+    let started = std::time::Instant::now();
+    let offset = kafka_call(timeout, reader.client().get_offset(at)).await;
+    crate::metrics::metrics().kafka_call("list_offsets", started.elapsed());
+    let offset = offset?;
     if cmd.timestamp < 0 || offset < 0 {
         return Ok(offset);
     }
@@ -225,6 +228,15 @@ async fn fetch_inner(
         // Keys and values are shared buffers: this clones reference counts, not payloads.
         messages.push(message.clone());
     }
+    let metrics = crate::metrics::metrics();
+    metrics
+        .records_delivered
+        .with_label_values(&[&*route.route_id])
+        .inc_by(messages.len() as u64);
+    metrics
+        .record_bytes_delivered
+        .with_label_values(&[&*route.route_id])
+        .inc_by(used as u64);
     Ok(KafkaFetchResp {
         messages,
         high_watermark,

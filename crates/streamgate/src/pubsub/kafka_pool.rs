@@ -209,10 +209,12 @@ async fn build_client(
             SaslMechanism::ScramSha512 => SaslConfig::ScramSha512(credentials),
         });
     }
-    let client = builder
-        .build()
-        .await
-        .map_err(|e| KafkaFailure::from_kafka(&e))?;
+    let started = std::time::Instant::now();
+    let client = builder.build().await;
+    crate::metrics::metrics()
+        .kafka_connect_duration
+        .observe(started.elapsed().as_secs_f64());
+    let client = client.map_err(|e| KafkaFailure::from_kafka(&e))?;
     tracing::debug!(upstream = %cluster.upstream_id, "connected a Kafka client");
     Ok(Arc::new(client))
 }

@@ -78,6 +78,7 @@ impl PubSub {
         session: &mut Session,
         ctx: &mut RequestCtx,
         route: KafkaRoute,
+        limits: &Arc<crate::limits::ConnectionLimits>,
     ) -> pingora::Result<bool> {
         if !upgrade::origin_allowed(session, route.settings.allowed_origins.as_deref()) {
             ctx.status = Some(403);
@@ -94,8 +95,35 @@ impl PubSub {
             respond_json(session, 400, problem).await?;
             return Ok(true);
         }
+        let consumer_slot = match &route.consumer {
+            None => None,
+            Some(consumer) => match limits.acquire_consumer(&consumer.username) {
+                Ok(slot) => Some(slot),
+                Err(refusal) => {
+                    crate::metrics::metrics()
+                        .limited
+                        .with_label_values(&[refusal.name()])
+                        .inc();
+                    ctx.status = Some(429);
+                    crate::proxy::respond_refusal(
+                        session,
+                        429,
+                        "429 Too Many Requests: this consumer has too many pub/sub sessions open",
+                        Some(1),
+                    )
+                    .await?;
+                    return Ok(true);
+                }
+            },
+        };
         let (stream, early) = upgrade::accept_and_detach(session).await?;
         ctx.status = Some(101);
+        // The session holds its places in the limits until it closes.
+        let slots = (ctx.slot.take(), consumer_slot);
+        crate::metrics::metrics()
+            .pubsub_sessions_opened
+            .with_label_values(&[&*route.route_id])
+            .inc();
         let config = session::websocket_config(route.settings.max_frame_bytes);
         let shutdown = self.shutdown.subscribe();
         let active = Arc::clone(&self.active);
@@ -106,6 +134,7 @@ impl PubSub {
                     .await;
             let route_id = Arc::clone(&route.route_id);
             session::run(ws, route, shutdown).await;
+            drop(slots);
             active.fetch_sub(1, Ordering::Relaxed);
             tracing::debug!(route = %route_id, "pub/sub session ended");
         });

@@ -190,12 +190,16 @@ async fn broker_fetch(
     timeout: Duration,
 ) -> Result<Arc<Fetched>, KafkaFailure> {
     counter.fetch_add(1, Ordering::Relaxed);
-    let (records, high_watermark) = match tokio::time::timeout(
+    let metrics = crate::metrics::metrics();
+    metrics.kafka_broker_fetches.inc();
+    let started = std::time::Instant::now();
+    let result = tokio::time::timeout(
         timeout,
         client.fetch_records(offset, 1..max_bytes.max(2), 0),
     )
-    .await
-    {
+    .await;
+    metrics.kafka_call("fetch", started.elapsed());
+    let (records, high_watermark) = match result {
         Ok(result) => result.map_err(|e| KafkaFailure::from_kafka(&e))?,
         Err(_) => return Err(KafkaFailure::timeout(timeout)),
     };

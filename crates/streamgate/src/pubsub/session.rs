@@ -5,6 +5,12 @@
 //! answer carries its request's sequence. A command task's result is its answer, collected by the
 //! loop as tasks finish: no per-session channel. The loop can also send frames that no request
 //! triggered (reserved for push subscriptions), from any branch of its `select!`.
+//!
+//! Limits (the route's `kafka-proxy` settings): frames beyond `max_commands_per_second` are
+//! answered LIMIT_EXCEEDED; a client silent for `idle_timeout` (the gateway pings it halfway)
+//! is closed; so is a session older than `max_session` (1001, reconnect). A client that does not
+//! read: while an answer waits to be written the loop reads no more commands, at most
+//! `max_in_flight` answers wait behind it, and after `send_timeout` the connection is dropped.
 
 use super::commands::{self, KafkaRoute};
 use futures_util::{SinkExt, StreamExt};
@@ -15,6 +21,7 @@ use streamgate_protocol::{
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
+use tokio::time::{Duration, Instant};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
 use tokio_tungstenite::tungstenite::protocol::frame::Frame;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
@@ -42,57 +49,108 @@ pub async fn run<S>(
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let metrics = crate::metrics::metrics();
+    let settings = std::sync::Arc::clone(&route.settings);
     let mut tasks: JoinSet<PubSubResp> = JoinSet::new();
-    let close = loop {
+    let mut rate = CommandRate::new(settings.max_commands_per_second);
+    let mut last_heard = Instant::now();
+    let mut pinged = false;
+    // Checked four times per timeout: the ping goes out between half and three quarters of it,
+    // leaving the client a quarter to answer.
+    let mut idle_check = tokio::time::interval(settings.idle_timeout / 4);
+    idle_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    idle_check.reset();
+    let lifetime = tokio::time::sleep(
+        settings
+            .max_session
+            .unwrap_or(Duration::from_secs(u32::MAX.into())),
+    );
+    tokio::pin!(lifetime);
+    let (close, why) = loop {
         tokio::select! {
             biased;
             Ok(()) = shutdown.changed() => if *shutdown.borrow() {
-                break Some((CloseCode::Away, "shutting down"));
+                break (Some((CloseCode::Away, "shutting down")), "shutdown");
             },
             Some(joined) = tasks.join_next(), if !tasks.is_empty() => match joined {
                 Ok(answer) => {
-                    if send(&mut ws, &answer).await.is_err() {
-                        break None;
+                    if let Err(why) = send_bounded(&mut ws, &answer, settings.send_timeout).await {
+                        break (None, why);
                     }
                 }
                 Err(e) => {
                     tracing::error!(route = %route.route_id, error = %e, "a pub/sub command task failed");
                 }
             },
-            frame = ws.next() => match frame {
-                None => break None,
-                Some(Err(WsError::Capacity(e))) => {
-                    tracing::debug!(route = %route.route_id, error = %e, "frame over the route's limit");
-                    break Some((CloseCode::Size, "frame larger than this route's max_frame_bytes"));
+            () = &mut lifetime => {
+                break (Some((CloseCode::Away, "session lifetime reached: reconnect")), "lifetime");
+            }
+            _ = idle_check.tick() => {
+                if last_heard.elapsed() >= settings.idle_timeout {
+                    break (Some((CloseCode::Away, "idle timeout: no frame or pong")), "idle");
                 }
-                Some(Err(e)) => {
-                    tracing::debug!(route = %route.route_id, error = %e, "websocket read failed");
-                    break None;
+                if !pinged && last_heard.elapsed() >= settings.idle_timeout / 2 {
+                    pinged = true;
+                    if ws.send(Message::Ping(bytes::Bytes::new())).await.is_err() {
+                        break (None, "error");
+                    }
                 }
-                Some(Ok(Message::Binary(data))) => {
-                    let immediate = match PubSubReq::decode(data) {
-                        Err(_) => Some(PubSubResp::error(0, ErrorCode::BadRequest, "wrong command")),
-                        Ok(req) => dispatch(req, &route, &mut tasks),
-                    };
-                    if let Some(answer) = immediate {
-                        if send(&mut ws, &answer).await.is_err() {
-                            break None;
+            }
+            frame = ws.next() => {
+                last_heard = Instant::now();
+                pinged = false;
+                match frame {
+                    None => break (None, "client"),
+                    Some(Err(WsError::Capacity(e))) => {
+                        tracing::debug!(route = %route.route_id, error = %e, "frame over the route's limit");
+                        break (Some((CloseCode::Size, "frame larger than this route's max_frame_bytes")), "frame_too_large");
+                    }
+                    Some(Err(e)) => {
+                        tracing::debug!(route = %route.route_id, error = %e, "websocket read failed");
+                        break (None, "client");
+                    }
+                    Some(Ok(Message::Binary(data))) => {
+                        let immediate = if !rate.allow() {
+                            metrics.limited.with_label_values(&["commands_per_second"]).inc();
+                            Some(rate_limited(&data, settings.max_commands_per_second))
+                        } else {
+                            match PubSubReq::decode(data) {
+                                Err(_) => {
+                                    let answer = PubSubResp::error(0, ErrorCode::BadRequest, "wrong command");
+                                    metrics.command(&route.route_id, "undecodable", &answer);
+                                    Some(answer)
+                                }
+                                Ok(req) => dispatch(req, &route, &mut tasks),
+                            }
+                        };
+                        if let Some(answer) = immediate {
+                            if let Err(why) = send_bounded(&mut ws, &answer, settings.send_timeout).await {
+                                break (None, why);
+                            }
                         }
                     }
-                }
-                // Pings are answered and close frames echoed by tungstenite; flush those
-                // replies now rather than with the next answer.
-                Some(Ok(Message::Ping(_) | Message::Close(_))) => {
-                    if ws.flush().await.is_err() {
-                        break None;
+                    // Pings are answered and close frames echoed by tungstenite; flush those
+                    // replies now rather than with the next answer.
+                    Some(Ok(Message::Ping(_) | Message::Close(_))) => {
+                        if ws.flush().await.is_err() {
+                            break (None, "client");
+                        }
                     }
+                    // Text frames carry no command (as in APISIX): ignored. Pongs only count
+                    // as signs of life.
+                    Some(Ok(_)) => {}
                 }
-                // Text frames carry no command (as in APISIX): ignored.
-                Some(Ok(_)) => {}
             }
         }
     };
     tasks.abort_all();
+    metrics
+        .pubsub_sessions_closed
+        .with_label_values(&[why])
+        .inc();
+    if why == "slow_reader" {
+        tracing::info!(route = %route.route_id, "closed a pub/sub session whose client did not read its answers");
+    }
     if let Some((code, reason)) = close {
         let frame = CloseFrame {
             code,
@@ -113,24 +171,35 @@ fn dispatch(
     tasks: &mut JoinSet<PubSubResp>,
 ) -> Option<PubSubResp> {
     let sequence = req.sequence;
-    let unknown = || {
-        Some(PubSubResp::error(
-            sequence,
-            ErrorCode::BadRequest,
-            "unknown command",
-        ))
-    };
+    let metrics = crate::metrics::metrics();
     let cmd = match req.req {
-        None | Some(Req::CmdEmpty(_)) => return unknown(),
+        None | Some(Req::CmdEmpty(_)) => {
+            let answer = PubSubResp::error(sequence, ErrorCode::BadRequest, "unknown command");
+            metrics.command(&route.route_id, "unknown", &answer);
+            return Some(answer);
+        }
         Some(Req::CmdPing(ping)) => {
-            return Some(PubSubResp {
+            let answer = PubSubResp {
                 sequence,
                 resp: Some(Resp::PongResp(PongResp { state: ping.state })),
-            })
+            };
+            metrics.command(&route.route_id, "ping", &answer);
+            return Some(answer);
         }
         Some(cmd) => cmd,
     };
+    let kind = match &cmd {
+        Req::CmdKafkaListOffset(_) => "list_offset",
+        Req::CmdKafkaFetch(_) => "fetch",
+        Req::CmdEmpty(_) | Req::CmdPing(_) => "unknown",
+    };
     if tasks.len() >= route.settings.max_in_flight {
+        metrics.limited.with_label_values(&["in_flight"]).inc();
+        metrics.command(
+            &route.route_id,
+            kind,
+            &PubSubResp::error(sequence, ErrorCode::LimitExceeded, ""),
+        );
         return Some(PubSubResp::error(
             sequence,
             ErrorCode::LimitExceeded,
@@ -142,16 +211,80 @@ fn dispatch(
     }
     let route = route.clone();
     tasks.spawn(async move {
-        match cmd {
+        let answer = match cmd {
             Req::CmdKafkaListOffset(c) => commands::list_offset(&route, sequence, c).await,
             Req::CmdKafkaFetch(c) => commands::fetch(&route, sequence, c).await,
             // Answered inline above; never spawned.
             Req::CmdEmpty(_) | Req::CmdPing(_) => {
                 PubSubResp::error(sequence, ErrorCode::Internal, "command dispatched twice")
             }
-        }
+        };
+        crate::metrics::metrics().command(&route.route_id, kind, &answer);
+        answer
     });
     None
+}
+
+/// A token bucket over a session's frames: `per_second` sustained, as many at once.
+#[derive(Debug)]
+struct CommandRate {
+    per_second: f64,
+    tokens: f64,
+    updated: Instant,
+}
+
+impl CommandRate {
+    fn new(per_second: u32) -> Self {
+        Self {
+            per_second: f64::from(per_second),
+            tokens: f64::from(per_second),
+            updated: Instant::now(),
+        }
+    }
+
+    /// Takes a token if there is one; a limit of 0 always allows.
+    fn allow(&mut self) -> bool {
+        if self.per_second <= 0.0 {
+            return true;
+        }
+        let now = Instant::now();
+        let refill = now.duration_since(self.updated).as_secs_f64() * self.per_second;
+        self.tokens = (self.tokens + refill).min(self.per_second);
+        self.updated = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// The LIMIT_EXCEEDED answer to a frame over the command rate, under the frame's sequence when
+/// it decodes.
+fn rate_limited(data: &[u8], limit: u32) -> PubSubResp {
+    let sequence = PubSubReq::decode(data).map_or(0, |r| r.sequence);
+    PubSubResp::error(
+        sequence,
+        ErrorCode::LimitExceeded,
+        format!("too many commands per second on this connection (limit {limit}/s): slow down"),
+    )
+}
+
+/// Sends an answer within `limit`; a client that does not read is given up on.
+async fn send_bounded<S>(
+    ws: &mut WebSocketStream<S>,
+    answer: &PubSubResp,
+    limit: Duration,
+) -> Result<(), &'static str>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    match tokio::time::timeout(limit, send(ws, answer)).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(_)) => Err("client"),
+        Err(_) => Err("slow_reader"),
+    }
 }
 
 /// Answers larger than this go out as several frames of one WebSocket message (RFC 6455 §5.4;

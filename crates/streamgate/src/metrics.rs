@@ -1,0 +1,226 @@
+//! Prometheus metrics, served as text on the admin listener's `/metrics`.
+//!
+//! One process-wide set: every phase that has something to count reaches it through
+//! [`metrics()`], so no handle has to be threaded through Pingora's phases or detached sessions.
+//! Label values are bounded: route and upstream ids come from the configuration, statuses and
+//! error classes from fixed sets.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
+    Registry, TextEncoder,
+};
+use std::sync::LazyLock;
+use std::time::Duration;
+use streamgate_protocol::{pub_sub_resp::Resp, PubSubResp};
+
+/// Latency buckets in seconds, from 0.5 ms to 30 s.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+/// Every metric the gateway exports.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    /// Requests answered, by route and status (101 for accepted WebSocket sessions).
+    pub http_requests: IntCounterVec,
+    /// Time from the request's arrival to its access log line, by route.
+    pub http_duration: HistogramVec,
+    /// Failed attempts to reach an HTTP upstream node, by upstream and kind.
+    pub upstream_failures: IntCounterVec,
+    /// Requests refused by a limit, by which limit.
+    pub limited: IntCounterVec,
+    /// Pub/sub sessions open now.
+    pub pubsub_sessions: IntGauge,
+    /// Pub/sub sessions opened, by route.
+    pub pubsub_sessions_opened: IntCounterVec,
+    /// Pub/sub sessions closed by the gateway, by reason.
+    pub pubsub_sessions_closed: IntCounterVec,
+    /// Pub/sub commands answered, by route, command and result.
+    pub pubsub_commands: IntCounterVec,
+    /// Records sent to pub/sub clients, by route.
+    pub records_delivered: IntCounterVec,
+    /// Record bytes (keys, values, headers) sent to pub/sub clients, by route.
+    pub record_bytes_delivered: IntCounterVec,
+    /// Shared Kafka clients open now.
+    pub kafka_clients: IntGauge,
+    /// Fetch requests sent to brokers (many client fetches may share one).
+    pub kafka_broker_fetches: IntCounter,
+    /// Kafka request latency, by operation.
+    pub kafka_duration: HistogramVec,
+    /// Time to build a Kafka client (connect, TLS, SASL, metadata).
+    pub kafka_connect_duration: Histogram,
+}
+
+static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
+
+/// The process's metrics.
+pub fn metrics() -> &'static Metrics {
+    &METRICS
+}
+
+impl Metrics {
+    fn new() -> Self {
+        let registry = Registry::new();
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            let metric = IntCounterVec::new(Opts::new(name, help), labels)
+                .expect("static metric definition");
+            registry
+                .register(Box::new(metric.clone()))
+                .expect("metric names are unique");
+            metric
+        };
+        let histogram = |name: &str, help: &str, labels: &[&str]| {
+            let opts = HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec());
+            let metric = HistogramVec::new(opts, labels).expect("static metric definition");
+            registry
+                .register(Box::new(metric.clone()))
+                .expect("metric names are unique");
+            metric
+        };
+        let gauge = |name: &str, help: &str| {
+            let metric = IntGauge::new(name, help).expect("static metric definition");
+            registry
+                .register(Box::new(metric.clone()))
+                .expect("metric names are unique");
+            metric
+        };
+        let kafka_broker_fetches = IntCounter::new(
+            "streamgate_kafka_broker_fetches_total",
+            "Fetch requests sent to Kafka brokers (identical concurrent client fetches share one).",
+        )
+        .expect("static metric definition");
+        registry
+            .register(Box::new(kafka_broker_fetches.clone()))
+            .expect("metric names are unique");
+        let kafka_connect_duration = Histogram::with_opts(
+            HistogramOpts::new(
+                "streamgate_kafka_connect_duration_seconds",
+                "Time to build a shared Kafka client: connect, TLS, SASL and metadata.",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+        )
+        .expect("static metric definition");
+        registry
+            .register(Box::new(kafka_connect_duration.clone()))
+            .expect("metric names are unique");
+        Metrics {
+            http_requests: counter(
+                "streamgate_http_requests_total",
+                "Requests answered, by route and status (101: a WebSocket session was accepted).",
+                &["route", "status"],
+            ),
+            http_duration: histogram(
+                "streamgate_http_request_duration_seconds",
+                "Time from a request's arrival to its last byte or its WebSocket upgrade.",
+                &["route"],
+            ),
+            upstream_failures: counter(
+                "streamgate_upstream_failures_total",
+                "Failed attempts to reach an HTTP upstream node, by kind (connect, timeout, other).",
+                &["upstream", "kind"],
+            ),
+            limited: counter(
+                "streamgate_limited_total",
+                "Requests, sessions and commands refused by a limit, by limit.",
+                &["limit"],
+            ),
+            pubsub_sessions: gauge(
+                "streamgate_pubsub_sessions",
+                "Pub/sub WebSocket sessions open now.",
+            ),
+            pubsub_sessions_opened: counter(
+                "streamgate_pubsub_sessions_opened_total",
+                "Pub/sub WebSocket sessions accepted, by route.",
+                &["route"],
+            ),
+            pubsub_sessions_closed: counter(
+                "streamgate_pubsub_sessions_closed_total",
+                "Pub/sub sessions ended, by reason (client, shutdown, idle, lifetime, slow_reader, frame_too_large, error).",
+                &["reason"],
+            ),
+            pubsub_commands: counter(
+                "streamgate_pubsub_commands_total",
+                "Pub/sub commands answered, by route, command and result (ok or the error class).",
+                &["route", "command", "result"],
+            ),
+            records_delivered: counter(
+                "streamgate_pubsub_records_total",
+                "Kafka records sent to pub/sub clients.",
+                &["route"],
+            ),
+            record_bytes_delivered: counter(
+                "streamgate_pubsub_record_bytes_total",
+                "Encoded bytes of the Kafka records sent to pub/sub clients.",
+                &["route"],
+            ),
+            kafka_clients: gauge(
+                "streamgate_kafka_clients",
+                "Shared Kafka clients open now (one per brokers, TLS settings and SASL identity).",
+            ),
+            kafka_broker_fetches,
+            kafka_duration: histogram(
+                "streamgate_kafka_request_duration_seconds",
+                "Latency of Kafka requests, by operation (fetch, list_offsets).",
+                &["operation"],
+            ),
+            kafka_connect_duration,
+            registry,
+        }
+    }
+
+    /// Counts an answered pub/sub command.
+    pub fn command(&self, route: &str, command: &str, answer: &PubSubResp) {
+        let result = match &answer.resp {
+            Some(Resp::ErrorResp(e)) => streamgate_protocol::ErrorCode::from_i32(e.code)
+                .map_or("unknown_error", |c| c.name()),
+            _ => "ok",
+        };
+        self.pubsub_commands
+            .with_label_values(&[route, command, result])
+            .inc();
+    }
+
+    /// Records a Kafka request's latency.
+    pub fn kafka_call(&self, operation: &str, took: Duration) {
+        self.kafka_duration
+            .with_label_values(&[operation])
+            .observe(took.as_secs_f64());
+    }
+
+    /// The text exposition of every metric.
+    pub fn render(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(16 * 1024);
+        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
+            tracing::error!(error = %e, "could not encode the metrics");
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use streamgate_protocol::ErrorCode;
+
+    #[test]
+    fn every_metric_registers_and_renders() {
+        let m = metrics();
+        m.command(
+            "r",
+            "fetch",
+            &PubSubResp::error(1, ErrorCode::Forbidden, "no"),
+        );
+        m.http_requests.with_label_values(&["r", "200"]).inc();
+        let text = String::from_utf8(m.render()).expect("utf-8");
+        assert!(text.contains(
+            "streamgate_pubsub_commands_total{command=\"fetch\",result=\"FORBIDDEN\",route=\"r\"} 1"
+        ));
+        assert!(text.contains("streamgate_http_requests_total{route=\"r\",status=\"200\"} 1"));
+        m.kafka_call("fetch", Duration::from_millis(3));
+        let text = String::from_utf8(m.render()).expect("utf-8");
+        assert!(text.contains(
+            "streamgate_kafka_request_duration_seconds_bucket{operation=\"fetch\",le=\"0.005\"} 1"
+        ));
+    }
+}

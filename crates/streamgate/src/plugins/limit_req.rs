@@ -1,0 +1,145 @@
+//! `limit-req`: a request rate per client IP, consumer or route (a token bucket each).
+//! Requests over it are refused with 429 (or the configured status) and `Retry-After`.
+//!
+//! Buckets are kept in one map per route behind a lock that is never held across an await. A
+//! full bucket is the same as no bucket, so when the map grows large the full ones are dropped:
+//! memory follows the callers that are actually being limited.
+
+use super::Plugin;
+use crate::proxy::{respond_refusal, RequestCtx};
+use async_trait::async_trait;
+use pingora::proxy::Session;
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+use streamgate_config::model::{LimitKey, LimitReq};
+
+/// Buckets kept before full ones are swept.
+const SWEEP_ABOVE: usize = 10_000;
+
+/// Whose requests share a bucket.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum BucketKey {
+    Ip(Option<IpAddr>),
+    Consumer(Arc<str>),
+    Route,
+}
+
+#[derive(Debug)]
+struct Bucket {
+    tokens: f64,
+    updated: Instant,
+}
+
+/// The plugin on one route.
+#[derive(Debug)]
+pub struct LimitReqPlugin {
+    settings: LimitReq,
+    buckets: Mutex<HashMap<BucketKey, Bucket>>,
+}
+
+impl LimitReqPlugin {
+    /// The plugin with its checked settings.
+    pub fn new(settings: LimitReq) -> Self {
+        Self {
+            settings,
+            buckets: Mutex::default(),
+        }
+    }
+
+    /// Takes a token for `key` at `now`; when there is none, the seconds until there is one.
+    fn take(&self, key: BucketKey, now: Instant) -> Result<(), f64> {
+        let (rate, burst) = (self.settings.rate, self.settings.burst);
+        let mut buckets = self
+            .buckets
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if buckets.len() >= SWEEP_ABOVE {
+            buckets.retain(|_, b| {
+                b.tokens + now.duration_since(b.updated).as_secs_f64() * rate < burst
+            });
+        }
+        let bucket = buckets.entry(key).or_insert(Bucket {
+            tokens: burst,
+            updated: now,
+        });
+        let refill = now.duration_since(bucket.updated).as_secs_f64() * rate;
+        bucket.tokens = (bucket.tokens + refill).min(burst);
+        bucket.updated = now;
+        if bucket.tokens >= 1.0 {
+            bucket.tokens -= 1.0;
+            Ok(())
+        } else {
+            Err((1.0 - bucket.tokens) / rate)
+        }
+    }
+}
+
+#[async_trait]
+impl Plugin for LimitReqPlugin {
+    fn name(&self) -> &'static str {
+        "limit-req"
+    }
+
+    async fn access(&self, session: &mut Session, ctx: &mut RequestCtx) -> pingora::Result<bool> {
+        let key = match self.settings.key {
+            LimitKey::RemoteAddr => BucketKey::Ip(ctx.client),
+            LimitKey::Consumer => match &ctx.consumer {
+                Some(c) => BucketKey::Consumer(c.username.as_str().into()),
+                None => BucketKey::Ip(ctx.client),
+            },
+            LimitKey::Route => BucketKey::Route,
+        };
+        let Err(wait) = self.take(key, Instant::now()) else {
+            return Ok(false);
+        };
+        crate::metrics::metrics()
+            .limited
+            .with_label_values(&["limit-req"])
+            .inc();
+        let status = self.settings.rejected_code;
+        ctx.status = Some(status);
+        let retry_after = wait.ceil().max(1.0) as u64;
+        respond_refusal(
+            session,
+            status,
+            &format!(
+                "{status} Too Many Requests: this route allows {} requests per second; retry after {retry_after} s",
+                self.settings.rate
+            ),
+            Some(retry_after),
+        )
+        .await?;
+        Ok(true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn a_bucket_allows_its_burst_then_the_rate() {
+        let plugin = LimitReqPlugin::new(LimitReq {
+            rate: 2.0,
+            burst: 3.0,
+            key: LimitKey::RemoteAddr,
+            rejected_code: 429,
+        });
+        let t0 = Instant::now();
+        let me = || BucketKey::Ip(Some([127, 0, 0, 1].into()));
+        for _ in 0..3 {
+            assert!(plugin.take(me(), t0).is_ok());
+        }
+        let wait = plugin.take(me(), t0).unwrap_err();
+        assert!((wait - 0.5).abs() < 1e-9, "one token every 0.5 s: {wait}");
+        assert!(
+            plugin.take(BucketKey::Route, t0).is_ok(),
+            "other keys are separate"
+        );
+        assert!(plugin.take(me(), t0 + Duration::from_millis(500)).is_ok());
+        assert!(plugin.take(me(), t0 + Duration::from_millis(500)).is_err());
+    }
+}
