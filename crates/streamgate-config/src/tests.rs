@@ -478,3 +478,52 @@ fn allowed_origins_are_origins() {
         assert!(e.to_string().contains("is not an origin"), "{bad}: {e}");
     }
 }
+
+#[test]
+fn limit_req_and_server_limits_are_checked() {
+    let route = |plugin: &str| {
+        format!("{UPSTREAM}[[routes]]\nid = \"a\"\nuri = \"/\"\nupstream_id = \"web\"\n[routes.plugins.limit-req]\n{plugin}\n")
+    };
+    let config = parse(&route("rate = 0.5"), "test.toml").expect("valid");
+    let limit = config.routes[0]
+        .plugins
+        .limit_req
+        .clone()
+        .expect("limit-req");
+    assert_eq!(
+        (limit.rate, limit.burst, limit.key, limit.rejected_code),
+        (0.5, 1.0, LimitKey::RemoteAddr, 429)
+    );
+
+    let p = one_problem(&route("rate = 0"));
+    assert_eq!(p.key, "routes[0].plugins.limit-req.rate");
+    let p = one_problem(&route("rate = 5\nkey = \"cookie\""));
+    assert_eq!(p.key, "routes[0].plugins.limit-req.key");
+    assert!(p.fix.contains("remote_addr"), "{}", p.fix);
+    let p = one_problem(&route("rate = 5\nrejected_code = 200"));
+    assert_eq!(p.key, "routes[0].plugins.limit-req.rejected_code");
+    let p = one_problem(&route("burst = 5"));
+    assert!(
+        p.message.contains("rate"),
+        "a rate is required: {}",
+        p.message
+    );
+
+    let p = one_problem(&format!(
+        "[server.limits]\nmax_connections_per_ip = 0\n{UPSTREAM}"
+    ));
+    assert_eq!(p.key, "server.limits.max_connections_per_ip");
+    let p = one_problem(&format!("[server.limits]\nmax_sessions = 3\n{UPSTREAM}"));
+    assert!(p.message.contains("max_sessions"), "{}", p.message);
+    let config = parse(UPSTREAM, "test.toml").expect("defaults");
+    assert_eq!(config.server.limits, Limits::default());
+}
+
+#[test]
+fn kafka_proxy_session_limits_are_checked() {
+    let k =
+        check_kafka_proxy("max_session_seconds = 0\nmax_commands_per_second = 0").expect("valid");
+    assert_eq!((k.max_session, k.max_commands_per_second), (None, 0));
+    let e = check_kafka_proxy("idle_timeout_ms = 10").unwrap_err();
+    assert!(e.to_string().contains("idle_timeout_ms"), "{e}");
+}
