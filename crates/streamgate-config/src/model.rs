@@ -1216,7 +1216,9 @@ fn build_route(
         .enumerate()
         .filter_map(|(i, h)| {
             let h = h.0.to_ascii_lowercase();
-            let ok = !h.is_empty() && !h.contains(['/', ':', ' ']) && !h[1..].contains('*');
+            let ok = !h.is_empty()
+                && !h.contains(['/', ':', ' '])
+                && !h.chars().skip(1).any(|ch| ch == '*');
             if !ok || (h.starts_with('*') && !h.starts_with("*.")) {
                 c.at(
                     span,

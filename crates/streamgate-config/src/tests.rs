@@ -527,3 +527,12 @@ fn kafka_proxy_session_limits_are_checked() {
     let e = check_kafka_proxy("idle_timeout_ms = 10").unwrap_err();
     assert!(e.to_string().contains("idle_timeout_ms"), "{e}");
 }
+
+#[test]
+fn a_host_starting_with_a_multibyte_character_is_an_error_not_a_panic() {
+    // Found by tests/fuzz_config.rs: the wildcard check sliced the name at byte 1.
+    let p = one_problem(&format!(
+        "{UPSTREAM}[[routes]]\nid = \"a\"\nuri = \"/\"\nhosts = [\"é*.example.com\"]\nupstream_id = \"web\"\n"
+    ));
+    assert_eq!(p.key, "routes[0].hosts[0]");
+}
