@@ -15,30 +15,13 @@ use streamgate_protocol::{
     pub_sub_req::Req, CmdEmpty, CmdKafkaFetch, CmdKafkaListOffset, CmdPing, Message as _,
     PubSubClient, PubSubReq, PubSubResp,
 };
+use streamgate_testkit::fuzz::{self, Rng};
 use streamgate_testkit::{fixtures, Broker};
 use tokio_tungstenite::tungstenite::Message;
 
 /// Connections the frames are spread over, each with this many frames awaiting answers.
 const CONNECTIONS: usize = 4;
 const WINDOW: usize = 64;
-
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        // xorshift64*: deterministic and dependency-free.
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-    fn pick<T: Copy>(&mut self, items: &[T]) -> T {
-        items[self.below(items.len() as u64) as usize]
-    }
-}
 
 const TOPICS: &[&str] = &["fuzz-t", "fuzz-none", "secret", "", "fuzz-t\0", "ü"];
 const NUMBERS: &[i64] = &[
@@ -64,7 +47,7 @@ fn request(rng: &mut Rng) -> PubSubReq {
     let partition = rng.pick(NUMBERS) as i32;
     let cmd = match rng.below(5) {
         0 => Req::CmdPing(CmdPing {
-            state: vec![rng.next() as u8; rng.below(64) as usize].into(),
+            state: vec![rng.next_u64() as u8; rng.below(64)].into(),
         }),
         1 => Req::CmdEmpty(CmdEmpty {}),
         2 => Req::CmdKafkaListOffset(CmdKafkaListOffset {
@@ -86,16 +69,16 @@ fn request(rng: &mut Rng) -> PubSubReq {
 /// One frame: random bytes, a mutated request, or a hostile valid one.
 fn frame(rng: &mut Rng) -> Vec<u8> {
     match rng.below(3) {
-        0 => (0..rng.below(128)).map(|_| rng.next() as u8).collect(),
+        0 => (0..rng.below(128)).map(|_| rng.next_u64() as u8).collect(),
         1 => {
             let mut bytes = request(rng).encode_to_vec();
             for _ in 0..1 + rng.below(3) {
-                let at = rng.below(bytes.len() as u64 + 1) as usize;
+                let at = rng.below(bytes.len() + 1);
                 match rng.below(4) {
                     0 if at < bytes.len() => bytes[at] ^= 1 << rng.below(8),
                     1 => bytes.truncate(at),
-                    2 => bytes.insert(at, rng.next() as u8),
-                    _ => bytes.extend_from_slice(&[0x0a, rng.next() as u8, 0xff]),
+                    2 => bytes.insert(at, rng.next_u64() as u8),
+                    _ => bytes.extend_from_slice(&[0x0a, rng.next_u64() as u8, 0xff]),
                 }
             }
             bytes
@@ -106,14 +89,8 @@ fn frame(rng: &mut Rng) -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_random_or_mutated_frame_is_answered_and_nothing_crashes() {
-    let count: u64 = std::env::var("STREAMGATE_FUZZ_FRAMES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(200_000);
-    let seed: u64 = std::env::var("STREAMGATE_FUZZ_SEED")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| fixtures::now_ms() as u64 | 1);
+    let count = fuzz::count("STREAMGATE_FUZZ_FRAMES", 200_000);
+    let seed = fuzz::seed();
     println!("frame fuzz: {count} frames, STREAMGATE_FUZZ_SEED={seed}");
 
     let broker = Broker::start().await;
@@ -129,7 +106,7 @@ async fn every_random_or_mutated_frame_is_answered_and_nothing_crashes() {
     let mut runs = tokio::task::JoinSet::new();
     for c in 0..CONNECTIONS as u64 {
         let url = gw.ws_url("/kafka");
-        let mut rng = Rng(seed.wrapping_add(c.wrapping_mul(0x9E37_79B9_7F4A_7C15)) | 1);
+        let mut rng = Rng::new(seed.wrapping_add(c.wrapping_mul(0x9E37_79B9_7F4A_7C15)));
         runs.spawn(async move {
             let (ws, _) = tokio_tungstenite::connect_async(url)
                 .await

@@ -3,6 +3,8 @@
 //! config or an error list. `STREAMGATE_FUZZ_CONFIGS` sets the count (CI: 20,000; `make fuzz`:
 //! 200,000); the seed is printed so that a failure can be replayed with `STREAMGATE_FUZZ_SEED`.
 
+use streamgate_testkit::fuzz::{self, Rng};
+
 const SEEDS: &[&str] = &[
     include_str!("../../../conf/streamgate.toml"),
     r#"
@@ -89,21 +91,6 @@ const HOSTILE: &[&str] = &[
     "\"../../etc/passwd\"",
 ];
 
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        // xorshift64*: deterministic and dependency-free.
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
-}
-
 fn mutate(rng: &mut Rng, text: &str) -> Vec<u8> {
     let mut bytes = text.as_bytes().to_vec();
     for _ in 0..1 + rng.below(4) {
@@ -136,7 +123,7 @@ fn mutate(rng: &mut Rng, text: &str) -> Vec<u8> {
                     bytes.splice(start..end, format!(" {token}").into_bytes());
                 }
             }
-            5 => bytes.insert(at, rng.next() as u8),
+            5 => bytes.insert(at, rng.next_u64() as u8),
             _ => bytes.truncate(at),
         }
     }
@@ -145,21 +132,10 @@ fn mutate(rng: &mut Rng, text: &str) -> Vec<u8> {
 
 #[test]
 fn mutated_configs_never_panic() {
-    let count: u64 = std::env::var("STREAMGATE_FUZZ_CONFIGS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(20_000);
-    let seed: u64 = std::env::var("STREAMGATE_FUZZ_SEED")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(1, |d| d.as_nanos() as u64)
-                | 1
-        });
+    let count = fuzz::count("STREAMGATE_FUZZ_CONFIGS", 20_000);
+    let seed = fuzz::seed();
     println!("config fuzz: {count} cases, STREAMGATE_FUZZ_SEED={seed}");
-    let mut rng = Rng(seed);
+    let mut rng = Rng::new(seed);
     let (mut ok, mut refused) = (0u64, 0u64);
     for case in 0..count {
         let base = SEEDS[rng.below(SEEDS.len())];

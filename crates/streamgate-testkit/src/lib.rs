@@ -6,11 +6,13 @@
 //! * [`fixtures`]: topics with unique names and records produced as the contract's fixtures need.
 //! * [`Upstream`]: a real HTTP(S) server for proxying tests.
 //! * [`GatewayProcess`]: the `streamgate` binary with a temporary config, killed on drop.
+//! * [`fuzz`]: a seeded generator for the fuzz tests.
 #![deny(rust_2018_idioms, unsafe_code)]
 #![allow(clippy::new_without_default)]
 
 mod broker;
 pub mod fixtures;
+pub mod fuzz;
 mod gateway;
 mod http_upstream;
 mod tls;
