@@ -338,6 +338,25 @@ pub struct Plugins {
     pub jwt_auth: Option<JwtAuth>,
     /// `limit-req`.
     pub limit_req: Option<LimitReq>,
+    /// `cors`.
+    pub cors: Option<Cors>,
+}
+
+/// `[routes.plugins.cors]`: Cross-Origin Resource Sharing for browsers calling an HTTP route.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cors {
+    /// Allowed origins (`scheme://host[:port]`, lower case); `None` = any (`*`).
+    pub allow_origins: Option<Vec<String>>,
+    /// Methods a preflight may ask for (upper case).
+    pub allow_methods: Vec<String>,
+    /// Request headers a preflight may ask for (lower case); `None` = whatever it asks.
+    pub allow_headers: Option<Vec<String>>,
+    /// Response headers the page may read.
+    pub expose_headers: Vec<String>,
+    /// How long a browser may cache a preflight answer.
+    pub max_age_seconds: u32,
+    /// Whether the page may send cookies and read the answer with them.
+    pub allow_credentials: bool,
 }
 
 /// `[routes.plugins.limit-req]`: a token bucket per key; requests beyond it are refused with
@@ -753,6 +772,118 @@ fn build_server(c: &mut Checker<'_>, s: t::ServerToml) -> Server {
         log_format,
         l4_read_buffer_bytes: l4,
         limits,
+    }
+}
+
+/// Browser origins, checked and normalised to lower case without a trailing `/`.
+fn origins(
+    c: &mut Checker<'_>,
+    span: Option<&std::ops::Range<usize>>,
+    key: &str,
+    list: Vec<t::Text>,
+) -> Vec<String> {
+    list.into_iter()
+        .enumerate()
+        .filter_map(|(i, o)| {
+            let o = o.0.trim_end_matches('/').to_ascii_lowercase();
+            let scheme_ok = o.starts_with("https://") || o.starts_with("http://");
+            let rest = o.split_once("://").map_or("", |(_, r)| r);
+            if !scheme_ok || rest.is_empty() || rest.contains(['/', '*', ' ']) {
+                c.at(
+                    span,
+                    format!("{key}[{i}]"),
+                    format!("{o:?} is not an origin"),
+                    "write scheme://host[:port], e.g. \"https://app.example.com\" (no path, no wildcard)",
+                );
+                return None;
+            }
+            Some(o)
+        })
+        .collect()
+}
+
+fn build_cors(
+    c: &mut Checker<'_>,
+    span: Option<&std::ops::Range<usize>>,
+    key: &str,
+    t: t::CorsToml,
+) -> Cors {
+    let any =
+        |list: &Option<Vec<t::Text>>| list.as_ref().is_some_and(|l| l.len() == 1 && l[0].0 == "*");
+    let allow_origins = if t.allow_origins.is_none() || any(&t.allow_origins) {
+        None
+    } else {
+        Some(origins(
+            c,
+            span,
+            &format!("{key}.allow_origins"),
+            t.allow_origins.unwrap_or_default(),
+        ))
+    };
+    let token = |c: &mut Checker<'_>, field: &str, i: usize, v: &str| {
+        let ok = !v.is_empty()
+            && v.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_!#$%&'*+.^`|~".contains(&b));
+        if !ok {
+            c.at(
+                span,
+                format!("{key}.{field}[{i}]"),
+                format!("{v:?} is not a header or method name"),
+                "use letters, digits and `-`",
+            );
+        }
+        v.to_string()
+    };
+    let allow_methods = match t.allow_methods {
+        None => ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+            .map(String::from)
+            .to_vec(),
+        Some(list) => list
+            .iter()
+            .enumerate()
+            .map(|(i, m)| token(c, "allow_methods", i, &m.0.to_ascii_uppercase()))
+            .collect(),
+    };
+    let allow_headers = if t.allow_headers.is_none() || any(&t.allow_headers) {
+        None
+    } else {
+        Some(
+            t.allow_headers
+                .unwrap_or_default()
+                .iter()
+                .enumerate()
+                .map(|(i, h)| token(c, "allow_headers", i, &h.0.to_ascii_lowercase()))
+                .collect(),
+        )
+    };
+    let expose_headers = t
+        .expose_headers
+        .unwrap_or_default()
+        .iter()
+        .enumerate()
+        .map(|(i, h)| token(c, "expose_headers", i, &h.0))
+        .collect();
+    let max_age = t
+        .max_age_seconds
+        .and_then(|v| in_range(c, span, &format!("{key}.max_age_seconds"), v, 0, 86_400))
+        .unwrap_or(5) as u32;
+    let allow_credentials = t.allow_credentials.unwrap_or(false);
+    if allow_credentials && allow_origins.is_none() {
+        c.at(
+            span,
+            format!("{key}.allow_credentials"),
+            "credentials cannot be allowed for every origin (browsers refuse `*` with credentials)"
+                .into(),
+            "list the origins in allow_origins, or set allow_credentials = false",
+        );
+    }
+    Cors {
+        allow_origins,
+        allow_methods,
+        allow_headers,
+        expose_headers,
+        max_age_seconds: max_age,
+        allow_credentials,
     }
 }
 
@@ -1358,10 +1489,24 @@ fn build_route(
             rejected_code,
         })
     });
+    let cors = r
+        .plugins
+        .cors
+        .map(|t| build_cors(c, span, &format!("{key}.plugins.cors"), t));
     let kafka_proxy = r
         .plugins
         .kafka_proxy
         .map(|k| build_kafka_proxy(c, span, &format!("{key}.plugins.kafka-proxy"), k));
+    if let (Some(u), Some(_)) = (&upstream, &cors) {
+        if u.scheme == Scheme::Kafka {
+            c.at(
+                span,
+                format!("{key}.plugins.cors"),
+                "CORS does not apply to WebSocket handshakes".into(),
+                "remove it and list browser origins in the kafka-proxy key allowed_origins",
+            );
+        }
+    }
     if let (Some(u), Some(_)) = (&upstream, &kafka_proxy) {
         if u.scheme != Scheme::Kafka {
             c.at(
@@ -1393,6 +1538,7 @@ fn build_route(
             key_auth,
             jwt_auth,
             limit_req,
+            cors,
         },
     })
 }
@@ -1613,26 +1759,9 @@ pub(crate) fn build_kafka_proxy(
     let topics = k
         .topics
         .map(|list| topic_patterns(c, span, &format!("{key}.topics"), list));
-    let allowed_origins = k.allowed_origins.map(|list| {
-        list.into_iter()
-            .enumerate()
-            .filter_map(|(i, o)| {
-                let o = o.0.trim_end_matches('/').to_ascii_lowercase();
-                let scheme_ok = o.starts_with("https://") || o.starts_with("http://");
-                let rest = o.split_once("://").map_or("", |(_, r)| r);
-                if !scheme_ok || rest.is_empty() || rest.contains(['/', '*', ' ']) {
-                    c.at(
-                        span,
-                        format!("{key}.allowed_origins[{i}]"),
-                        format!("{o:?} is not an origin"),
-                        "write scheme://host[:port], e.g. \"https://app.example.com\" (no path, no wildcard)",
-                    );
-                    return None;
-                }
-                Some(o)
-            })
-            .collect()
-    });
+    let allowed_origins = k
+        .allowed_origins
+        .map(|list| origins(c, span, &format!("{key}.allowed_origins"), list));
     let mut num = |name: &str, value: Option<i64>, min: i64, max: i64, default: i64| {
         value
             .and_then(|v| in_range(c, span, &format!("{key}.{name}"), v, min, max))

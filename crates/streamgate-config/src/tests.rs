@@ -536,3 +536,31 @@ fn a_host_starting_with_a_multibyte_character_is_an_error_not_a_panic() {
     ));
     assert_eq!(p.key, "routes[0].hosts[0]");
 }
+
+#[test]
+fn cors_is_checked() {
+    let route = |upstream: &str, plugin: &str| {
+        format!("{UPSTREAM}[[upstreams]]\nid = \"k\"\nscheme = \"kafka\"\nnodes = {{ \"127.0.0.1:9092\" = 1 }}\n[[routes]]\nid = \"a\"\nuri = \"/\"\nupstream_id = \"{upstream}\"\n[routes.plugins.cors]\n{plugin}\n")
+    };
+    let config = parse(&route("web", ""), "test.toml").expect("defaults");
+    let cors = config.routes[0].plugins.cors.clone().expect("cors");
+    assert_eq!(
+        (
+            cors.allow_origins,
+            cors.max_age_seconds,
+            cors.allow_credentials
+        ),
+        (None, 5, false)
+    );
+    assert!(cors.allow_methods.contains(&"GET".to_string()));
+
+    let p = one_problem(&route("web", "allow_credentials = true"));
+    assert_eq!(p.key, "routes[0].plugins.cors.allow_credentials");
+    let p = one_problem(&route("web", "allow_origins = [\"app.example.com\"]"));
+    assert_eq!(p.key, "routes[0].plugins.cors.allow_origins[0]");
+    let p = one_problem(&route("web", "allow_headers = [\"bad header\"]"));
+    assert_eq!(p.key, "routes[0].plugins.cors.allow_headers[0]");
+    let p = one_problem(&route("k", ""));
+    assert_eq!(p.key, "routes[0].plugins.cors");
+    assert!(p.fix.contains("allowed_origins"), "{}", p.fix);
+}

@@ -170,6 +170,19 @@ pub(crate) struct PluginsToml {
     pub jwt_auth: Option<JwtAuthToml>,
     #[serde(rename = "limit-req")]
     pub limit_req: Option<LimitReqToml>,
+    pub cors: Option<CorsToml>,
+}
+
+/// `[routes.plugins.cors]`: which browser origins may call an HTTP route.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct CorsToml {
+    pub allow_origins: Option<Vec<Text>>,
+    pub allow_methods: Option<Vec<Text>>,
+    pub allow_headers: Option<Vec<Text>>,
+    pub expose_headers: Option<Vec<Text>>,
+    pub max_age_seconds: Option<i64>,
+    pub allow_credentials: Option<bool>,
 }
 
 /// `[routes.plugins.limit-req]`: a request rate per client, consumer or route.

@@ -340,9 +340,21 @@ impl ProxyHttp for Gateway {
             .await?;
             return Ok(true);
         }
+        let host = request_host(req);
         let found = self
             .router
-            .find(request_host(req), req.method.as_str(), path)
+            .find(host, req.method.as_str(), path)
+            .or_else(|| {
+                // A CORS preflight is an OPTIONS for the method it names: a route limited to
+                // that method answers it (its cors plugin does).
+                let asked = req
+                    .headers
+                    .get(http::header::ACCESS_CONTROL_REQUEST_METHOD)?;
+                (req.method == http::Method::OPTIONS)
+                    .then(|| self.router.find(host, asked.to_str().ok()?, path))
+                    .flatten()
+                    .filter(|r| r.plugins.cors.is_some())
+            })
             .and_then(|r| self.routes.get(r.index))
             .cloned();
         let Some(route) = found else {
@@ -393,6 +405,21 @@ impl ProxyHttp for Gateway {
                 ErrorType::HTTPStatus(413),
                 "the request body exceeds max_request_body_bytes",
             ));
+        }
+        Ok(())
+    }
+
+    /// Lets the route's plugins change the upstream's response headers (CORS, say).
+    async fn response_filter(
+        &self,
+        session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> pingora::Result<()> {
+        if let Some(route) = ctx.route.clone() {
+            for plugin in &route.plugins {
+                plugin.response(session, upstream_response, ctx)?;
+            }
         }
         Ok(())
     }

@@ -6,11 +6,13 @@
 //! request itself. Phases mirror Pingora's `ProxyHttp`, and every method has a no-op default so a
 //! plugin implements only what it uses.
 
+mod cors;
 mod jwt_auth;
 mod kafka_proxy;
 mod key_auth;
 mod limit_req;
 
+pub use cors::CorsPlugin;
 pub use jwt_auth::{jwt_index, JwtAuthPlugin, JwtIndex};
 pub use kafka_proxy::KafkaProxyPlugin;
 pub use key_auth::{key_index, KeyAuthPlugin, KeyIndex};
@@ -18,7 +20,7 @@ pub use limit_req::LimitReqPlugin;
 
 use crate::proxy::RequestCtx;
 use async_trait::async_trait;
-use pingora::http::RequestHeader;
+use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::proxy::Session;
 use std::sync::Arc;
 use streamgate_config::model::Route;
@@ -50,13 +52,29 @@ pub trait Plugin: Send + Sync + std::fmt::Debug {
     ) -> pingora::Result<()> {
         Ok(())
     }
+
+    /// Runs when an upstream's response header arrives, before it goes to the client (HTTP
+    /// routes; not for answers the gateway or a plugin wrote itself).
+    ///
+    /// It may change the response headers the client receives.
+    fn response(
+        &self,
+        _session: &Session,
+        _response: &mut ResponseHeader,
+        _ctx: &mut RequestCtx,
+    ) -> pingora::Result<()> {
+        Ok(())
+    }
 }
 
-/// The plugins a route turns on, in the order they run: authentication first, so a refused
-/// request costs nothing else; then rate limits (which may count per consumer); then the
-/// route's own settings.
+/// The plugins a route turns on, in the order they run: CORS first (browsers send preflights
+/// without credentials), then authentication, so a refused request costs nothing else; then
+/// rate limits (which may count per consumer); then the route's own settings.
 pub fn for_route(route: &Route, keys: &KeyIndex, tokens: &JwtIndex) -> Vec<Arc<dyn Plugin>> {
     let mut plugins: Vec<Arc<dyn Plugin>> = Vec::new();
+    if let Some(settings) = &route.plugins.cors {
+        plugins.push(Arc::new(CorsPlugin::new(settings.clone())));
+    }
     if let Some(settings) = &route.plugins.jwt_auth {
         plugins.push(Arc::new(JwtAuthPlugin::new(
             settings.clone(),

@@ -1,0 +1,169 @@
+//! `cors`: Cross-Origin Resource Sharing for browsers calling an HTTP route.
+//!
+//! A preflight (`OPTIONS` with `Origin` and `Access-Control-Request-Method`) is answered here,
+//! before authentication (browsers send preflights without credentials) and without contacting
+//! the upstream: 204 with the allowed methods and headers, or 403 for an origin, method or header
+//! that is not allowed. Other requests from an allowed origin get `Access-Control-Allow-Origin`
+//! (and the exposed headers) on the upstream's response; a disallowed origin gets no CORS headers,
+//! so the browser keeps the answer from the page.
+
+use super::Plugin;
+use crate::proxy::{respond_refusal, RequestCtx};
+use async_trait::async_trait;
+use http::header::{self, HeaderValue};
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::proxy::Session;
+use streamgate_config::model::Cors;
+
+/// The plugin on one route.
+#[derive(Debug)]
+pub struct CorsPlugin {
+    settings: Cors,
+    methods: String,
+    expose: Option<String>,
+}
+
+impl CorsPlugin {
+    /// The plugin with its checked settings.
+    pub fn new(settings: Cors) -> Self {
+        let methods = settings.allow_methods.join(", ");
+        let expose =
+            (!settings.expose_headers.is_empty()).then(|| settings.expose_headers.join(", "));
+        Self {
+            settings,
+            methods,
+            expose,
+        }
+    }
+
+    /// The `Access-Control-Allow-Origin` value for this request's `Origin`, when allowed.
+    fn allow_origin<'a>(&self, req: &'a RequestHeader) -> Option<&'a str> {
+        let origin = req.headers.get(header::ORIGIN)?.to_str().ok()?;
+        match &self.settings.allow_origins {
+            None if !self.settings.allow_credentials => Some("*"),
+            None => None,
+            Some(list) => list
+                .iter()
+                .any(|o| o.eq_ignore_ascii_case(origin.trim_end_matches('/')))
+                .then_some(origin),
+        }
+    }
+
+    /// Why a preflight is refused, if it is.
+    fn preflight_problem(&self, req: &RequestHeader) -> Option<String> {
+        let method = req
+            .headers
+            .get(header::ACCESS_CONTROL_REQUEST_METHOD)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        if !self
+            .settings
+            .allow_methods
+            .iter()
+            .any(|m| m.eq_ignore_ascii_case(method))
+        {
+            return Some(format!("method {method} is not allowed from other origins"));
+        }
+        if let Some(allowed) = &self.settings.allow_headers {
+            let asked = req
+                .headers
+                .get(header::ACCESS_CONTROL_REQUEST_HEADERS)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("");
+            for name in asked.split(',').map(str::trim).filter(|h| !h.is_empty()) {
+                if !allowed.iter().any(|a| a.eq_ignore_ascii_case(name)) {
+                    return Some(format!("header {name} is not allowed from other origins"));
+                }
+            }
+        }
+        None
+    }
+
+    fn is_preflight(req: &RequestHeader) -> bool {
+        req.method == http::Method::OPTIONS
+            && req.headers.contains_key(header::ORIGIN)
+            && req
+                .headers
+                .contains_key(header::ACCESS_CONTROL_REQUEST_METHOD)
+    }
+}
+
+#[async_trait]
+impl Plugin for CorsPlugin {
+    fn name(&self) -> &'static str {
+        "cors"
+    }
+
+    async fn access(&self, session: &mut Session, ctx: &mut RequestCtx) -> pingora::Result<bool> {
+        let req = session.req_header();
+        if !Self::is_preflight(req) {
+            return Ok(false);
+        }
+        let refusal = match self.allow_origin(req) {
+            None => Some("this origin may not call this route".to_string()),
+            Some(_) => self.preflight_problem(req),
+        };
+        if let Some(why) = refusal {
+            ctx.status = Some(403);
+            respond_refusal(session, 403, &format!("403 Forbidden (CORS): {why}"), None).await?;
+            return Ok(true);
+        }
+        let origin = self.allow_origin(req).unwrap_or("*").to_string();
+        let allow_headers = match &self.settings.allow_headers {
+            Some(list) => list.join(", "),
+            None => req
+                .headers
+                .get(header::ACCESS_CONTROL_REQUEST_HEADERS)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_string(),
+        };
+        let mut resp = ResponseHeader::build(204, Some(7))?;
+        resp.insert_header(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin)?;
+        resp.insert_header(header::ACCESS_CONTROL_ALLOW_METHODS, self.methods.as_str())?;
+        if !allow_headers.is_empty() {
+            resp.insert_header(header::ACCESS_CONTROL_ALLOW_HEADERS, allow_headers)?;
+        }
+        resp.insert_header(
+            header::ACCESS_CONTROL_MAX_AGE,
+            self.settings.max_age_seconds.to_string(),
+        )?;
+        if self.settings.allow_credentials {
+            resp.insert_header(header::ACCESS_CONTROL_ALLOW_CREDENTIALS, "true")?;
+        }
+        resp.insert_header(
+            header::VARY,
+            "Origin, Access-Control-Request-Method, Access-Control-Request-Headers",
+        )?;
+        resp.insert_header(header::CONTENT_LENGTH, "0")?;
+        ctx.status = Some(204);
+        session.write_response_header(Box::new(resp), true).await?;
+        Ok(true)
+    }
+
+    fn response(
+        &self,
+        session: &Session,
+        response: &mut ResponseHeader,
+        _ctx: &mut RequestCtx,
+    ) -> pingora::Result<()> {
+        let Some(origin) = self.allow_origin(session.req_header()) else {
+            return Ok(());
+        };
+        let origin = HeaderValue::from_str(origin).map_err(|_| {
+            pingora::Error::explain(pingora::ErrorType::InternalError, "unusable Origin value")
+        })?;
+        let specific = origin != "*";
+        response.insert_header(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin)?;
+        if specific {
+            response.append_header(header::VARY, "Origin")?;
+        }
+        if self.settings.allow_credentials {
+            response.insert_header(header::ACCESS_CONTROL_ALLOW_CREDENTIALS, "true")?;
+        }
+        if let Some(expose) = &self.expose {
+            response.insert_header(header::ACCESS_CONTROL_EXPOSE_HEADERS, expose.as_str())?;
+        }
+        Ok(())
+    }
+}
