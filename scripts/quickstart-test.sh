@@ -55,10 +55,10 @@ def pattern(expected):
 failed = False
 for command, expected in steps:
     try:
-        out = subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=120)
+        out = subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=300)
         actual = (out.stdout + out.stderr).strip("\n").splitlines()
     except subprocess.TimeoutExpired:
-        actual = ["(timed out after 120 s)"]
+        actual = ["(timed out after 300 s)"]
     ok = len(actual) == len(expected) and all(pattern(e).match(a.strip()) for e, a in zip(expected, actual))
     print(f"quickstart-test: {'ok  ' if ok else 'FAIL'} $ {command}")
     if not ok:

@@ -9,7 +9,10 @@ cd "$repo"
 bash scripts/install-deps.sh
 broker=$(bash scripts/install-test-broker.sh)
 bash scripts/setup-clients.sh
-cargo build --quiet --bin streamgate --bin streamgate-consume --example demo_producer
+# Binaries and the example separately: an example also resolves dev-dependency features, and the
+# binaries built that way would be rebuilt by the first `cargo run --bin streamgate-consume`.
+cargo build --quiet --bin streamgate --bin streamgate-consume
+cargo build --quiet --example demo_producer
 target=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
 
 state=$(mktemp -d -t streamgate-demo.XXXXXX)
