@@ -100,6 +100,9 @@ pub struct Server {
     /// Pingora's per-connection read buffer on plain listeners (0 = none; saves memory per
     /// idle WebSocket).
     pub l4_read_buffer_bytes: usize,
+    /// The Unix socket over which a new process takes the listening sockets over from this
+    /// one (`streamgate --upgrade`, then SIGQUIT to the old process).
+    pub upgrade_sock: PathBuf,
     /// Bounds on what clients may hold at once.
     pub limits: Limits,
 }
@@ -763,6 +766,11 @@ fn build_server(c: &mut Checker<'_>, s: t::ServerToml) -> Server {
         .and_then(|v| in_range(c, None, "server.l4_read_buffer_bytes", v, 0, 1 << 20))
         .unwrap_or(0) as usize;
     let limits = build_limits(c, s.limits.unwrap_or_default());
+    let upgrade_sock = PathBuf::from(
+        s.upgrade_sock
+            .map(|t| t.0)
+            .unwrap_or_else(|| "/tmp/streamgate_upgrade.sock".into()),
+    );
     Server {
         listen,
         tls_listen,
@@ -771,6 +779,7 @@ fn build_server(c: &mut Checker<'_>, s: t::ServerToml) -> Server {
         graceful_shutdown_timeout: Duration::from_secs(final_timeout),
         log_format,
         l4_read_buffer_bytes: l4,
+        upgrade_sock,
         limits,
     }
 }

@@ -69,6 +69,7 @@ pub(crate) struct ServerToml {
     pub graceful_shutdown_timeout_seconds: Option<i64>,
     pub log_format: Option<Text>,
     pub l4_read_buffer_bytes: Option<i64>,
+    pub upgrade_sock: Option<Text>,
     pub limits: Option<LimitsToml>,
 }
 

@@ -108,6 +108,59 @@ impl GatewayProcess {
             .unwrap_or(0)
     }
 
+    /// Starts a second gateway with `config` in upgrade mode (`--upgrade`): it waits to take the
+    /// listening sockets over from a running one. Returns at once; see [`Self::wait_log`].
+    pub fn start_upgrade(binary: &Path, config: &str, addr: SocketAddr) -> GatewayProcess {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let config_path = dir.path().join("streamgate.toml");
+        std::fs::write(&config_path, config).expect("write config");
+        let log = std::fs::File::create(dir.path().join("gateway.log")).expect("log file");
+        let child = Command::new(binary)
+            .arg("-c")
+            .arg(&config_path)
+            .arg("--upgrade")
+            .env("STREAMGATE_LOG", "info,streamgate=debug")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log handle"))
+            .stderr(log)
+            .spawn()
+            .expect("start streamgate --upgrade");
+        GatewayProcess {
+            child: Some(child),
+            dir,
+            addr,
+        }
+    }
+
+    /// Waits until the log contains `text`; false on timeout.
+    pub async fn wait_log(&self, text: &str, within: Duration) -> bool {
+        let deadline = std::time::Instant::now() + within;
+        while std::time::Instant::now() < deadline {
+            if self.log().contains(text) {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        false
+    }
+
+    /// Sends a signal by name (`QUIT`, `HUP`, ...).
+    pub fn signal(&self, name: &str) {
+        let _ = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.pid().to_string())
+            .status();
+    }
+
+    /// Replaces the config file with `config` and sends SIGHUP (live reload).
+    pub fn reload(&self, config: &str) {
+        std::fs::write(self.dir.path().join("streamgate.toml"), config).expect("write config");
+        let _ = Command::new("kill")
+            .arg("-HUP")
+            .arg(self.pid().to_string())
+            .status();
+    }
+
     /// Sends SIGTERM (graceful shutdown).
     pub fn terminate(&self) {
         let _ = Command::new("kill")

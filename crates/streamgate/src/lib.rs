@@ -15,6 +15,7 @@ pub mod metrics;
 pub mod plugins;
 pub mod proxy;
 pub mod pubsub;
+pub mod reload;
 pub mod router;
 pub mod server;
 pub mod tls;

@@ -23,6 +23,10 @@ struct Cli {
     /// Check the configuration (including TLS files and node names) and exit.
     #[arg(short = 't', long = "test")]
     test: bool,
+    /// Take the listening sockets over from the running gateway instead of binding them: start
+    /// this, then send the old process SIGQUIT (zero-downtime upgrade).
+    #[arg(short = 'u', long = "upgrade")]
+    upgrade: bool,
 }
 
 fn main() -> ExitCode {
@@ -53,7 +57,7 @@ fn main() -> ExitCode {
         };
     }
     init_logging(config.server.log_format);
-    let server = match streamgate::server::build(&config) {
+    let server = match streamgate::server::build(&config, &cli.config, cli.upgrade) {
         Ok(s) => s,
         Err(e) => {
             tracing::error!("{}: {e}", cli.config.display());

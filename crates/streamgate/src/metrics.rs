@@ -50,6 +50,8 @@ pub struct Metrics {
     pub kafka_duration: HistogramVec,
     /// Time to build a Kafka client (connect, TLS, SASL, metadata).
     pub kafka_connect_duration: Histogram,
+    /// Configuration reloads, by result (applied, refused).
+    pub reloads: IntCounterVec,
 }
 
 static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
@@ -165,6 +167,11 @@ impl Metrics {
                 &["operation"],
             ),
             kafka_connect_duration,
+            reloads: counter(
+                "streamgate_config_reloads_total",
+                "Configuration reloads on SIGHUP, by result (applied, refused).",
+                &["result"],
+            ),
             registry,
         }
     }

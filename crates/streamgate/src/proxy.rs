@@ -77,25 +77,87 @@ pub struct RequestCtx {
     pub body_bytes: u64,
 }
 
+/// The routes in force, with everything they point at: replaced whole on reload.
+#[derive(Debug)]
+pub struct RouteTable {
+    router: Router,
+    routes: Vec<Arc<RouteRuntime>>,
+}
+
+impl RouteTable {
+    /// A table over routes given in file order (`routes[i].config.index == i`).
+    pub fn new(routes: Vec<Arc<RouteRuntime>>) -> Self {
+        let router = Router::new(routes.iter().map(|r| Arc::clone(&r.config)).collect());
+        Self { router, routes }
+    }
+
+    /// The route for a request, and for a CORS preflight the route of the method it asks for.
+    fn find(&self, req: &RequestHeader) -> Option<&Arc<RouteRuntime>> {
+        let host = request_host(req);
+        let path = req.uri.path();
+        self.router
+            .find(host, req.method.as_str(), path)
+            .or_else(|| {
+                // A CORS preflight is an OPTIONS for the method it names: a route limited to
+                // that method answers it (its cors plugin does).
+                let asked = req
+                    .headers
+                    .get(http::header::ACCESS_CONTROL_REQUEST_METHOD)?;
+                (req.method == http::Method::OPTIONS)
+                    .then(|| self.router.find(host, asked.to_str().ok()?, path))
+                    .flatten()
+                    .filter(|r| r.plugins.cors.is_some())
+            })
+            .and_then(|r| self.routes.get(r.index))
+    }
+}
+
+/// The table in force. Requests take a reference at their start and keep it to their end, so a
+/// reload never changes a request (or an open WebSocket session) midway.
+#[derive(Debug)]
+pub struct LiveRoutes(std::sync::RwLock<Arc<RouteTable>>);
+
+impl LiveRoutes {
+    /// Starts with `table`.
+    pub fn new(table: RouteTable) -> Arc<Self> {
+        Arc::new(Self(std::sync::RwLock::new(Arc::new(table))))
+    }
+
+    /// The table in force now.
+    pub fn current(&self) -> Arc<RouteTable> {
+        Arc::clone(
+            &self
+                .0
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
+    }
+
+    /// Puts `table` in force for every request that starts from now on.
+    pub fn replace(&self, table: RouteTable) {
+        *self
+            .0
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(table);
+    }
+}
+
 /// The gateway: route table, upstreams and the pub/sub side.
 #[derive(Debug)]
 pub struct Gateway {
-    router: Router,
-    routes: Vec<Arc<RouteRuntime>>,
+    routes: Arc<LiveRoutes>,
     pubsub: Arc<PubSub>,
     limits: Arc<ConnectionLimits>,
 }
 
 impl Gateway {
-    /// A gateway over routes given in file order (`routes[i].config.index == i`).
+    /// A gateway serving whatever table `routes` holds.
     pub fn new(
-        routes: Vec<Arc<RouteRuntime>>,
+        routes: Arc<LiveRoutes>,
         pubsub: Arc<PubSub>,
         limits: Arc<ConnectionLimits>,
     ) -> Self {
-        let router = Router::new(routes.iter().map(|r| Arc::clone(&r.config)).collect());
         Self {
-            router,
             routes,
             pubsub,
             limits,
@@ -340,23 +402,7 @@ impl ProxyHttp for Gateway {
             .await?;
             return Ok(true);
         }
-        let host = request_host(req);
-        let found = self
-            .router
-            .find(host, req.method.as_str(), path)
-            .or_else(|| {
-                // A CORS preflight is an OPTIONS for the method it names: a route limited to
-                // that method answers it (its cors plugin does).
-                let asked = req
-                    .headers
-                    .get(http::header::ACCESS_CONTROL_REQUEST_METHOD)?;
-                (req.method == http::Method::OPTIONS)
-                    .then(|| self.router.find(host, asked.to_str().ok()?, path))
-                    .flatten()
-                    .filter(|r| r.plugins.cors.is_some())
-            })
-            .and_then(|r| self.routes.get(r.index))
-            .cloned();
+        let found = self.routes.current().find(req).cloned();
         let Some(route) = found else {
             ctx.status = Some(404);
             respond_json(session, 404, "404 Route Not Found").await?;

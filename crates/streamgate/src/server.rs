@@ -3,9 +3,10 @@
 use crate::admin::AdminApp;
 use crate::error::StartupError;
 use crate::plugins;
-use crate::proxy::{Gateway, RouteRuntime, Target};
+use crate::proxy::{Gateway, LiveRoutes, RouteRuntime, RouteTable, Target};
 use crate::pubsub::{KafkaCluster, PubSub};
-use crate::upstream::{HealthService, HttpUpstream};
+use crate::reload::Reloader;
+use crate::upstream::{HealthTask, HttpUpstream};
 use pingora::listeners::tls::TlsSettings;
 use pingora::listeners::{L4BufferSettings, ListenerConfig};
 use pingora::prelude::Opt;
@@ -24,8 +25,10 @@ pub struct Prepared {
     pub gateway: Gateway,
     /// Shared pub/sub state.
     pub pubsub: Arc<PubSub>,
-    /// Health-check services to run.
-    pub health: Vec<HealthService>,
+    /// The route table in force (the reloader replaces it).
+    pub routes: Arc<LiveRoutes>,
+    /// Health checks of the table's upstreams, to run while it is in force.
+    pub health: Vec<HealthTask>,
 }
 
 impl std::fmt::Debug for Prepared {
@@ -48,6 +51,23 @@ pub fn prepare(config: &Config) -> Result<Prepared, StartupError> {
         crate::tls::read_key(&l.key_file).map_err(at)?;
     }
     let pubsub = Arc::new(PubSub::default());
+    let (table, health) = route_table(config)?;
+    let routes = LiveRoutes::new(table);
+    Ok(Prepared {
+        gateway: Gateway::new(
+            Arc::clone(&routes),
+            Arc::clone(&pubsub),
+            crate::limits::ConnectionLimits::new(config.server.limits.clone()),
+        ),
+        pubsub,
+        routes,
+        health,
+    })
+}
+
+/// Builds the routes with their plugins, upstreams and consumers: what a reload replaces.
+/// Resolves nodes and loads TLS files, so a bad file is an error here, not at a request.
+pub fn route_table(config: &Config) -> Result<(RouteTable, Vec<HealthTask>), StartupError> {
     let mut health = Vec::new();
     let mut http: HashMap<String, Arc<HttpUpstream>> = HashMap::new();
     let mut kafka: HashMap<String, Arc<KafkaCluster>> = HashMap::new();
@@ -89,15 +109,7 @@ pub fn prepare(config: &Config) -> Result<Prepared, StartupError> {
             target,
         }));
     }
-    Ok(Prepared {
-        gateway: Gateway::new(
-            routes,
-            Arc::clone(&pubsub),
-            crate::limits::ConnectionLimits::new(config.server.limits.clone()),
-        ),
-        pubsub,
-        health,
-    })
+    Ok((RouteTable::new(routes), health))
 }
 
 fn kafka_cluster(upstream: &Upstream) -> Result<KafkaCluster, StartupError> {
@@ -141,18 +153,31 @@ fn check_bindable(config: &Config) -> Result<(), StartupError> {
     Ok(())
 }
 
-/// Builds the Pingora server: listeners, the proxy, health checks, the pub/sub shutdown relay
-/// and the admin listener.
-pub fn build(config: &Config) -> Result<Server, StartupError> {
+/// Builds the Pingora server: listeners, the proxy, health checks and live reload (from
+/// `config_file`, on SIGHUP), the pub/sub shutdown relay and the admin listener. With `upgrade`,
+/// the listening sockets are taken over from the running gateway (Pingora's zero-downtime
+/// upgrade: that process hands them over on SIGQUIT) instead of being bound.
+pub fn build(
+    config: &Config,
+    config_file: &std::path::Path,
+    upgrade: bool,
+) -> Result<Server, StartupError> {
     let prepared = prepare(config)?;
-    check_bindable(config)?;
+    if !upgrade {
+        check_bindable(config)?;
+    }
     let conf = ServerConf {
+        upgrade_sock: config.server.upgrade_sock.to_string_lossy().into_owned(),
         threads: config.server.threads,
         grace_period_seconds: Some(config.server.grace_period.as_secs()),
         graceful_shutdown_timeout_seconds: Some(config.server.graceful_shutdown_timeout.as_secs()),
         ..ServerConf::default()
     };
-    let mut server = Server::new_with_opt_and_conf(Opt::default(), conf);
+    let opt = Opt {
+        upgrade,
+        ..Opt::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(opt, conf);
     server.bootstrap();
 
     let relay = prepared.pubsub.shutdown_relay();
@@ -188,9 +213,13 @@ pub fn build(config: &Config) -> Result<Server, StartupError> {
         proxy.add_listener(ListenerConfig::tcp(l.address.to_string()).tls(settings));
     }
     server.add_service(proxy);
-    for service in prepared.health {
-        server.add_boxed_service(service);
-    }
+    let reloader = Reloader::new(
+        config_file.to_path_buf(),
+        config,
+        Arc::clone(&prepared.routes),
+        prepared.health,
+    );
+    server.add_service(background_service("config reload", reloader));
     server.add_service(background_service("pub/sub shutdown relay", relay));
     if let Some(admin) = &config.admin {
         let mut service = Service::new(

@@ -14,7 +14,6 @@ use pingora::lb::{
 };
 use pingora::prelude::HttpPeer;
 use pingora::protocols::l4::socket::SocketAddr as PeerAddr;
-use pingora::services::background::{background_service, GenBackgroundService};
 use pingora::utils::tls::{CertKey, WrappedX509};
 use std::collections::{BTreeSet, HashMap};
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -54,13 +53,14 @@ struct PeerTls {
     client_cert: Option<Arc<CertKey>>,
 }
 
-/// A background service (health checks) that must be registered with the Pingora server.
-pub type HealthService = Box<dyn pingora::services::ServiceWithDependents>;
+/// An upstream's active health checks, to run (until retired) while its configuration is in
+/// force; see [`crate::reload`].
+pub type HealthTask = Arc<dyn pingora::services::background::BackgroundService + Send + Sync>;
 
 impl HttpUpstream {
-    /// Resolves the nodes, loads TLS files and builds the balancer. Returns the health-check
-    /// service to register when the upstream has checks configured.
-    pub fn build(config: Arc<Upstream>) -> Result<(Self, Option<HealthService>), StartupError> {
+    /// Resolves the nodes, loads TLS files and builds the balancer. Returns the health checks to
+    /// run when the upstream has them configured.
+    pub fn build(config: Arc<Upstream>) -> Result<(Self, Option<HealthTask>), StartupError> {
         let at = |what: &str, why: String| StartupError::Upstream {
             id: config.id.clone(),
             what: what.to_string(),
@@ -126,8 +126,7 @@ impl HttpUpstream {
         fn finish<S>(
             lb: LoadBalancer<S>,
             health: Option<(Box<HttpHealthCheck>, std::time::Duration)>,
-            name: String,
-        ) -> (Arc<LoadBalancer<S>>, Option<HealthService>)
+        ) -> (Arc<LoadBalancer<S>>, Option<HealthTask>)
         where
             S: pingora::lb::selection::BackendSelection + Send + Sync + 'static,
             S::Iter: pingora::lb::selection::BackendIter,
@@ -140,10 +139,9 @@ impl HttpUpstream {
                     let mut lb = lb;
                     lb.set_health_check(check);
                     lb.health_check_frequency = Some(interval);
-                    let service: GenBackgroundService<LoadBalancer<S>> =
-                        background_service(&name, lb);
-                    let task = service.task();
-                    (task, Some(Box::new(service) as HealthService))
+                    let lb = Arc::new(lb);
+                    let task: HealthTask = Arc::clone(&lb) as HealthTask;
+                    (lb, Some(task))
                 }
             }
         }
@@ -154,22 +152,13 @@ impl HttpUpstream {
             config.tls.hash(&mut h);
             h.finish()
         };
-        let name = format!("health checks of upstream {}", config.id);
         let (balancer, service) = match config.balance {
             Balance::RoundRobin => {
-                let (lb, s) = finish(
-                    LoadBalancer::<RoundRobin>::from_backends(backends),
-                    health,
-                    name,
-                );
+                let (lb, s) = finish(LoadBalancer::<RoundRobin>::from_backends(backends), health);
                 (Balancer::RoundRobin(lb), s)
             }
             Balance::Chash(_) => {
-                let (lb, s) = finish(
-                    LoadBalancer::<Consistent>::from_backends(backends),
-                    health,
-                    name,
-                );
+                let (lb, s) = finish(LoadBalancer::<Consistent>::from_backends(backends), health);
                 (Balancer::Chash(lb), s)
             }
         };
