@@ -122,3 +122,120 @@ async fn a_broker_killed_under_100_sessions_gives_clear_errors_and_they_all_reco
         errors.len()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flapping_node_costs_few_requests_and_every_failure_is_clear() {
+    use streamgate_testkit::{GatewayProcess, Upstream};
+    let steady = Upstream::start("steady").await;
+    let mut flappy = Upstream::start("flappy").await;
+    let addr = listen_addr();
+    let admin = listen_addr();
+    let config = format!(
+        "{}[admin]\nlisten = \"{admin}\"\n\n[[upstreams]]\nid = \"web\"\nnodes = {{ \"{}\" = 1, \"{}\" = 1 }}\nretries = 1\ntimeout = {{ connect = 1, send = 5, read = 5 }}\n[upstreams.health_check]\npath = \"/healthz\"\ninterval_seconds = 0.2\nhealthy_threshold = 1\nunhealthy_threshold = 1\n\n[[routes]]\nid = \"web\"\nuri = \"/*\"\nupstream_id = \"web\"\n",
+        server_toml(addr),
+        steady.addr,
+        flappy.addr
+    );
+    let gw = GatewayProcess::start(binary(), &config, addr).await;
+
+    // The node goes down (connections dropped, port closed) and up every 300 ms while requests
+    // flow on four concurrent clients.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flapping = tokio::spawn({
+        let stop = Arc::clone(&stop);
+        async move {
+            let mut flaps = 0;
+            while !stop.load(Ordering::SeqCst) {
+                flappy.stop();
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                flappy.restart().await;
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                flaps += 1;
+            }
+            (flappy, flaps)
+        }
+    });
+    let mut clients = tokio::task::JoinSet::new();
+    for _ in 0..4 {
+        let url = gw.http_url("/x");
+        clients.spawn(async move {
+            let http = reqwest::Client::builder().no_proxy().build().unwrap();
+            let (mut served, mut failures) = (
+                std::collections::HashMap::<String, usize>::new(),
+                Vec::new(),
+            );
+            for _ in 0..250 {
+                let started = Instant::now();
+                let resp = http
+                    .get(&url)
+                    .send()
+                    .await
+                    .expect("the gateway always answers");
+                assert!(
+                    started.elapsed() < Duration::from_secs(3),
+                    "no request hangs"
+                );
+                let status = resp.status().as_u16();
+                let body: serde_json::Value = resp.json().await.expect("a JSON body");
+                if status == 200 {
+                    *served
+                        .entry(body["name"].as_str().unwrap_or("").to_string())
+                        .or_default() += 1;
+                } else {
+                    failures.push((status, body.to_string()));
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            (served, failures)
+        });
+    }
+    let (mut served, mut failures) = (
+        std::collections::HashMap::<String, usize>::new(),
+        Vec::new(),
+    );
+    while let Some(done) = clients.join_next().await {
+        let (s, f) = done.expect("a client");
+        for (k, v) in s {
+            *served.entry(k).or_default() += v;
+        }
+        failures.extend(f);
+    }
+    stop.store(true, Ordering::SeqCst);
+    let (_flappy, flaps) = flapping.await.unwrap();
+    assert!(flaps >= 2, "the node flapped {flaps} times");
+    for (status, body) in &failures {
+        assert_eq!(*status, 502, "a failure is a clear 502: {body}");
+        assert!(body.contains("502 Bad Gateway"), "{body}");
+    }
+    assert!(
+        failures.len() <= 20,
+        "{} of 1,000 requests failed: {failures:?}",
+        failures.len()
+    );
+    assert!(served.get("steady").copied().unwrap_or(0) > 0, "{served:?}");
+    assert!(
+        served.get("flappy").copied().unwrap_or(0) > 0,
+        "the node served between flaps: {served:?}"
+    );
+    println!(
+        "flapping: served {served:?}, {} failures, {flaps} flaps",
+        failures.len()
+    );
+
+    // Back for good: health checks put it back in rotation.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let mut names = std::collections::HashSet::new();
+    for _ in 0..20 {
+        let body: serde_json::Value = http
+            .get(gw.http_url("/x"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        names.insert(body["name"].as_str().unwrap_or("").to_string());
+    }
+    assert_eq!(names.len(), 2, "both nodes serve again: {names:?}");
+}

@@ -22,11 +22,11 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
 /// A running upstream; stops when dropped.
-#[derive(Debug)]
 pub struct Upstream {
     /// Where it listens.
     pub addr: SocketAddr,
     state: Arc<State>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     task: JoinHandle<()>,
 }
 
@@ -36,6 +36,16 @@ struct State {
     healthy: AtomicBool,
     hits: AtomicUsize,
     static_dir: Option<std::path::PathBuf>,
+}
+
+impl std::fmt::Debug for Upstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Upstream")
+            .field("addr", &self.addr)
+            .field("state", &self.state)
+            .field("tls", &self.tls.is_some())
+            .finish()
+    }
 }
 
 impl Upstream {
@@ -76,12 +86,48 @@ impl Upstream {
             hits: AtomicUsize::new(0),
             static_dir,
         });
-        let shared = Arc::clone(&state);
-        let task = tokio::spawn(async move {
-            while let Ok((tcp, _)) = listener.accept().await {
+        let task = serve(listener, Arc::clone(&state), tls.clone());
+        Upstream {
+            addr,
+            state,
+            tls,
+            task,
+        }
+    }
+
+    /// Stops listening and drops every open connection, like a node that went down.
+    pub fn stop(&mut self) {
+        self.task.abort();
+    }
+
+    /// Listens again on the same address after [`stop`](Self::stop).
+    pub async fn restart(&mut self) {
+        self.task.abort();
+        let listener = TcpListener::bind(self.addr).await.expect("bind again");
+        self.task = serve(listener, Arc::clone(&self.state), self.tls.clone());
+    }
+}
+
+/// Accepts and serves connections until the task is aborted, which also drops them all.
+fn serve(
+    listener: TcpListener,
+    shared: Arc<State>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut connections = tokio::task::JoinSet::new();
+        loop {
+            let (tcp, _) = tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok(a) => a,
+                    Err(_) => return,
+                },
+                Some(_) = connections.join_next(), if !connections.is_empty() => continue,
+            };
+            {
                 let state = Arc::clone(&shared);
                 let tls = tls.clone();
-                tokio::spawn(async move {
+                connections.spawn(async move {
                     let service =
                         hyper::service::service_fn(move |req| handle(Arc::clone(&state), req));
                     let builder = hyper::server::conn::http1::Builder::new();
@@ -102,10 +148,11 @@ impl Upstream {
                     }
                 });
             }
-        });
-        Upstream { addr, state, task }
-    }
+        }
+    })
+}
 
+impl Upstream {
     /// Makes `/healthz` answer 200 (true) or 503 (false).
     pub fn set_healthy(&self, healthy: bool) {
         self.state.healthy.store(healthy, Ordering::SeqCst);
