@@ -205,3 +205,71 @@ async fn a_binary_upgrade_hands_the_listener_over_without_failing_a_request() {
         new.log()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_during_traffic_lets_requests_finish_and_closes_sessions_with_1001() {
+    let broker = Broker::start().await;
+    let web = Upstream::start("web").await;
+    let addr = listen_addr();
+    let text = config(addr, &broker, &web, true, "first")
+        + "[[routes]]\nid = \"slow\"\nuri = \"/sleep/*\"\nupstream_id = \"web\"\n";
+    let mut gw = GatewayProcess::start(binary(), &text, addr).await;
+    let mut session = PubSubClient::connect(&gw.ws_url("/kafka")).await.unwrap();
+    session.ping("x").await.unwrap();
+    // Requests in flight when the signal comes: each takes 600 ms at the upstream.
+    let mut slow = tokio::task::JoinSet::new();
+    for _ in 0..4 {
+        let url = gw.http_url("/sleep/600");
+        slow.spawn(async move {
+            reqwest::Client::builder()
+                .no_proxy()
+                .build()
+                .unwrap()
+                .get(url)
+                .send()
+                .await
+        });
+    }
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    gw.terminate();
+    while let Some(done) = slow.join_next().await {
+        let resp = done.unwrap().expect("an in-flight request is answered");
+        assert_eq!(resp.status(), 200, "an in-flight request completes");
+    }
+    match session.ping("y").await {
+        Err(streamgate_protocol::ClientError::Closed(Some(reason))) => {
+            assert!(reason.starts_with("1001"), "{reason}")
+        }
+        other => panic!("the session is closed with 1001: {other:?}"),
+    }
+    assert_eq!(gw.wait_exit(Duration::from_secs(10)).await, Some(0));
+}
+
+#[tokio::test]
+async fn with_reload_on_change_an_edited_file_is_applied_without_a_signal() {
+    let broker = Broker::start().await;
+    let web = Upstream::start("web").await;
+    let addr = listen_addr();
+    let watched = |route_b: bool| {
+        config(addr, &broker, &web, route_b, "first").replacen(
+            "[server]\n",
+            "[server]\nreload_on_change = true\n",
+            1,
+        )
+    };
+    let gw = GatewayProcess::start(binary(), &watched(false), addr).await;
+    assert_eq!(status(&gw, "/b").await, 404);
+    std::fs::write(gw.config_path(), watched(true)).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while status(&gw, "/b").await != 200 {
+        assert!(
+            Instant::now() < deadline,
+            "the edit is picked up:\n{}",
+            gw.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(gw
+        .log()
+        .contains("the file changed: reloading the configuration"));
+}

@@ -103,6 +103,8 @@ pub struct Server {
     /// The Unix socket over which a new process takes the listening sockets over from this
     /// one (`streamgate --upgrade`, then SIGQUIT to the old process).
     pub upgrade_sock: PathBuf,
+    /// Reload when the configuration file changes (checked every second), not only on SIGHUP.
+    pub reload_on_change: bool,
     /// Bounds on what clients may hold at once.
     pub limits: Limits,
 }
@@ -780,6 +782,7 @@ fn build_server(c: &mut Checker<'_>, s: t::ServerToml) -> Server {
         log_format,
         l4_read_buffer_bytes: l4,
         upgrade_sock,
+        reload_on_change: s.reload_on_change.unwrap_or(false),
         limits,
     }
 }

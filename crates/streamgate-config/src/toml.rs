@@ -70,6 +70,7 @@ pub(crate) struct ServerToml {
     pub log_format: Option<Text>,
     pub l4_read_buffer_bytes: Option<i64>,
     pub upgrade_sock: Option<Text>,
+    pub reload_on_change: Option<bool>,
     pub limits: Option<LimitsToml>,
 }
 

@@ -152,6 +152,11 @@ impl GatewayProcess {
             .status();
     }
 
+    /// The gateway's config file.
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("streamgate.toml")
+    }
+
     /// Replaces the config file with `config` and sends SIGHUP (live reload).
     pub fn reload(&self, config: &str) {
         std::fs::write(self.dir.path().join("streamgate.toml"), config).expect("write config");

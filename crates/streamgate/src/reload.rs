@@ -5,6 +5,9 @@
 //! logged. Listeners, threads, `[server.limits]` and `[admin]` are fixed at start-up: a change to
 //! them is reported as needing a restart (or Pingora's zero-downtime upgrade, see the README).
 //!
+//! With `[server] reload_on_change = true` the file is also checked every second and reloaded
+//! when its modification time or size changes.
+//!
 //! Each table's HTTP health checks run as tasks of this service until the table is replaced.
 
 use crate::proxy::LiveRoutes;
@@ -21,6 +24,7 @@ use tokio::sync::watch;
 pub struct Reloader {
     file: PathBuf,
     fixed: String,
+    watch: bool,
     routes: Arc<LiveRoutes>,
     first_health: Mutex<Vec<HealthTask>>,
 }
@@ -50,6 +54,7 @@ impl Reloader {
         Self {
             file,
             fixed: fixed_parts(config),
+            watch: config.server.reload_on_change,
             routes,
             first_health: Mutex::new(health),
         }
@@ -100,6 +105,12 @@ impl Reloader {
     }
 }
 
+/// What tells a changed file: its modification time and size.
+fn file_stamp(file: &std::path::Path) -> Option<(std::time::SystemTime, u64)> {
+    let meta = std::fs::metadata(file).ok()?;
+    Some((meta.modified().ok()?, meta.len()))
+}
+
 /// Runs `tasks` until `retire` turns true.
 fn start_health(tasks: Vec<HealthTask>, retire: &watch::Sender<bool>) {
     for task in tasks {
@@ -127,20 +138,33 @@ impl BackgroundService for Reloader {
                     None
                 }
             };
+        let mut stamp = file_stamp(&self.file);
+        let mut poll = tokio::time::interval(std::time::Duration::from_secs(1));
+        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            tokio::select! {
-                Some(()) = async { hangups.as_mut()?.recv().await } => {
-                    tracing::info!(file = %self.file.display(), "SIGHUP: reloading the configuration");
-                    if let Some(health) = self.reload() {
-                        let next = watch::channel(false).0;
-                        start_health(health, &next);
-                        let _ = std::mem::replace(&mut retire, next).send(true);
+            let why = tokio::select! {
+                Some(()) = async { hangups.as_mut()?.recv().await } => "SIGHUP",
+                _ = poll.tick(), if self.watch => {
+                    let now = file_stamp(&self.file);
+                    if now == stamp || now.is_none() {
+                        continue;
                     }
+                    "the file changed"
                 }
-                _ = shutdown.changed() => if *shutdown.borrow() {
-                    let _ = retire.send(true);
-                    return;
-                },
+                changed = shutdown.changed() => {
+                    if changed.is_err() || *shutdown.borrow() {
+                        let _ = retire.send(true);
+                        return;
+                    }
+                    continue;
+                }
+            };
+            stamp = file_stamp(&self.file);
+            tracing::info!(file = %self.file.display(), "{why}: reloading the configuration");
+            if let Some(health) = self.reload() {
+                let next = watch::channel(false).0;
+                start_health(health, &next);
+                let _ = std::mem::replace(&mut retire, next).send(true);
             }
         }
     }
