@@ -43,10 +43,6 @@ async fn gateway(broker: &Broker, upstream: &Upstream) -> GatewayProcess {
     .await
 }
 
-fn http() -> reqwest::Client {
-    reqwest::Client::builder().no_proxy().build().unwrap()
-}
-
 #[tokio::test]
 async fn http_routes_need_a_known_key_in_the_header_or_the_query() {
     let broker = Broker::start().await;
@@ -91,14 +87,8 @@ async fn http_routes_need_a_known_key_in_the_header_or_the_query() {
         .unwrap();
     assert_eq!(by_query.status(), 200);
 
-    let hidden: serde_json::Value = http()
-        .get(gw.http_url(&format!("/hidden/x?a=1&apikey={MOBILE_KEY}")))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let hidden: serde_json::Value =
+        get_json(&gw.http_url(&format!("/hidden/x?a=1&apikey={MOBILE_KEY}"))).await;
     assert_eq!(
         hidden["path"], "/hidden/x?a=1",
         "hide_credentials strips the key"

@@ -46,10 +46,6 @@ key = "page-key-0123456789"
     GatewayProcess::start(binary(), &config, addr).await
 }
 
-fn http() -> reqwest::Client {
-    reqwest::Client::builder().no_proxy().build().unwrap()
-}
-
 fn preflight(
     gw: &GatewayProcess,
     path: &str,

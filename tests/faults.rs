@@ -224,17 +224,9 @@ async fn a_flapping_node_costs_few_requests_and_every_failure_is_clear() {
 
     // Back for good: health checks put it back in rotation.
     tokio::time::sleep(Duration::from_millis(800)).await;
-    let http = reqwest::Client::builder().no_proxy().build().unwrap();
     let mut names = std::collections::HashSet::new();
     for _ in 0..20 {
-        let body: serde_json::Value = http
-            .get(gw.http_url("/x"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let body: serde_json::Value = get_json(&gw.http_url("/x")).await;
         names.insert(body["name"].as_str().unwrap_or("").to_string());
     }
     assert_eq!(names.len(), 2, "both nodes serve again: {names:?}");

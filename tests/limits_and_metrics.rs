@@ -14,10 +14,6 @@ use streamgate_protocol::{
 use streamgate_testkit::{fixtures, unique_topic, Broker, GatewayProcess, Upstream};
 use tokio_tungstenite::tungstenite::{client::IntoClientRequest, Message};
 
-fn http() -> reqwest::Client {
-    reqwest::Client::builder().no_proxy().build().unwrap()
-}
-
 /// A gateway with an admin listener, an HTTP route `/web/*` to `web`, a pub/sub route `/kafka`
 /// with `plugin` settings, and `extra` config. Returns it and its admin address.
 async fn gateway(

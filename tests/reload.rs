@@ -23,10 +23,6 @@ fn config(addr: SocketAddr, broker: &Broker, web: &Upstream, route_b: bool, topi
     text
 }
 
-fn http() -> reqwest::Client {
-    reqwest::Client::builder().no_proxy().build().unwrap()
-}
-
 async fn status(gw: &GatewayProcess, path: &str) -> u16 {
     http()
         .get(gw.http_url(path))
@@ -66,14 +62,7 @@ async fn sighup_applies_a_valid_file_and_keeps_open_sessions_on_their_settings()
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let body: serde_json::Value = http()
-        .get(gw.http_url("/a"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let body: serde_json::Value = get_json(&gw.http_url("/a")).await;
     assert_eq!(
         body["name"], "two",
         "the route now goes to the new upstream"

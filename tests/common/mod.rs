@@ -62,3 +62,23 @@ pub async fn gateway_for_dead_broker(uri: &str, plugin: &str) -> GatewayProcess 
     );
     GatewayProcess::start(binary(), &config, addr).await
 }
+
+/// A real HTTP client that ignores the environment's proxy settings.
+pub fn http() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .expect("HTTP client")
+}
+
+/// GETs `url` and returns its JSON body.
+pub async fn get_json(url: &str) -> serde_json::Value {
+    http()
+        .get(url)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("GET {url}: {e}"))
+        .json()
+        .await
+        .unwrap_or_else(|e| panic!("GET {url}: not JSON: {e}"))
+}
