@@ -188,7 +188,10 @@ impl Gateway {
         };
         let limits = self.limits.config();
         let req = session.req_header();
-        let header_bytes = req.uri.to_string().len()
+        // The request line's target, measured without formatting it.
+        let target = req.uri.authority().map_or(0, |a| a.as_str().len())
+            + req.uri.path_and_query().map_or(1, |p| p.as_str().len());
+        let header_bytes = target
             + req
                 .headers
                 .iter()
@@ -292,6 +295,38 @@ async fn respond_body(
         .write_response_body(Some(Bytes::from(body)), true)
         .await?;
     Ok(())
+}
+
+/// A status code as a metric label, without allocating for the codes the gateway sees.
+fn status_label(status: u16) -> &'static str {
+    match status {
+        101 => "101",
+        200 => "200",
+        201 => "201",
+        204 => "204",
+        206 => "206",
+        301 => "301",
+        302 => "302",
+        304 => "304",
+        400 => "400",
+        401 => "401",
+        403 => "403",
+        404 => "404",
+        408 => "408",
+        413 => "413",
+        429 => "429",
+        431 => "431",
+        500 => "500",
+        502 => "502",
+        503 => "503",
+        504 => "504",
+        0 => "0",
+        s if s < 200 => "1xx",
+        s if s < 300 => "2xx",
+        s if s < 400 => "3xx",
+        s if s < 500 => "4xx",
+        _ => "5xx",
+    }
 }
 
 /// The request URI for the access log, with a credential-carrying query parameter masked.
@@ -656,7 +691,7 @@ impl ProxyHttp for Gateway {
         let metrics = crate::metrics::metrics();
         metrics
             .http_requests
-            .with_label_values(&[route_id, status.to_string().as_str()])
+            .with_label_values(&[route_id, status_label(status)])
             .inc();
         metrics
             .http_duration
