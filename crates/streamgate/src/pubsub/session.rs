@@ -91,8 +91,11 @@ pub async fn run<S>(
                 }
                 if !pinged && last_heard.elapsed() >= settings.idle_timeout / 2 {
                     pinged = true;
-                    if ws.send(Message::Ping(bytes::Bytes::new())).await.is_err() {
-                        break (None, "error");
+                    let ping = ws.send(Message::Ping(bytes::Bytes::new()));
+                    match tokio::time::timeout(settings.send_timeout, ping).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(_)) => break (None, "client"),
+                        Err(_) => break (None, "slow_reader"),
                     }
                 }
             }
@@ -156,11 +159,14 @@ pub async fn run<S>(
             code,
             reason: reason.into(),
         };
-        if ws.close(Some(frame)).await.is_ok() {
-            // Wait briefly for the client's close reply, reading (and dropping) what comes.
-            let _ = tokio::time::timeout(CLOSE_WAIT, async { while ws.next().await.is_some() {} })
-                .await;
-        }
+        // Bounded: a client that reads nothing must not keep the session (and its slots) alive.
+        let _ = tokio::time::timeout(CLOSE_WAIT, async {
+            if ws.close(Some(frame)).await.is_ok() {
+                // Wait for the client's close reply, reading (and dropping) what comes.
+                while ws.next().await.is_some() {}
+            }
+        })
+        .await;
     }
 }
 
