@@ -109,6 +109,17 @@ async fn answers_carry_cors_headers_for_allowed_origins_only() {
     assert_eq!(ok.headers()["access-control-allow-credentials"], "true");
     assert!(ok.headers().get_all("vary").iter().any(|v| v == "Origin"));
 
+    // The gateway's own refusals carry the headers too, so the page can read why.
+    let refused = http()
+        .get(gw.http_url("/api/items"))
+        .header("origin", APP)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 401);
+    assert_eq!(refused.headers()["access-control-allow-origin"], APP);
+    assert!(refused.text().await.unwrap().contains("Missing API key"));
+
     let other = get("https://evil.example").await.unwrap();
     assert_eq!(
         other.status(),

@@ -75,6 +75,9 @@ pub struct RequestCtx {
     pub slot: Option<Slot>,
     /// Request body bytes seen so far.
     pub body_bytes: u64,
+    /// Headers that every answer to this request must carry, the gateway's own refusals and
+    /// errors included (CORS headers for an allowed origin).
+    pub answer_headers: Vec<(http::HeaderName, http::HeaderValue)>,
 }
 
 /// The routes in force, with everything they point at: replaced whole on reload.
@@ -230,7 +233,7 @@ impl Gateway {
             .inc();
         ctx.status = Some(status);
         let retry = matches!(status, 429 | 503).then_some(1);
-        respond_refusal(session, status, message, retry).await?;
+        respond_refusal(session, ctx, status, message, retry).await?;
         Ok(true)
     }
 
@@ -245,51 +248,55 @@ impl Gateway {
 /// Sends a complete JSON error response `{"error_msg": message}`.
 pub async fn respond_json(
     session: &mut Session,
+    ctx: &RequestCtx,
     status: u16,
     message: &str,
 ) -> pingora::Result<()> {
-    respond_body(session, status, serde_json::json!({ "error_msg": message })).await
+    let body = serde_json::json!({ "error_msg": message });
+    respond_body(session, ctx, status, body, None).await
 }
 
 /// Sends a JSON refusal `{"error_msg": message}`, with `Retry-After: seconds` when given.
 pub async fn respond_refusal(
     session: &mut Session,
+    ctx: &RequestCtx,
     status: u16,
     message: &str,
     retry_after: Option<u64>,
 ) -> pingora::Result<()> {
-    let body = serde_json::json!({ "error_msg": message }).to_string();
-    let mut resp = ResponseHeader::build(status, Some(4))?;
-    resp.insert_header("content-type", "application/json")?;
-    resp.insert_header("content-length", body.len().to_string())?;
-    if let Some(seconds) = retry_after {
-        resp.insert_header("retry-after", seconds.to_string())?;
-    }
-    session.write_response_header(Box::new(resp), false).await?;
-    session
-        .write_response_body(Some(Bytes::from(body)), true)
-        .await?;
-    Ok(())
+    let body = serde_json::json!({ "error_msg": message });
+    respond_body(session, ctx, status, body, retry_after).await
 }
 
 /// Sends `{"message": message}`, the shape APISIX's auth plugins answer with.
 pub async fn respond_message(
     session: &mut Session,
+    ctx: &RequestCtx,
     status: u16,
     message: &str,
 ) -> pingora::Result<()> {
-    respond_body(session, status, serde_json::json!({ "message": message })).await
+    let body = serde_json::json!({ "message": message });
+    respond_body(session, ctx, status, body, None).await
 }
 
+/// Writes a whole JSON answer, with the headers plugins asked every answer to carry (CORS).
 async fn respond_body(
     session: &mut Session,
+    ctx: &RequestCtx,
     status: u16,
     body: serde_json::Value,
+    retry_after: Option<u64>,
 ) -> pingora::Result<()> {
     let body = body.to_string();
-    let mut resp = ResponseHeader::build(status, Some(3))?;
+    let mut resp = ResponseHeader::build(status, Some(4 + ctx.answer_headers.len()))?;
     resp.insert_header("content-type", "application/json")?;
     resp.insert_header("content-length", body.len().to_string())?;
+    if let Some(seconds) = retry_after {
+        resp.insert_header("retry-after", seconds.to_string())?;
+    }
+    for (name, value) in &ctx.answer_headers {
+        resp.append_header(name.clone(), value.clone())?;
+    }
     session.write_response_header(Box::new(resp), false).await?;
     session
         .write_response_body(Some(Bytes::from(body)), true)
@@ -411,6 +418,7 @@ impl ProxyHttp for Gateway {
             secret_query_param: None,
             slot: None,
             body_bytes: 0,
+            answer_headers: Vec::new(),
         }
     }
 
@@ -431,6 +439,7 @@ impl ProxyHttp for Gateway {
             ctx.status = Some(400);
             respond_json(
                 session,
+                ctx,
                 400,
                 "400 Bad Request: the path has `.` or `..` segments",
             )
@@ -440,7 +449,7 @@ impl ProxyHttp for Gateway {
         let found = self.routes.current().find(req).cloned();
         let Some(route) = found else {
             ctx.status = Some(404);
-            respond_json(session, 404, "404 Route Not Found").await?;
+            respond_json(session, ctx, 404, "404 Route Not Found").await?;
             return Ok(true);
         };
         ctx.route = Some(Arc::clone(&route));
@@ -663,7 +672,7 @@ impl ProxyHttp for Gateway {
                 400 => "400 Bad Request",
                 _ => "500 Internal Server Error",
             };
-            if let Err(write) = respond_json(session, code, message).await {
+            if let Err(write) = respond_json(session, ctx, code, message).await {
                 tracing::debug!(error = %write, "could not send the error response");
             }
             ctx.status = Some(code);

@@ -4,13 +4,14 @@
 //! before authentication (browsers send preflights without credentials) and without contacting
 //! the upstream: 204 with the allowed methods and headers, or 403 for an origin, method or header
 //! that is not allowed. Other requests from an allowed origin get `Access-Control-Allow-Origin`
-//! (and the exposed headers) on the upstream's response; a disallowed origin gets no CORS headers,
-//! so the browser keeps the answer from the page.
+//! (and the exposed headers) on every answer: the upstream's, and the gateway's own refusals (a
+//! page can then read why a later plugin said 401 or 429). A disallowed origin gets no CORS
+//! headers, so the browser keeps the answer from the page.
 
 use super::Plugin;
 use crate::proxy::{respond_refusal, RequestCtx};
 use async_trait::async_trait;
-use http::header::{self, HeaderValue};
+use http::header::{self, HeaderName, HeaderValue};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::proxy::Session;
 use streamgate_config::model::Cors;
@@ -79,6 +80,35 @@ impl CorsPlugin {
         None
     }
 
+    /// The CORS headers for an answer to a request from an allowed origin (none otherwise).
+    fn answer_headers(&self, req: &RequestHeader) -> Vec<(HeaderName, HeaderValue)> {
+        let Some(origin) = self
+            .allow_origin(req)
+            .and_then(|o| HeaderValue::from_str(o).ok())
+        else {
+            return Vec::new();
+        };
+        let specific = origin != "*";
+        let mut headers = vec![(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin)];
+        if specific {
+            headers.push((header::VARY, HeaderValue::from_static("Origin")));
+        }
+        if self.settings.allow_credentials {
+            headers.push((
+                header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
+                HeaderValue::from_static("true"),
+            ));
+        }
+        if let Some(expose) = self
+            .expose
+            .as_ref()
+            .and_then(|e| HeaderValue::from_str(e).ok())
+        {
+            headers.push((header::ACCESS_CONTROL_EXPOSE_HEADERS, expose));
+        }
+        headers
+    }
+
     fn is_preflight(req: &RequestHeader) -> bool {
         req.method == http::Method::OPTIONS
             && req.headers.contains_key(header::ORIGIN)
@@ -97,6 +127,7 @@ impl Plugin for CorsPlugin {
     async fn access(&self, session: &mut Session, ctx: &mut RequestCtx) -> pingora::Result<bool> {
         let req = session.req_header();
         if !Self::is_preflight(req) {
+            ctx.answer_headers = self.answer_headers(req);
             return Ok(false);
         }
         let refusal = match self.allow_origin(req) {
@@ -105,7 +136,14 @@ impl Plugin for CorsPlugin {
         };
         if let Some(why) = refusal {
             ctx.status = Some(403);
-            respond_refusal(session, 403, &format!("403 Forbidden (CORS): {why}"), None).await?;
+            respond_refusal(
+                session,
+                ctx,
+                403,
+                &format!("403 Forbidden (CORS): {why}"),
+                None,
+            )
+            .await?;
             return Ok(true);
         }
         let origin = self.allow_origin(req).unwrap_or("*").to_string();
@@ -143,26 +181,16 @@ impl Plugin for CorsPlugin {
 
     fn response(
         &self,
-        session: &Session,
+        _session: &Session,
         response: &mut ResponseHeader,
-        _ctx: &mut RequestCtx,
+        ctx: &mut RequestCtx,
     ) -> pingora::Result<()> {
-        let Some(origin) = self.allow_origin(session.req_header()) else {
-            return Ok(());
-        };
-        let origin = HeaderValue::from_str(origin).map_err(|_| {
-            pingora::Error::explain(pingora::ErrorType::InternalError, "unusable Origin value")
-        })?;
-        let specific = origin != "*";
-        response.insert_header(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin)?;
-        if specific {
-            response.append_header(header::VARY, "Origin")?;
-        }
-        if self.settings.allow_credentials {
-            response.insert_header(header::ACCESS_CONTROL_ALLOW_CREDENTIALS, "true")?;
-        }
-        if let Some(expose) = &self.expose {
-            response.insert_header(header::ACCESS_CONTROL_EXPOSE_HEADERS, expose.as_str())?;
+        for (name, value) in &ctx.answer_headers {
+            if name == header::VARY {
+                response.append_header(name.clone(), value.clone())?;
+            } else {
+                response.insert_header(name.clone(), value.clone())?;
+            }
         }
         Ok(())
     }

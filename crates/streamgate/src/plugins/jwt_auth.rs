@@ -147,7 +147,7 @@ impl Plugin for JwtAuthPlugin {
         ctx.secret_query_param = Some(self.settings.query.clone());
         let Some(token) = self.token(session) else {
             ctx.status = Some(401);
-            respond_message(session, 401, "Missing JWT token in request").await?;
+            respond_message(session, ctx, 401, "Missing JWT token in request").await?;
             return Ok(true);
         };
         let verdict = Self::claimed_key(&token).and_then(|key| {
@@ -168,7 +168,7 @@ impl Plugin for JwtAuthPlugin {
             }
             Err(message) => {
                 ctx.status = Some(401);
-                respond_message(session, 401, message).await?;
+                respond_message(session, ctx, 401, message).await?;
                 Ok(true)
             }
         }

@@ -116,12 +116,12 @@ impl Plugin for KeyAuthPlugin {
         };
         let Some(key) = from_header.clone().or_else(from_query) else {
             ctx.status = Some(401);
-            respond_message(session, 401, "Missing API key found in request").await?;
+            respond_message(session, ctx, 401, "Missing API key found in request").await?;
             return Ok(true);
         };
         let Some(consumer) = self.consumers.get(&key) else {
             ctx.status = Some(401);
-            respond_message(session, 401, "Invalid API key in request").await?;
+            respond_message(session, ctx, 401, "Invalid API key in request").await?;
             return Ok(true);
         };
         ctx.consumer = Some(Arc::clone(consumer));

@@ -103,6 +103,7 @@ impl Plugin for LimitReqPlugin {
         let retry_after = wait.ceil().max(1.0) as u64;
         respond_refusal(
             session,
+            ctx,
             status,
             &format!(
                 "{status} Too Many Requests: this route allows {} requests per second; retry after {retry_after} s",

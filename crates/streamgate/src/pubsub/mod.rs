@@ -84,6 +84,7 @@ impl PubSub {
             ctx.status = Some(403);
             respond_json(
                 session,
+                ctx,
                 403,
                 "403 Forbidden: this origin may not open this WebSocket",
             )
@@ -92,7 +93,7 @@ impl PubSub {
         }
         if let Some(problem) = upgrade::handshake_problem(session) {
             ctx.status = Some(400);
-            respond_json(session, 400, problem).await?;
+            respond_json(session, ctx, 400, problem).await?;
             return Ok(true);
         }
         let consumer_slot = match &route.consumer {
@@ -107,6 +108,7 @@ impl PubSub {
                     ctx.status = Some(429);
                     crate::proxy::respond_refusal(
                         session,
+                        ctx,
                         429,
                         "429 Too Many Requests: this consumer has too many pub/sub sessions open",
                         Some(1),
