@@ -7,14 +7,9 @@
 mod common;
 
 use common::*;
-use futures_util::{SinkExt, StreamExt};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 use streamgate_protocol::{pub_sub_req::Req, CmdPing, Message as _, PubSubReq};
-use streamgate_testkit::Broker;
-use tokio::sync::Semaphore;
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
-use tokio_tungstenite::tungstenite::Message;
+use streamgate_testkit::{sessions, Broker};
 
 const SESSIONS: usize = 10_000;
 
@@ -47,50 +42,15 @@ async fn ten_thousand_sessions_three_times_and_memory_returns_to_baseline() {
 
     let mut report = Vec::new();
     for round in 1..=3 {
-        let gate = Arc::new(Semaphore::new(256));
         let started = Instant::now();
-        let mut tasks = tokio::task::JoinSet::new();
-        for _ in 0..SESSIONS {
-            let (gate, addr, ping) = (Arc::clone(&gate), gw.addr, ping.clone());
-            tasks.spawn(async move {
-                let _permit = gate.acquire().await.expect("semaphore");
-                let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
-                let config = WebSocketConfig::default()
-                    .read_buffer_size(1024)
-                    .write_buffer_size(0);
-                let (mut ws, _) = tokio_tungstenite::client_async_with_config(
-                    format!("ws://{addr}/kafka"),
-                    tcp,
-                    Some(config),
-                )
-                .await
-                .expect("handshake");
-                ws.send(Message::Binary(ping.into())).await.expect("ping");
-                loop {
-                    match ws.next().await {
-                        Some(Ok(Message::Binary(_))) => return ws,
-                        Some(Ok(_)) => continue,
-                        other => panic!("no pong: {other:?}"),
-                    }
-                }
-            });
-        }
-        let mut open = Vec::with_capacity(SESSIONS);
-        while let Some(ws) = tasks.join_next().await {
-            open.push(ws.expect("a session"));
-        }
+        let open = sessions::open_sessions(gw.addr, "/kafka", SESSIONS, &ping)
+            .await
+            .expect("every session opens and answers its ping");
         let opened_in = started.elapsed();
         tokio::time::sleep(Duration::from_secs(1)).await;
         let with_open = gw.rss_kib();
 
-        let mut closing = tokio::task::JoinSet::new();
-        for mut ws in open {
-            closing.spawn(async move {
-                let _ = ws.close(None).await;
-                while let Some(Ok(_)) = ws.next().await {}
-            });
-        }
-        while closing.join_next().await.is_some() {}
+        sessions::close_sessions(open).await;
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             let text = reqwest::get(format!("http://{admin}/readyz"))

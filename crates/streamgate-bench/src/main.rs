@@ -22,7 +22,6 @@ use streamgate_protocol::{CmdKafkaFetch, Message as _, PubSubClient};
 use streamgate_testkit::{fixtures, free_port, Broker, GatewayProcess};
 use tokio::sync::Semaphore;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
-use tokio_tungstenite::tungstenite::Message;
 
 #[derive(Parser)]
 struct Cli {
@@ -707,45 +706,10 @@ async fn connection_cost(
             "4: round {}: opening {sessions} sessions",
             round + 1
         ));
-        let gate = Arc::new(Semaphore::new(256));
         let started = Instant::now();
-        let mut tasks = tokio::task::JoinSet::new();
-        for _ in 0..sessions {
-            let (gate, addr, ping) = (Arc::clone(&gate), gw.addr, ping.clone());
-            tasks.spawn(async move {
-                let _permit = gate.acquire().await;
-                let tcp = tokio::net::TcpStream::connect(addr).await.ok()?;
-                let config = WebSocketConfig::default()
-                    .read_buffer_size(1024)
-                    .write_buffer_size(0);
-                let (mut ws, _) = tokio_tungstenite::client_async_with_config(
-                    format!("ws://{addr}/kafka"),
-                    tcp,
-                    Some(config),
-                )
-                .await
-                .ok()?;
-                ws.send(Message::Binary(ping.into())).await.ok()?;
-                loop {
-                    match ws.next().await? {
-                        Ok(Message::Binary(_)) => break,
-                        Ok(_) => continue,
-                        Err(_) => return None,
-                    }
-                }
-                Some(ws)
-            });
-        }
-        let mut open = Vec::with_capacity(sessions);
-        while let Some(r) = tasks.join_next().await {
-            if let Ok(Some(ws)) = r {
-                open.push(ws);
-            }
-        }
+        let open =
+            streamgate_testkit::sessions::open_sessions(gw.addr, "/kafka", sessions, &ping).await?;
         open_secs.push(started.elapsed().as_secs_f64());
-        if open.len() != sessions {
-            return Err(format!("only {} of {sessions} sessions opened", open.len()).into());
-        }
         tokio::time::sleep(Duration::from_secs(2)).await;
         let with_open = rss_kib(gw.pid());
         per_session.push((with_open.saturating_sub(at_rest)) as f64 / sessions as f64);
@@ -754,14 +718,7 @@ async fn connection_cost(
             round + 1,
             with_open
         ));
-        let mut closing = tokio::task::JoinSet::new();
-        for mut ws in open {
-            closing.spawn(async move {
-                let _ = ws.close(None).await;
-                while let Some(Ok(_)) = ws.next().await {}
-            });
-        }
-        while closing.join_next().await.is_some() {}
+        streamgate_testkit::sessions::close_sessions(open).await;
         tokio::time::sleep(Duration::from_secs(3)).await;
         after.push(rss_kib(gw.pid()) as f64);
     }

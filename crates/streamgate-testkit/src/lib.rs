@@ -7,6 +7,7 @@
 //! * [`Upstream`]: a real HTTP(S) server for proxying tests.
 //! * [`GatewayProcess`]: the `streamgate` binary with a temporary config, killed on drop.
 //! * [`fuzz`]: a seeded generator for the fuzz tests.
+//! * [`sessions`]: thousands of idle WebSocket sessions at once.
 #![deny(rust_2018_idioms, unsafe_code)]
 #![allow(clippy::new_without_default)]
 
@@ -15,6 +16,7 @@ pub mod fixtures;
 pub mod fuzz;
 mod gateway;
 mod http_upstream;
+pub mod sessions;
 mod tls;
 
 pub use broker::{Broker, BrokerOptions, Engine, SaslUser};
