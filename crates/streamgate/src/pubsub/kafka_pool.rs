@@ -13,7 +13,6 @@ use rskafka::client::{Client, ClientBuilder, Credentials, SaslConfig};
 use rskafka::BackoffConfig;
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 use streamgate_config::model::{Sasl, SaslMechanism, UpstreamTls};
@@ -69,7 +68,6 @@ struct ClientSlot {
 pub struct KafkaPool {
     slots: Mutex<HashMap<ClientKey, Arc<ClientSlot>>>,
     last_sweep: Mutex<Option<Instant>>,
-    broker_fetches: Arc<AtomicU64>,
 }
 
 impl fmt::Debug for KafkaPool {
@@ -89,7 +87,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 impl KafkaPool {
     /// Fetch requests sent to brokers since start (after coalescing).
     pub fn broker_fetches(&self) -> u64 {
-        self.broker_fetches.load(Ordering::Relaxed)
+        crate::metrics::metrics().kafka_broker_fetches.get()
     }
 
     /// How many Kafka clients exist now.
@@ -127,7 +125,7 @@ impl KafkaPool {
                 client
                     .partition_client(topic, partition, UnknownTopicHandling::Error)
                     .await
-                    .map(|pc| Arc::new(PartitionReader::new(pc, Arc::clone(&self.broker_fetches))))
+                    .map(|pc| Arc::new(PartitionReader::new(pc)))
                     .map_err(|e| KafkaFailure::from_kafka(&e))
             })
             .await

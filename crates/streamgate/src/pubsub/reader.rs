@@ -13,7 +13,6 @@ use bytes::Bytes;
 use futures_util::future::{BoxFuture, FutureExt, Shared};
 use rskafka::client::partition::PartitionClient;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 use streamgate_protocol::{KafkaHeader, KafkaMessage};
@@ -40,7 +39,6 @@ pub struct PartitionReader {
     high_watermark: watch::Sender<i64>,
     poller_running: Mutex<bool>,
     in_flight: Mutex<HashMap<(i64, i32), SharedFetch>>,
-    broker_fetches: Arc<AtomicU64>,
 }
 
 impl std::fmt::Debug for PartitionReader {
@@ -58,14 +56,14 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl PartitionReader {
-    /// A reader over `client`; every broker fetch it sends is counted in `broker_fetches`.
-    pub fn new(client: PartitionClient, broker_fetches: Arc<AtomicU64>) -> Self {
+    /// A reader over `client`; every broker fetch it sends is counted in the process's
+    /// `streamgate_kafka_broker_fetches_total`.
+    pub fn new(client: PartitionClient) -> Self {
         Self {
             client: Arc::new(client),
             high_watermark: watch::channel(-1).0,
             poller_running: Mutex::new(false),
             in_flight: Mutex::default(),
-            broker_fetches,
         }
     }
 
@@ -119,15 +117,10 @@ impl PartitionReader {
                 None => {
                     // Entries whose every waiter went away are never polled again: drop them.
                     in_flight.retain(|_, f| f.strong_count().is_some_and(|n| n > 1));
-                    let request = broker_fetch(
-                        Arc::clone(&self.client),
-                        Arc::clone(&self.broker_fetches),
-                        offset,
-                        max_bytes,
-                        timeout,
-                    )
-                    .boxed()
-                    .shared();
+                    let request =
+                        broker_fetch(Arc::clone(&self.client), offset, max_bytes, timeout)
+                            .boxed()
+                            .shared();
                     in_flight.insert(key, request.clone());
                     request
                 }
@@ -184,12 +177,10 @@ impl PartitionReader {
 
 async fn broker_fetch(
     client: Arc<PartitionClient>,
-    counter: Arc<AtomicU64>,
     offset: i64,
     max_bytes: i32,
     timeout: Duration,
 ) -> Result<Arc<Fetched>, KafkaFailure> {
-    counter.fetch_add(1, Ordering::Relaxed);
     let metrics = crate::metrics::metrics();
     metrics.kafka_broker_fetches.inc();
     let started = std::time::Instant::now();
