@@ -178,54 +178,21 @@ impl Gateway {
         let refusal = match self.limits.acquire(ctx.client) {
             Ok(slot) => {
                 ctx.slot = Some(slot);
-                None
+                request_size_refusal(session.req_header(), self.limits.config())
             }
             Err(Refusal::Total) => Some((
                 503,
+                Refusal::Total.name(),
                 "503 Service Unavailable: the gateway is at its connection limit; retry shortly",
             )),
-            Err(_) => Some((
+            Err(other) => Some((
                 429,
+                other.name(),
                 "429 Too Many Requests: this client has too many requests or sessions open",
             )),
         };
-        let limits = self.limits.config();
-        let req = session.req_header();
-        // The request line's target, measured without formatting it.
-        let target = req.uri.authority().map_or(0, |a| a.as_str().len())
-            + req.uri.path_and_query().map_or(1, |p| p.as_str().len());
-        let header_bytes = target
-            + req
-                .headers
-                .iter()
-                .map(|(k, v)| k.as_str().len() + v.len() + 4)
-                .sum::<usize>();
-        let declared_body = req
-            .headers
-            .get(http::header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok());
-        let refusal = refusal.or(if header_bytes > limits.max_request_header_bytes {
-            Some((
-                431,
-                "431 Request Header Fields Too Large: the request line and headers exceed this gateway's limit",
-            ))
-        } else if declared_body.is_some_and(|n| n > limits.max_request_body_bytes) {
-            Some((
-                413,
-                "413 Payload Too Large: the request body exceeds this gateway's limit",
-            ))
-        } else {
-            None
-        });
-        let Some((status, message)) = refusal else {
+        let Some((status, which, message)) = refusal else {
             return Ok(false);
-        };
-        let which = match status {
-            503 => Refusal::Total.name(),
-            429 => Refusal::PerIp.name(),
-            431 => "max_request_header_bytes",
-            _ => "max_request_body_bytes",
         };
         crate::metrics::metrics()
             .limited
@@ -302,6 +269,43 @@ async fn respond_body(
         .write_response_body(Some(Bytes::from(body)), true)
         .await?;
     Ok(())
+}
+
+/// The status, limit name and message for a request whose headers or declared body exceed
+/// `[server.limits]`.
+fn request_size_refusal(
+    req: &RequestHeader,
+    limits: &streamgate_config::model::Limits,
+) -> Option<(u16, &'static str, &'static str)> {
+    // The request line's target, measured without formatting it.
+    let target = req.uri.authority().map_or(0, |a| a.as_str().len())
+        + req.uri.path_and_query().map_or(1, |p| p.as_str().len());
+    let header_bytes = target
+        + req
+            .headers
+            .iter()
+            .map(|(k, v)| k.as_str().len() + v.len() + 4)
+            .sum::<usize>();
+    let declared_body = req
+        .headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if header_bytes > limits.max_request_header_bytes {
+        Some((
+            431,
+            "max_request_header_bytes",
+            "431 Request Header Fields Too Large: the request line and headers exceed this gateway's limit",
+        ))
+    } else if declared_body.is_some_and(|n| n > limits.max_request_body_bytes) {
+        Some((
+            413,
+            "max_request_body_bytes",
+            "413 Payload Too Large: the request body exceeds this gateway's limit",
+        ))
+    } else {
+        None
+    }
 }
 
 /// A status code as a metric label, without allocating for the codes the gateway sees.
