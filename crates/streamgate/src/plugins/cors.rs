@@ -130,7 +130,8 @@ impl Plugin for CorsPlugin {
             ctx.answer_headers = self.answer_headers(req);
             return Ok(false);
         }
-        let refusal = match self.allow_origin(req) {
+        let origin = self.allow_origin(req).map(str::to_string);
+        let refusal = match &origin {
             None => Some("this origin may not call this route".to_string()),
             Some(_) => self.preflight_problem(req),
         };
@@ -146,7 +147,7 @@ impl Plugin for CorsPlugin {
             .await?;
             return Ok(true);
         }
-        let origin = self.allow_origin(req).unwrap_or("*").to_string();
+        let origin = origin.unwrap_or_else(|| "*".into());
         let allow_headers = match &self.settings.allow_headers {
             Some(list) => list.join(", "),
             None => req
