@@ -142,6 +142,7 @@ fn serve(
                             if let Ok(stream) = acceptor.accept(tcp).await {
                                 let _ = builder
                                     .serve_connection(TokioIo::new(stream), service)
+                                    .with_upgrades()
                                     .await;
                             }
                         }
@@ -193,7 +194,7 @@ async fn handle(
         .get("upgrade")
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"))
     {
-        return Ok(websocket_echo(req));
+        return Ok(websocket_echo(req, &state.name));
     }
     if let Some(ms) = path
         .strip_prefix("/sleep/")
@@ -244,9 +245,23 @@ async fn handle(
 }
 
 /// Answers a WebSocket handshake and echoes every data message on the upgraded connection.
-fn websocket_echo(req: Request<Incoming>) -> Response<BoxBody> {
+///
+/// Paths: `/ws/refuse` answers 403 instead of upgrading; `/ws/greet` first sends a text message
+/// `{"name": ..., "headers": {...}}` (the request's headers), right behind the 101.
+fn websocket_echo(req: Request<Incoming>, name: &str) -> Response<BoxBody> {
     use futures_util::{SinkExt, StreamExt};
-    use tokio_tungstenite::tungstenite::{handshake::derive_accept_key, protocol::Role};
+    use tokio_tungstenite::tungstenite::{handshake::derive_accept_key, protocol::Role, Message};
+    if req.uri().path() == "/ws/refuse" {
+        return text(403, "no WebSocket for you");
+    }
+    let greeting = (req.uri().path() == "/ws/greet").then(|| {
+        let headers: serde_json::Map<String, serde_json::Value> = req
+            .headers()
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").into()))
+            .collect();
+        serde_json::json!({ "name": name, "headers": headers }).to_string()
+    });
     let Some(key) = req
         .headers()
         .get("sec-websocket-key")
@@ -264,6 +279,11 @@ fn websocket_echo(req: Request<Incoming>) -> Response<BoxBody> {
             None,
         )
         .await;
+        if let Some(greeting) = greeting {
+            if ws.send(Message::text(greeting)).await.is_err() {
+                return;
+            }
+        }
         while let Some(Ok(msg)) = ws.next().await {
             if (msg.is_text() || msg.is_binary()) && ws.send(msg).await.is_err() {
                 break;

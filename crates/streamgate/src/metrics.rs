@@ -42,6 +42,8 @@ pub struct Metrics {
     pub records_delivered: IntCounterVec,
     /// Record bytes (keys, values, headers) sent to pub/sub clients, by route.
     pub record_bytes_delivered: IntCounterVec,
+    /// Upgraded connections (WebSocket and others) relayed to HTTP upstreams, open now.
+    pub tunnels: IntGauge,
     /// Shared Kafka clients open now.
     pub kafka_clients: IntGauge,
     /// Fetch requests sent to brokers (many client fetches may share one).
@@ -130,6 +132,10 @@ impl Metrics {
             pubsub_sessions: gauge(
                 "streamgate_pubsub_sessions",
                 "Pub/sub WebSocket sessions open now.",
+            ),
+            tunnels: gauge(
+                "streamgate_tunnels",
+                "Upgraded connections (WebSocket and others) relayed to HTTP upstreams, open now.",
             ),
             pubsub_sessions_opened: counter(
                 "streamgate_pubsub_sessions_opened_total",

@@ -4,9 +4,11 @@
 //!   request ─▶ request_filter: path check ─▶ route match ─▶ route plugins (settings on ctx)
 //!                   │                              │ none: 404
 //!                   │ kafka upstream               ▼ http/https upstream
-//!                   ▼                        upstream_peer: pick a healthy node (retries skip
-//!          pubsub::serve: 101 + detached           nodes already tried)
-//!          session, or 400                         ▼
+//!                   ▼                              │ an upgrade (WebSocket): tunnel.rs relays it
+//!          pubsub::serve: 101 + detached           ▼
+//!          session, or 400                   upstream_peer: pick a healthy node (retries skip
+//!                                                  nodes already tried)
+//!                                                  ▼
 //!                                            upstream_request_filter: X-Forwarded-*, Host,
 //!                                            plugins' before_proxy
 //!                                                  ▼
@@ -20,16 +22,18 @@ use crate::limits::{ConnectionLimits, Refusal, Slot};
 use crate::plugins::Plugin;
 use crate::pubsub::{KafkaCluster, KafkaRoute, PubSub};
 use crate::router::{is_routable_path, Router};
+use crate::tunnel::{Tunnel, Upgrades};
 use crate::upstream::HttpUpstream;
 use async_trait::async_trait;
 use bytes::Bytes;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::HttpPeer;
+use pingora::protocols::http::v1::client::HttpSession;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{Error, ErrorSource, ErrorType};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use streamgate_config::model::{Balance, Consumer, HashOn, KafkaProxy, Route};
 
 /// Where a route sends matching requests.
@@ -151,6 +155,7 @@ pub struct Gateway {
     routes: Arc<LiveRoutes>,
     pubsub: Arc<PubSub>,
     limits: Arc<ConnectionLimits>,
+    upgrades: Upgrades,
 }
 
 impl Gateway {
@@ -164,6 +169,7 @@ impl Gateway {
             routes,
             pubsub,
             limits,
+            upgrades: Upgrades::default(),
         }
     }
 
@@ -202,6 +208,90 @@ impl Gateway {
         let retry = matches!(status, 429 | 503).then_some(1);
         respond_refusal(session, ctx, status, message, retry).await?;
         Ok(true)
+    }
+
+    /// Serves an upgrade request (WebSocket) to an HTTP route itself, see [`crate::tunnel`]:
+    /// a 101 from the node becomes a relay outside Pingora, any other answer is passed on with
+    /// its body. Always answers (`Ok(true)`).
+    async fn relay_upgrade(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> pingora::Result<bool> {
+        let (mut node, mut answer) = match self.open_upgrade(session, ctx).await {
+            Ok(opened) => opened,
+            Err(e) => {
+                self.fail_to_proxy(session, &e, ctx).await;
+                return Ok(true);
+            }
+        };
+        self.response_filter(session, &mut answer, ctx).await?;
+        if answer.status != 101 || !node.was_upgraded() {
+            // The node refused the upgrade (401, 404, ...): an ordinary answer.
+            let mut done = node.is_body_done();
+            session
+                .write_response_header(Box::new(answer), done)
+                .await?;
+            while !done {
+                let chunk = node.read_body_bytes().await.map_err(|e| e.into_up())?;
+                done = chunk.is_none() || node.is_body_done();
+                session.write_response_body(chunk, done).await?;
+            }
+            return Ok(true);
+        }
+        session
+            .write_response_header(Box::new(answer), false)
+            .await?;
+        let (client, client_early) = crate::detach::detach(session).await?;
+        ctx.status = Some(101);
+        let node_early = crate::tunnel::early_bytes(&mut node);
+        let tunnel = Tunnel {
+            client,
+            client_early,
+            node: node.into_inner(),
+            node_early,
+            idle_timeout: Self::http_upstream(ctx)
+                .map_or(Duration::from_secs(60), |u| u.config.timeouts.read),
+            slot: ctx.slot.take(),
+            route: ctx
+                .route
+                .as_ref()
+                .map(|r| r.config.id.to_string())
+                .unwrap_or_default(),
+        };
+        tokio::spawn(tunnel.run());
+        Ok(true)
+    }
+
+    /// Sends an upgrade request to a node (retrying connect failures on other nodes as the
+    /// upstream's `retries` allow) and reads its answer.
+    async fn open_upgrade(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> pingora::Result<(HttpSession, ResponseHeader)> {
+        loop {
+            let peer = self.upstream_peer(session, ctx).await?;
+            let mut req = session.req_header().clone();
+            for hop_by_hop in ["keep-alive", "proxy-connection", "te", "trailer"] {
+                req.remove_header(hop_by_hop);
+            }
+            self.upstream_request_filter(session, &mut req, ctx).await?;
+            let mut node = match self.upgrades.connect(&peer).await {
+                Ok(node) => node,
+                Err(e) => {
+                    let e = self.fail_to_connect(session, &peer, ctx, e.into_up());
+                    if e.retry() {
+                        continue;
+                    }
+                    return Err(e);
+                }
+            };
+            let answer = crate::tunnel::exchange(&mut node, req)
+                .await
+                .map_err(|e| e.into_up())?;
+            return Ok((node, answer));
+        }
     }
 
     fn http_upstream(ctx: &RequestCtx) -> Option<&Arc<HttpUpstream>> {
@@ -463,6 +553,9 @@ impl ProxyHttp for Gateway {
             }
         }
         match &route.target {
+            Target::Http(_) if crate::tunnel::relays(session.req_header()) => {
+                self.relay_upgrade(session, ctx).await
+            }
             Target::Http(_) => Ok(false),
             Target::Kafka(cluster) => {
                 let settings = ctx.kafka.clone().unwrap_or_default();

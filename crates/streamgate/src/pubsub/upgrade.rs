@@ -2,16 +2,11 @@
 //!
 //! Pingora's `is_upgrade_req` only checks that an `Upgrade` header exists, so the handshake is
 //! validated here (RFC 6455 §4.2.1). After the 101 the TCP stream is taken out of Pingora's
-//! session, so that `request_filter` can return at once and Pingora frees its per-request state:
-//! an idle session then costs a few KiB instead of the whole request context.
+//! session ([`crate::detach`]).
 
-use bytes::BytesMut;
-use futures_util::FutureExt;
 use pingora::http::ResponseHeader;
-use pingora::protocols::http::ServerSession;
 use pingora::protocols::Stream;
 use pingora::proxy::Session;
-use std::io::Cursor;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
 /// Whether a browser page at the request's `Origin` may open this WebSocket. Browsers always send
@@ -74,35 +69,5 @@ pub async fn accept_and_detach(session: &mut Session) -> pingora::Result<(Stream
     resp.insert_header("connection", "Upgrade")?;
     resp.insert_header("sec-websocket-accept", key)?;
     session.write_response_header(Box::new(resp), false).await?;
-
-    // Bytes Pingora read past the headers; the read is cancel-safe, so stop at the first
-    // read that would wait.
-    let mut early = BytesMut::new();
-    while let Some(Ok(Some(chunk))) = session.read_request_body().now_or_never() {
-        early.extend_from_slice(&chunk);
-    }
-
-    // Leave Pingora a finished stand-in session so its logging phase still sees the request.
-    let mut placeholder = ServerSession::new_http1(Box::new(Cursor::new(request_line(session))));
-    placeholder.read_request().await?;
-    let original = std::mem::replace(session.as_downstream_mut(), placeholder);
-    match original {
-        ServerSession::H1(h1) => Ok((h1.into_inner(), early.to_vec())),
-        _ => Err(pingora::Error::explain(
-            pingora::ErrorType::InternalError,
-            "WebSocket upgrade on a connection that is not HTTP/1.1",
-        )),
-    }
-}
-
-fn request_line(session: &Session) -> Vec<u8> {
-    let req = session.req_header();
-    let mut raw = format!("{} {} HTTP/1.1\r\n", req.method, req.uri).into_bytes();
-    if let Some(host) = req.headers.get("host") {
-        raw.extend_from_slice(b"host: ");
-        raw.extend_from_slice(host.as_bytes());
-        raw.extend_from_slice(b"\r\n");
-    }
-    raw.extend_from_slice(b"\r\n");
-    raw
+    crate::detach::detach(session).await
 }

@@ -1,0 +1,280 @@
+//! Upgraded connections (WebSocket and other HTTP/1.1 `Upgrade` protocols) to HTTP upstreams.
+//!
+//! ```text
+//! request_filter ── upgrade request, no body? ──no──▶ Pingora proxies it
+//!        │ yes
+//!        ▼
+//!  pick a node (retries skip nodes tried), forwarding headers, plugins' before_proxy
+//!        ▼
+//!  send the request on a fresh connection, read the answer
+//!        │ 101                          │ anything else
+//!        ▼                              ▼
+//!  101 to the client, detach both   the answer and its body to the client
+//!  connections, relay bytes in a
+//!  task until either side closes
+//!  or both are idle for `timeouts.read`
+//! ```
+//!
+//! Why not Pingora's own upgrade path: Pingora 0.9 ends the tunnel right after the 101 when the
+//! upstream's answer is read before the request's own (empty) body is passed on
+//! (cloudflare/pingora#946), so a fast upstream sometimes gets a WebSocket that closes at once.
+//! Relaying here also frees Pingora's per-request state, as pub/sub sessions do.
+
+use crate::limits::Slot;
+use futures_util::FutureExt;
+use pingora::connectors::http::v1::Connector;
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::prelude::HttpPeer;
+use pingora::protocols::http::v1::client::HttpSession;
+use pingora::protocols::Stream;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+
+/// Buffer size of each relay direction.
+const RELAY_BUFFER: usize = 8 * 1024;
+
+/// Whether the gateway relays this request itself: an HTTP/1.1 upgrade request (by Pingora's
+/// own test) that declares no body.
+pub fn relays(req: &RequestHeader) -> bool {
+    let upgrade = req.version == http::Version::HTTP_11 && req.headers.contains_key("upgrade");
+    let no_body = !req.headers.contains_key(http::header::TRANSFER_ENCODING)
+        && req
+            .headers
+            .get(http::header::CONTENT_LENGTH)
+            .is_none_or(|v| v.as_bytes() == b"0");
+    upgrade && no_body
+}
+
+/// Connections to upstream nodes for upgrade requests: always fresh, never pooled.
+pub struct Upgrades {
+    connector: Connector,
+}
+
+impl std::fmt::Debug for Upgrades {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Upgrades").finish_non_exhaustive()
+    }
+}
+
+impl Default for Upgrades {
+    fn default() -> Self {
+        Self {
+            connector: Connector::new(None),
+        }
+    }
+}
+
+impl Upgrades {
+    /// A new connection to `peer`, with its TLS and timeout settings.
+    pub async fn connect(&self, peer: &HttpPeer) -> pingora::Result<HttpSession> {
+        let (session, _reused) = self.connector.get_http_session(peer).await?;
+        Ok(session)
+    }
+}
+
+/// Sends `req` and reads the node's final answer (informational answers other than 101 are
+/// skipped).
+pub async fn exchange(
+    upstream: &mut HttpSession,
+    req: RequestHeader,
+) -> pingora::Result<ResponseHeader> {
+    upstream.write_request_header(Box::new(req)).await?;
+    loop {
+        upstream.read_response().await?;
+        let status = upstream.get_status().map_or(0, |s| s.as_u16());
+        if status == 101 || status >= 200 {
+            break;
+        }
+    }
+    upstream.resp_header().cloned().ok_or_else(|| {
+        pingora::Error::explain(pingora::ErrorType::InvalidHTTPHeader, "no response header")
+    })
+}
+
+/// What the node sent after its 101 that was already read with the header.
+pub fn early_bytes(upstream: &mut HttpSession) -> Vec<u8> {
+    let mut early = Vec::new();
+    // The read is cancel-safe: stop at the first one that would wait.
+    while let Some(Ok(Some(chunk))) = upstream.read_body_bytes().now_or_never() {
+        early.extend_from_slice(&chunk);
+    }
+    early
+}
+
+/// One upgraded connection, ready to relay.
+#[derive(Debug)]
+pub struct Tunnel {
+    /// The client's connection, detached from Pingora.
+    pub client: Stream,
+    /// Bytes the client sent after its request, already read.
+    pub client_early: Vec<u8>,
+    /// The node's connection, after its 101.
+    pub node: Stream,
+    /// Bytes the node sent after its 101, already read.
+    pub node_early: Vec<u8>,
+    /// Closes the tunnel when neither side sent a byte for this long.
+    pub idle_timeout: Duration,
+    /// The request's place in the connection limits, held until the tunnel closes.
+    pub slot: Option<Slot>,
+    /// For log lines.
+    pub route: String,
+}
+
+impl Tunnel {
+    /// Relays bytes both ways until either side closes, a write fails, or the tunnel is idle.
+    pub async fn run(self) {
+        let Tunnel {
+            client,
+            client_early,
+            node,
+            node_early,
+            idle_timeout,
+            slot,
+            route,
+        } = self;
+        let gauge = &crate::metrics::metrics().tunnels;
+        gauge.inc();
+        let epoch = Instant::now();
+        let last_read = AtomicU64::new(0);
+        let mut client = Stamped {
+            inner: client,
+            epoch,
+            last_read: &last_read,
+        };
+        let mut node = Stamped {
+            inner: node,
+            epoch,
+            last_read: &last_read,
+        };
+        let outcome = async {
+            if !client_early.is_empty() {
+                node.write_all(&client_early).await?;
+                node.flush().await?;
+            }
+            if !node_early.is_empty() {
+                client.write_all(&node_early).await?;
+                client.flush().await?;
+            }
+            tokio::select! {
+                moved = tokio::io::copy_bidirectional_with_sizes(
+                    &mut client, &mut node, RELAY_BUFFER, RELAY_BUFFER,
+                ) => moved.map(Some),
+                () = idle(epoch, &last_read, idle_timeout) => Ok(None),
+            }
+        }
+        .await;
+        match outcome {
+            Ok(Some((up, down))) => {
+                tracing::debug!(
+                    route,
+                    bytes_to_node = up,
+                    bytes_to_client = down,
+                    "tunnel closed"
+                )
+            }
+            Ok(None) => tracing::debug!(route, ?idle_timeout, "tunnel idle, closed"),
+            Err(e) => tracing::debug!(route, error = %e, "tunnel ended"),
+        }
+        // Close both sides (best effort), then give back the slot.
+        let _ = tokio::time::timeout(Duration::from_secs(1), async {
+            let _ = client.shutdown().await;
+            let _ = node.shutdown().await;
+        })
+        .await;
+        drop(slot);
+        gauge.dec();
+    }
+}
+
+/// Resolves once nothing was read from either side for `timeout`.
+async fn idle(epoch: Instant, last_read: &AtomicU64, timeout: Duration) {
+    loop {
+        let last = Duration::from_millis(last_read.load(Ordering::Relaxed));
+        let quiet = epoch.elapsed().saturating_sub(last);
+        if quiet >= timeout {
+            return;
+        }
+        tokio::time::sleep(timeout - quiet).await;
+    }
+}
+
+/// A stream that notes when it last delivered bytes.
+struct Stamped<'a> {
+    inner: Stream,
+    epoch: Instant,
+    last_read: &'a AtomicU64,
+}
+
+impl AsyncRead for Stamped<'_> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            let now = self.epoch.elapsed().as_millis() as u64;
+            self.last_read.store(now, Ordering::Relaxed);
+        }
+        polled
+    }
+}
+
+impl AsyncWrite for Stamped<'_> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(headers: &[(&str, &str)]) -> RequestHeader {
+        let mut req = RequestHeader::build("GET", b"/ws", None).expect("request");
+        for (k, v) in headers {
+            req.append_header(k.to_string(), *v).expect("header");
+        }
+        req
+    }
+
+    #[test]
+    fn only_bodiless_http11_upgrades_are_relayed() {
+        assert!(relays(&request(&[
+            ("upgrade", "websocket"),
+            ("connection", "Upgrade")
+        ])));
+        assert!(relays(&request(&[
+            ("upgrade", "websocket"),
+            ("content-length", "0")
+        ])));
+        assert!(!relays(&request(&[("connection", "keep-alive")])));
+        assert!(!relays(&request(&[
+            ("upgrade", "websocket"),
+            ("content-length", "5")
+        ])));
+        assert!(!relays(&request(&[
+            ("upgrade", "websocket"),
+            ("transfer-encoding", "chunked")
+        ])));
+        let mut http10 = request(&[("upgrade", "websocket")]);
+        http10.set_version(http::Version::HTTP_10);
+        assert!(!relays(&http10));
+    }
+}
