@@ -48,15 +48,27 @@ enum Cmd {
         #[arg(long)]
         port: u16,
     },
+    /// Pingora's HTTP proxy with nothing of the gateway's: every request to one node, one
+    /// worker thread. Scenario 5's middle baseline, between nginx and the gateway.
+    BarePingora {
+        #[arg(long)]
+        listen: SocketAddr,
+        #[arg(long)]
+        node: SocketAddr,
+    },
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let cli = Cli::parse();
-    if let Some(Cmd::EchoServer { port }) = cli.command {
-        return tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?
-            .block_on(echo_server(port));
+    match cli.command {
+        Some(Cmd::EchoServer { port }) => {
+            return tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?
+                .block_on(echo_server(port));
+        }
+        Some(Cmd::BarePingora { listen, node }) => bare_pingora(listen, node),
+        None => {}
     }
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -758,18 +770,64 @@ async fn connection_cost(
 // ---------------------------------------------------------------------------------------------
 // 5. HTTP proxying vs nginx
 
-struct Nginx {
+/// A `ProxyHttp` that only picks the one node: what Pingora costs before any gateway code.
+struct BareProxy {
+    node: SocketAddr,
+}
+
+#[async_trait::async_trait]
+impl pingora::proxy::ProxyHttp for BareProxy {
+    type CTX = ();
+
+    fn new_ctx(&self) {}
+
+    async fn upstream_peer(
+        &self,
+        _session: &mut pingora::proxy::Session,
+        _ctx: &mut (),
+    ) -> pingora::Result<Box<pingora::upstreams::peer::HttpPeer>> {
+        Ok(Box::new(pingora::upstreams::peer::HttpPeer::new(
+            self.node,
+            false,
+            String::new(),
+        )))
+    }
+}
+
+/// Serves [`BareProxy`] until killed.
+fn bare_pingora(listen: SocketAddr, node: SocketAddr) -> ! {
+    let conf = pingora::server::configuration::ServerConf {
+        threads: 1,
+        ..Default::default()
+    };
+    let mut server = pingora::server::Server::new_with_opt_and_conf(
+        pingora::server::configuration::Opt::default(),
+        conf,
+    );
+    server.bootstrap();
+    let mut proxy = pingora::proxy::http_proxy_service(&server.configuration, BareProxy { node });
+    proxy.add_tcp(&listen.to_string());
+    server.add_service(proxy);
+    server.run_forever()
+}
+
+/// A child process, killed when dropped (also on an early return).
+struct Running {
     child: std::process::Child,
 }
 
-impl Drop for Nginx {
+impl Drop for Running {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
 }
 
-fn nginx(dir: &Path, name: &str, server_block: &str) -> Result<Nginx, Box<dyn std::error::Error>> {
+fn nginx(
+    dir: &Path,
+    name: &str,
+    server_block: &str,
+) -> Result<Running, Box<dyn std::error::Error>> {
     let conf = dir.join(format!("{name}.conf"));
     std::fs::create_dir_all(dir.join(format!("{name}-tmp")))?;
     std::fs::write(
@@ -790,7 +848,7 @@ fn nginx(dir: &Path, name: &str, server_block: &str) -> Result<Nginx, Box<dyn st
         .stderr(Stdio::null())
         .spawn()
         .map_err(|e| format!("nginx: {e} (apt-get install nginx)"))?;
-    Ok(Nginx { child })
+    Ok(Running { child })
 }
 
 /// Runs wrk against `url`; returns (requests/s, p50 ms, p99 ms).
@@ -865,6 +923,19 @@ async fn http_proxying(
             "upstream origin {{ server 127.0.0.1:{origin_port}; keepalive 64; }}\n  server {{ listen 127.0.0.1:{nginx_port}; location / {{ proxy_pass http://origin; proxy_http_version 1.1; proxy_set_header Connection \"\"; proxy_buffering on; }} }}"
         ),
     )?;
+    let bare_addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let bare = Command::new(std::env::current_exe()?)
+        .args([
+            "bare-pingora",
+            "--listen",
+            &bare_addr.to_string(),
+            "--node",
+            &format!("127.0.0.1:{origin_port}"),
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let bare = Running { child: bare };
     let gw_addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
     let config = format!(
         "[server]\nlisten = [\"{gw_addr}\"]\nthreads = 1\n\n[[upstreams]]\nid = \"origin\"\nnodes = {{ \"127.0.0.1:{origin_port}\" = 1 }}\n\n[[routes]]\nid = \"all\"\nuri = \"/*\"\nupstream_id = \"origin\"\n"
@@ -881,13 +952,19 @@ async fn http_proxying(
         Duration::from_secs(5),
     )
     .await?;
+    streamgate_testkit::wait_for_port(bare_addr, Duration::from_secs(5)).await?;
     // Proxies on core 0; origin and wrk on core 1.
     pin(gw.pid(), "0");
+    pin(bare.child.id(), "0");
     pin(proxy.child.id(), "0");
     pin(origin.child.id(), "1");
     let seconds = ((5.0 * cli.scale) as u64).max(2);
     for file in ["1k", "1m"] {
-        let (mut g, mut n) = ((vec![], vec![], vec![]), (vec![], vec![], vec![]));
+        let (mut g, mut n, mut b) = (
+            (vec![], vec![], vec![]),
+            (vec![], vec![], vec![]),
+            (vec![], vec![], vec![]),
+        );
         for rep in 0..cli.reps {
             progress(&format!("5: {file}, repetition {}", rep + 1));
             let (r, p50, p99) = wrk(&format!("http://{gw_addr}/{file}"), seconds)?;
@@ -898,33 +975,40 @@ async fn http_proxying(
             n.0.push(r);
             n.1.push(p50);
             n.2.push(p99);
+            let (r, p50, p99) = wrk(&format!("http://{bare_addr}/{file}"), seconds)?;
+            b.0.push(r);
+            b.1.push(p50);
+            b.2.push(p99);
         }
         let name = format!("5. HTTP {file} responses, 50 conn.");
-        let (a, b) = (stat(&g.0), stat(&n.0));
-        report.row(
-            &name,
-            "requests/s (vs nginx)",
-            fmt(a, 0),
-            fmt(b, 0),
-            format!("{:.0} %", a.median / b.median * 100.0),
-        );
-        let (a, b) = (stat(&g.1), stat(&n.1));
-        report.row(
-            &name,
-            "p50 ms",
-            fmt(a, 2),
-            fmt(b, 2),
-            format!("{:.2}×", a.median / b.median),
-        );
-        let (a, b) = (stat(&g.2), stat(&n.2));
-        report.row(
-            &name,
-            "p99 ms",
-            fmt(a, 2),
-            fmt(b, 2),
-            format!("{:.2}×", a.median / b.median),
-        );
+        for (baseline, base) in [("nginx", &n), ("bare Pingora", &b)] {
+            let (x, y) = (stat(&g.0), stat(&base.0));
+            report.row(
+                &name,
+                &format!("requests/s (vs {baseline})"),
+                fmt(x, 0),
+                fmt(y, 0),
+                format!("{:.0} %", x.median / y.median * 100.0),
+            );
+            let (x, y) = (stat(&g.1), stat(&base.1));
+            report.row(
+                &name,
+                &format!("p50 ms (vs {baseline})"),
+                fmt(x, 2),
+                fmt(y, 2),
+                format!("{:.2}×", x.median / y.median),
+            );
+            let (x, y) = (stat(&g.2), stat(&base.2));
+            report.row(
+                &name,
+                &format!("p99 ms (vs {baseline})"),
+                fmt(x, 2),
+                fmt(y, 2),
+                format!("{:.2}×", x.median / y.median),
+            );
+        }
     }
+    drop(bare);
     drop(proxy);
     drop(origin);
     let _ = std::fs::remove_dir_all(&dir);
