@@ -641,3 +641,37 @@ async fn dot_segments_are_refused() {
     }
     assert_eq!(u.hits(), 0, "nothing reached the upstream");
 }
+
+#[tokio::test]
+async fn sigterm_with_relayed_websockets_open_exits_and_closes_them() {
+    use tokio_tungstenite::tungstenite::Message;
+    let u = Upstream::start("ws").await;
+    let mut gw = start(
+        &[
+            upstream_toml("ws", &[(node(&u), 1)], ""),
+            route_toml("r", "/*", "ws", ""),
+        ]
+        .concat(),
+    )
+    .await;
+    let (mut ws, _) = tokio_tungstenite::connect_async(gw.ws_url("/echo"))
+        .await
+        .unwrap();
+    ws.send(Message::text("before")).await.unwrap();
+    assert!(matches!(ws.next().await, Some(Ok(Message::Text(_)))));
+    gw.signal("TERM");
+    // grace_period_seconds = 1 and graceful_shutdown_timeout_seconds = 1 in these tests.
+    assert_eq!(
+        gw.wait_exit(Duration::from_secs(10)).await,
+        Some(0),
+        "a clean exit with a tunnel open:\n{}",
+        gw.log()
+    );
+    let end = tokio::time::timeout(Duration::from_secs(5), ws.next())
+        .await
+        .expect("the client learns the connection is gone");
+    assert!(
+        !matches!(end, Some(Ok(Message::Text(_)) | Ok(Message::Binary(_)))),
+        "{end:?}"
+    );
+}
