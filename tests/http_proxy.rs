@@ -599,7 +599,11 @@ async fn upgrade_requests_retry_a_dead_node_and_idle_tunnels_close() {
     let (mut ws, _) = tokio_tungstenite::connect_async(gw.ws_url("/ws/echo"))
         .await
         .unwrap();
-    assert_eq!(tunnels_open(admin, 1).await, 1, "the gauge counts it");
+    assert_eq!(
+        settled(admin, "streamgate_tunnels", 1.0).await,
+        1.0,
+        "the gauge counts it"
+    );
     for _ in 0..4 {
         tokio::time::sleep(Duration::from_millis(400)).await;
         ws.send(Message::text("still here")).await.unwrap();
@@ -618,32 +622,7 @@ async fn upgrade_requests_retry_a_dead_node_and_idle_tunnels_close() {
         idle >= Duration::from_millis(800) && idle < Duration::from_secs(3),
         "closed after {idle:?} of silence, expected about 1 s"
     );
-    assert_eq!(tunnels_open(admin, 0).await, 0);
-}
-
-/// `streamgate_tunnels` from the admin listener, once it reads `want` (or after 3 s).
-async fn tunnels_open(admin: SocketAddr, want: u64) -> u64 {
-    let mut value = u64::MAX;
-    for _ in 0..30 {
-        let text = client()
-            .get(format!("http://{admin}/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        value = text
-            .lines()
-            .find_map(|l| l.strip_prefix("streamgate_tunnels "))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(u64::MAX);
-        if value == want {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    value
+    assert_eq!(settled(admin, "streamgate_tunnels", 0.0).await, 0.0);
 }
 
 #[tokio::test]

@@ -40,35 +40,6 @@ async fn gateway(
     (GatewayProcess::start(binary(), &config, addr).await, admin)
 }
 
-/// The value of one sample (`name{labels}` exactly as exposed), 0 when absent.
-async fn metric(admin: SocketAddr, sample: &str) -> f64 {
-    let text = http()
-        .get(format!("http://{admin}/metrics"))
-        .send()
-        .await
-        .expect("GET /metrics")
-        .text()
-        .await
-        .expect("metrics body");
-    text.lines()
-        .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' '))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0.0)
-}
-
-/// Waits (up to 3 s) for a sample to reach `want`: a request is counted when its access log line
-/// is written, just after the client has its answer. Returns the last value seen.
-async fn settled(admin: SocketAddr, sample: &str, want: f64) -> f64 {
-    let deadline = Instant::now() + Duration::from_secs(3);
-    loop {
-        let value = metric(admin, sample).await;
-        if value == want || Instant::now() > deadline {
-            return value;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 #[tokio::test]
 async fn metrics_follow_http_and_pubsub_traffic() {
     let broker = Broker::start().await;

@@ -82,3 +82,32 @@ pub async fn get_json(url: &str) -> serde_json::Value {
         .await
         .unwrap_or_else(|e| panic!("GET {url}: not JSON: {e}"))
 }
+
+/// The value of one sample (`name{labels}` exactly as exposed), 0 when absent.
+pub async fn metric(admin: SocketAddr, sample: &str) -> f64 {
+    let text = http()
+        .get(format!("http://{admin}/metrics"))
+        .send()
+        .await
+        .expect("GET /metrics")
+        .text()
+        .await
+        .expect("metrics body");
+    text.lines()
+        .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// Waits (up to 3 s) for a sample to reach `want`: a request is counted when its access log line
+/// is written, just after the client has its answer. Returns the last value seen.
+pub async fn settled(admin: SocketAddr, sample: &str, want: f64) -> f64 {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+    loop {
+        let value = metric(admin, sample).await;
+        if value == want || std::time::Instant::now() > deadline {
+            return value;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
