@@ -1,5 +1,6 @@
 //! The `cors` plugin through the real gateway: preflights answered before authentication and
-//! without the upstream, allowed origins get the headers, others do not.
+//! without the upstream, allowed origins get the headers, others do not, and an origin the list
+//! leaves out cannot open a WebSocket.
 
 mod common;
 
@@ -140,4 +141,54 @@ async fn answers_carry_cors_headers_for_allowed_origins_only() {
         .headers()
         .get("access-control-allow-origin")
         .is_none());
+}
+
+/// Opens a WebSocket with the given headers: the handshake status (101 when it opened) and,
+/// when it opened, whether a message came back.
+async fn websocket(gw: &GatewayProcess, path: &str, headers: &[(&str, &str)]) -> (u16, bool) {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::{client::IntoClientRequest, Error, Message};
+    let mut request = gw.ws_url(path).into_client_request().unwrap();
+    for (name, value) in headers {
+        let name = tokio_tungstenite::tungstenite::http::HeaderName::from_bytes(name.as_bytes());
+        request
+            .headers_mut()
+            .insert(name.unwrap(), value.parse().unwrap());
+    }
+    match tokio_tungstenite::connect_async(request).await {
+        Ok((mut ws, resp)) => {
+            ws.send(Message::text("hello")).await.unwrap();
+            let echoed = matches!(ws.next().await, Some(Ok(Message::Text(_))));
+            (resp.status().as_u16(), echoed)
+        }
+        Err(Error::Http(resp)) => (resp.status().as_u16(), false),
+        Err(e) => panic!("handshake failed: {e}"),
+    }
+}
+
+#[tokio::test]
+async fn listed_origins_also_guard_websocket_upgrades() {
+    let web = Upstream::start("web").await;
+    let gw = gateway(&web).await;
+    let key = ("apikey", "page-key-0123456789");
+    // Browsers apply no CORS to WebSockets: an unlisted origin is refused before auth and
+    // before the node, even with a valid key (a page riding on the user's credentials).
+    assert_eq!(
+        websocket(&gw, "/api/ws", &[("origin", "https://evil.example"), key]).await,
+        (403, false)
+    );
+    assert_eq!(web.hits(), 0, "the node never saw the handshake");
+    assert_eq!(
+        websocket(&gw, "/api/ws", &[("origin", APP), key]).await,
+        (101, true)
+    );
+    // Non-browser clients send no Origin.
+    assert_eq!(websocket(&gw, "/api/ws", &[key]).await, (101, true));
+    // The unlisted origin still needs the key.
+    assert_eq!(websocket(&gw, "/api/ws", &[("origin", APP)]).await.0, 401);
+    // A route that allows any origin lets every page open one.
+    assert_eq!(
+        websocket(&gw, "/open/ws", &[("origin", "https://evil.example")]).await,
+        (101, true)
+    );
 }

@@ -7,6 +7,11 @@
 //! (and the exposed headers) on every answer: the upstream's, and the gateway's own refusals (a
 //! page can then read why a later plugin said 401 or 429). A disallowed origin gets no CORS
 //! headers, so the browser keeps the answer from the page.
+//!
+//! Browsers apply no CORS to WebSockets: a page on any site may open one, with the user's
+//! cookies. So when `allow_origins` lists origins, a WebSocket (any `Upgrade`) handshake from
+//! another origin is refused here with 403, before the node sees it (cross-site WebSocket
+//! hijacking). Handshakes without `Origin` (non-browser clients) are not affected.
 
 use super::Plugin;
 use crate::proxy::{respond_refusal, RequestCtx};
@@ -109,6 +114,14 @@ impl CorsPlugin {
         headers
     }
 
+    /// A WebSocket (or other upgrade) handshake from a browser origin the list leaves out.
+    fn is_foreign_websocket(&self, req: &RequestHeader) -> bool {
+        self.settings.allow_origins.is_some()
+            && req.headers.contains_key(header::UPGRADE)
+            && req.headers.contains_key(header::ORIGIN)
+            && self.allow_origin(req).is_none()
+    }
+
     fn is_preflight(req: &RequestHeader) -> bool {
         req.method == http::Method::OPTIONS
             && req.headers.contains_key(header::ORIGIN)
@@ -127,6 +140,15 @@ impl Plugin for CorsPlugin {
     async fn access(&self, session: &mut Session, ctx: &mut RequestCtx) -> pingora::Result<bool> {
         let req = session.req_header();
         if !Self::is_preflight(req) {
+            if self.is_foreign_websocket(req) {
+                refuse(
+                    session,
+                    ctx,
+                    "this origin may not open a WebSocket on this route",
+                )
+                .await?;
+                return Ok(true);
+            }
             ctx.answer_headers = self.answer_headers(req);
             return Ok(false);
         }
@@ -136,15 +158,7 @@ impl Plugin for CorsPlugin {
             Some(_) => self.preflight_problem(req),
         };
         if let Some(why) = refusal {
-            ctx.status = Some(403);
-            respond_refusal(
-                session,
-                ctx,
-                403,
-                &format!("403 Forbidden (CORS): {why}"),
-                None,
-            )
-            .await?;
+            refuse(session, ctx, &why).await?;
             return Ok(true);
         }
         let origin = origin.unwrap_or_else(|| "*".into());
@@ -195,4 +209,17 @@ impl Plugin for CorsPlugin {
         }
         Ok(())
     }
+}
+
+/// Answers 403 with the reason.
+async fn refuse(session: &mut Session, ctx: &mut RequestCtx, why: &str) -> pingora::Result<()> {
+    ctx.status = Some(403);
+    respond_refusal(
+        session,
+        ctx,
+        403,
+        &format!("403 Forbidden (CORS): {why}"),
+        None,
+    )
+    .await
 }
