@@ -36,10 +36,10 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 /// Buffer size of each relay direction.
 const RELAY_BUFFER: usize = 8 * 1024;
 
-/// Whether the gateway relays this request itself: an HTTP/1.1 upgrade request (by Pingora's
-/// own test) that declares no body.
+/// Whether the gateway relays this request itself: an upgrade request by Pingora's own test
+/// (so nothing Pingora would treat as one reaches its upgrade path) that declares no body.
 pub fn relays(req: &RequestHeader) -> bool {
-    let upgrade = req.version == http::Version::HTTP_11 && req.headers.contains_key("upgrade");
+    let upgrade = pingora::protocols::http::v1::common::is_upgrade_req(req);
     let no_body = !req.headers.contains_key(http::header::TRANSFER_ENCODING)
         && req
             .headers
