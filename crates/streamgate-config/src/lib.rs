@@ -4,8 +4,9 @@
 //!
 //! 1. `toml` (private): the external shape, exactly as users write it. Unknown keys are errors and
 //!    `${NAME}` in a string is taken from the environment.
-//! 2. [`model`]: the checked model the gateway runs on. Defaults are filled in, ranges and cross
-//!    references are checked, and every problem is collected.
+//! 2. [`model`]: the checked model the gateway runs on, built by `check` (private, one file per
+//!    section): defaults are filled in, ranges and cross references are checked, and every
+//!    problem is collected.
 //!
 //! [`load`] and [`parse`] run both steps; a [`ConfigError`] lists every problem with its file, line,
 //! key path and a fix. Nothing here panics on any input.
@@ -17,6 +18,7 @@
 )]
 #![warn(missing_debug_implementations, clippy::clone_on_ref_ptr)]
 
+mod check;
 mod error;
 pub mod model;
 mod toml;
@@ -47,7 +49,7 @@ pub fn load(path: impl AsRef<std::path::Path>) -> Result<Config, ConfigError> {
 /// Checks configuration `text`; `file_name` is used in error messages.
 pub fn parse(text: &str, file_name: &str) -> Result<Config, ConfigError> {
     let file: toml::File = deserialize(text, file_name, "")?;
-    model::build(file, text).map_err(|problems| ConfigError {
+    check::build(file, text).map_err(|problems| ConfigError {
         file: file_name.to_string(),
         problems,
     })
@@ -58,8 +60,8 @@ pub fn parse(text: &str, file_name: &str) -> Result<Config, ConfigError> {
 pub fn check_kafka_proxy(text: &str) -> Result<model::KafkaProxy, ConfigError> {
     const NAME: &str = "kafka-proxy";
     let table: toml::KafkaProxyToml = deserialize(text, NAME, "")?;
-    let mut checker = model::Checker::new(text);
-    let built = model::build_kafka_proxy(&mut checker, None, "", table);
+    let mut checker = check::Checker::new(text);
+    let built = check::build_kafka_proxy(&mut checker, None, "", table);
     match built {
         Some(k) if checker.problems.is_empty() => Ok(k),
         _ => Err(ConfigError {

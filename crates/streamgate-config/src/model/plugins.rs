@@ -1,0 +1,178 @@
+//! The settings of each route plugin (`[routes.plugins.NAME]`), `kafka-proxy` included.
+
+use std::fmt;
+use std::time::Duration;
+
+/// `[routes.plugins.cors]`: Cross-Origin Resource Sharing for browsers calling an HTTP route.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cors {
+    /// Allowed origins (`scheme://host[:port]`, lower case); `None` = any (`*`).
+    pub allow_origins: Option<Vec<String>>,
+    /// Methods a preflight may ask for (upper case).
+    pub allow_methods: Vec<String>,
+    /// Request headers a preflight may ask for (lower case); `None` = whatever it asks.
+    pub allow_headers: Option<Vec<String>>,
+    /// Response headers the page may read.
+    pub expose_headers: Vec<String>,
+    /// How long a browser may cache a preflight answer.
+    pub max_age_seconds: u32,
+    /// Whether the page may send cookies and read the answer with them.
+    pub allow_credentials: bool,
+}
+
+/// `[routes.plugins.limit-req]`: a token bucket per key; requests beyond it are refused with
+/// `Retry-After`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LimitReq {
+    /// Sustained requests per second.
+    pub rate: f64,
+    /// Requests allowed at once (the bucket's size, at least 1).
+    pub burst: f64,
+    /// Whose requests share a bucket.
+    pub key: LimitKey,
+    /// The status of a refused request (429 unless set).
+    pub rejected_code: u16,
+}
+
+/// What a `limit-req` bucket is kept per.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LimitKey {
+    /// The client's IP address.
+    RemoteAddr,
+    /// The consumer an auth plugin recognised (the IP address for anonymous callers).
+    Consumer,
+    /// One bucket for the whole route.
+    Route,
+}
+
+/// `[routes.plugins.jwt-auth]`: where callers put their token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JwtAuth {
+    /// Request header (`Authorization: Bearer <token>` or the bare token).
+    pub header: String,
+    /// Query parameter (for browsers' WebSocket handshakes).
+    pub query: String,
+    /// Cookie name.
+    pub cookie: String,
+}
+
+/// `[routes.plugins.key-auth]`: where callers put a consumer's key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyAuth {
+    /// Request header holding the key (lower case).
+    pub header: String,
+    /// Query parameter holding the key (browsers cannot set WebSocket headers).
+    pub query: String,
+    /// Remove the key from the request before it goes upstream.
+    pub hide_credentials: bool,
+}
+
+/// `[routes.plugins.kafka-proxy]`: per-route Kafka settings of a pub/sub route.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KafkaProxy {
+    /// SASL credentials for the brokers.
+    pub sasl: Option<Sasl>,
+    /// Allow-list; `None` = every topic.
+    pub topics: Option<Vec<TopicPattern>>,
+    /// Largest WebSocket message in either direction.
+    pub max_frame_bytes: usize,
+    /// Most record bytes one fetch asks the broker for.
+    pub fetch_max_bytes: usize,
+    /// Longest a fetch at the end of the log waits for records.
+    pub fetch_max_wait: Duration,
+    /// Longest a Kafka operation (connect, request, retries) may take.
+    pub socket_timeout: Duration,
+    /// Kafka commands that may run at once on one connection.
+    pub max_in_flight: usize,
+    /// Browser origins allowed to open the WebSocket (`scheme://host[:port]`, lower case);
+    /// `None` = any. Handshakes without an `Origin` header (non-browser clients) are not affected.
+    pub allowed_origins: Option<Vec<String>>,
+    /// Frames a session may send per second (burst: as many at once); 0 = no limit.
+    pub max_commands_per_second: u32,
+    /// A session that sends nothing (not even a pong to the gateway's ping) this long is closed.
+    pub idle_timeout: Duration,
+    /// Sessions are closed (1001, reconnect) after this long; `None` = never.
+    pub max_session: Option<Duration>,
+    /// A client that does not take an answer within this long is disconnected (slow reader).
+    pub send_timeout: Duration,
+}
+
+impl Default for KafkaProxy {
+    fn default() -> Self {
+        Self {
+            sasl: None,
+            topics: None,
+            max_frame_bytes: 1 << 20,
+            fetch_max_bytes: 1 << 20,
+            fetch_max_wait: Duration::from_millis(500),
+            socket_timeout: Duration::from_secs(5),
+            max_in_flight: 16,
+            allowed_origins: None,
+            max_commands_per_second: 1_000,
+            idle_timeout: Duration::from_secs(60),
+            max_session: Some(Duration::from_secs(24 * 3600)),
+            send_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+impl KafkaProxy {
+    /// Whether the allow-list lets clients read `topic`.
+    pub fn allows(&self, topic: &str) -> bool {
+        match &self.topics {
+            None => true,
+            Some(patterns) => patterns.iter().any(|p| p.matches(topic)),
+        }
+    }
+}
+
+/// An allow-list entry: an exact topic name or a `prefix*`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TopicPattern {
+    /// This topic only.
+    Exact(String),
+    /// Topics starting with this text.
+    Prefix(String),
+}
+
+impl TopicPattern {
+    /// Whether `topic` is covered.
+    pub fn matches(&self, topic: &str) -> bool {
+        match self {
+            TopicPattern::Exact(t) => t == topic,
+            TopicPattern::Prefix(p) => topic.starts_with(p.as_str()),
+        }
+    }
+}
+
+/// SASL mechanism and credentials.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct Sasl {
+    /// Mechanism.
+    pub mechanism: SaslMechanism,
+    /// User name.
+    pub username: String,
+    /// Password (never printed).
+    pub password: String,
+}
+
+impl fmt::Debug for Sasl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Sasl")
+            .field("mechanism", &self.mechanism)
+            .field("username", &self.username)
+            .field("password", &"<redacted>")
+            .finish()
+    }
+}
+
+/// SASL mechanisms the gateway speaks to brokers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SaslMechanism {
+    /// PLAIN (use with TLS).
+    Plain,
+    /// SCRAM-SHA-256.
+    ScramSha256,
+    /// SCRAM-SHA-512.
+    ScramSha512,
+}

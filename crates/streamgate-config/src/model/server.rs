@@ -1,0 +1,89 @@
+//! `[server]` (listeners, process settings, `[server.limits]`) and `[admin]`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// `[server]`.
+#[derive(Debug, Clone)]
+pub struct Server {
+    /// Plain HTTP (and `ws://`) listeners.
+    pub listen: Vec<SocketAddr>,
+    /// HTTPS (and `wss://`) listeners.
+    pub tls_listen: Vec<TlsListener>,
+    /// Worker threads.
+    pub threads: usize,
+    /// How long in-flight work may finish after SIGTERM.
+    pub grace_period: Duration,
+    /// How long the final shutdown of services may take after the grace period.
+    pub graceful_shutdown_timeout: Duration,
+    /// Log line format, access log included.
+    pub log_format: LogFormat,
+    /// Pingora's per-connection read buffer on plain listeners (0 = none; saves memory per
+    /// idle WebSocket).
+    pub l4_read_buffer_bytes: usize,
+    /// The Unix socket over which a new process takes the listening sockets over from this
+    /// one (`streamgate --upgrade`, then SIGQUIT to the old process).
+    pub upgrade_sock: PathBuf,
+    /// Reload when the configuration file changes (checked every second), not only on SIGHUP.
+    pub reload_on_change: bool,
+    /// Bounds on what clients may hold at once.
+    pub limits: Limits,
+}
+
+/// `[server.limits]`: what one client, one consumer or everyone together may hold at once, so
+/// that no one caller can exhaust the gateway.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// Requests in progress plus open WebSocket sessions, all clients together.
+    pub max_connections: usize,
+    /// The same, per client IP address.
+    pub max_connections_per_ip: usize,
+    /// Open pub/sub sessions per consumer (callers an auth plugin recognised).
+    pub max_sessions_per_consumer: usize,
+    /// Request line plus headers.
+    pub max_request_header_bytes: usize,
+    /// Request body (HTTP routes).
+    pub max_request_body_bytes: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_connections: 50_000,
+            max_connections_per_ip: 1_000,
+            max_sessions_per_consumer: 1_000,
+            max_request_header_bytes: 32 * 1024,
+            max_request_body_bytes: 100 << 20,
+        }
+    }
+}
+
+/// One `[[server.tls_listen]]`.
+#[derive(Debug, Clone)]
+pub struct TlsListener {
+    /// Address to bind.
+    pub address: SocketAddr,
+    /// PEM certificate chain.
+    pub cert_file: PathBuf,
+    /// PEM private key.
+    pub key_file: PathBuf,
+    /// Offer HTTP/2 through ALPN.
+    pub http2: bool,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// `[admin]`.
+#[derive(Debug, Clone)]
+pub struct Admin {
+    /// Address of the admin listener.
+    pub listen: SocketAddr,
+}
