@@ -1,8 +1,9 @@
-//! The admin listener: liveness and readiness for load balancers and orchestrators.
+//! The admin listener: metrics, liveness and readiness for load balancers and orchestrators.
 //!
-//! Bound only where `[admin] listen` says (loopback in the shipped config). `/healthz` answers
-//! 200 while the process runs; `/readyz` answers 200 once the configuration is loaded and the
-//! listeners are up, which is the case whenever this service runs.
+//! Bound only where `[admin] listen` says (loopback in the shipped config). `/metrics` is the
+//! Prometheus text exposition ([`crate::metrics`]); `/healthz` answers 200 while the process
+//! runs; `/readyz` answers 200 once the configuration is loaded and the listeners are up, which
+//! is the case whenever this service runs. Anything else is a 404 naming the three.
 
 use crate::pubsub::PubSub;
 use async_trait::async_trait;
@@ -11,10 +12,10 @@ use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
 use std::sync::Arc;
 
-/// Serves `/healthz` and `/readyz`.
+/// Serves `/metrics`, `/healthz` and `/readyz`.
 #[derive(Debug)]
-pub struct AdminApp {
-    /// For the session count in `/readyz`.
+pub(crate) struct AdminApp {
+    /// For the session and client counts.
     pub pubsub: Arc<PubSub>,
 }
 
@@ -26,7 +27,8 @@ impl ServeHttp for AdminApp {
             "/metrics" => {
                 let m = crate::metrics::metrics();
                 m.pubsub_sessions.set(self.pubsub.active_sessions() as i64);
-                m.kafka_clients.set(self.pubsub.pool.client_count() as i64);
+                m.kafka_clients
+                    .set(self.pubsub.pool().client_count() as i64);
                 let body = m.render();
                 return Response::builder()
                     .status(200)
@@ -40,8 +42,8 @@ impl ServeHttp for AdminApp {
                 format!(
                     "ready\npubsub_sessions {}\nkafka_clients {}\nkafka_broker_fetches {}\n",
                     self.pubsub.active_sessions(),
-                    self.pubsub.pool.client_count(),
-                    self.pubsub.pool.broker_fetches()
+                    self.pubsub.pool().client_count(),
+                    self.pubsub.pool().broker_fetches()
                 ),
             ),
             _ => (

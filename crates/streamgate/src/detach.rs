@@ -16,7 +16,7 @@ use std::io::Cursor;
 ///
 /// Returns the stream and the bytes the client already sent after its request (a client may
 /// send its first frame in the same TCP write as the handshake).
-pub async fn detach(session: &mut Session) -> pingora::Result<(Stream, Vec<u8>)> {
+pub(crate) async fn detach(session: &mut Session) -> pingora::Result<(Stream, Vec<u8>)> {
     // Bytes Pingora read past the headers; the read is cancel-safe, so stop at the first
     // read that would wait.
     let mut early = BytesMut::new();

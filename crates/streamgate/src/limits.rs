@@ -1,19 +1,22 @@
 //! Concurrency limits: what all clients together, one client IP, or one consumer may hold at
 //! once (`[server.limits]`).
 //!
-//! A request takes a [`Slot`] when it arrives and gives it back when its context is dropped; an
-//! accepted WebSocket session carries its slot (and its consumer's [`ConsumerSlot`]) until it
-//! closes. Counters live behind short, never-awaited locks.
+//! A request is admitted ([`ConnectionLimits::admit`]) when it arrives: it takes a [`Slot`] and
+//! gives it back when its context is dropped; an accepted WebSocket session or relayed tunnel
+//! carries its slot (and a session its consumer's [`ConsumerSlot`]) until it closes. Counters
+//! live behind short, never-awaited locks.
 
+use crate::sync::lock;
+use pingora::http::RequestHeader;
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use streamgate_config::model::Limits;
 
 /// Which limit refused a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Refusal {
+pub(crate) enum Refusal {
     /// `max_connections`: the gateway as a whole is full.
     Total,
     /// `max_connections_per_ip`: this client holds too much.
@@ -24,7 +27,7 @@ pub enum Refusal {
 
 impl Refusal {
     /// The metric label and log name of the limit.
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Refusal::Total => "max_connections",
             Refusal::PerIp => "max_connections_per_ip",
@@ -35,7 +38,7 @@ impl Refusal {
 
 /// The live counts behind `[server.limits]`.
 #[derive(Debug)]
-pub struct ConnectionLimits {
+pub(crate) struct ConnectionLimits {
     config: Limits,
     total: AtomicUsize,
     per_ip: Mutex<HashMap<IpAddr, usize>>,
@@ -44,25 +47,39 @@ pub struct ConnectionLimits {
 
 /// A request's or session's place in the counts; given back on drop.
 #[derive(Debug)]
-pub struct Slot {
+pub(crate) struct Slot {
     limits: Arc<ConnectionLimits>,
     ip: Option<IpAddr>,
 }
 
 /// A pub/sub session's place in its consumer's count; given back on drop.
 #[derive(Debug)]
-pub struct ConsumerSlot {
+pub(crate) struct ConsumerSlot {
     limits: Arc<ConnectionLimits>,
     consumer: Arc<str>,
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+/// A request refused at admission, ready to answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Refused {
+    /// 503 (the gateway is full), 429 (this client holds too much), 431 or 413 (too large).
+    pub status: u16,
+    /// The limit's name, as in `[server.limits]` and the `streamgate_limited_total` label.
+    pub limit: &'static str,
+    /// What the client is told.
+    pub message: &'static str,
+}
+
+impl Refused {
+    /// Seconds after which a retry may succeed, for the limits that free up by themselves.
+    pub(crate) fn retry_after(&self) -> Option<u64> {
+        matches!(self.status, 429 | 503).then_some(1)
+    }
 }
 
 impl ConnectionLimits {
     /// Counts for `config`.
-    pub fn new(config: Limits) -> Arc<Self> {
+    pub(crate) fn new(config: Limits) -> Arc<Self> {
         Arc::new(Self {
             config,
             total: AtomicUsize::new(0),
@@ -72,12 +89,47 @@ impl ConnectionLimits {
     }
 
     /// The configured limits.
-    pub fn config(&self) -> &Limits {
+    pub(crate) fn config(&self) -> &Limits {
         &self.config
     }
 
+    /// Admits a request from `client`: its slot, or why it is refused (the gateway or this
+    /// client is full, or its headers or declared body are over the limits). Refusals are
+    /// counted in `streamgate_limited_total`.
+    pub(crate) fn admit(
+        self: &Arc<Self>,
+        client: Option<IpAddr>,
+        req: &RequestHeader,
+    ) -> Result<Slot, Refused> {
+        let admitted = match self.acquire(client) {
+            Ok(slot) => match oversized(req, &self.config) {
+                None => Ok(slot),
+                Some(refused) => Err(refused),
+            },
+            Err(Refusal::Total) => Err(Refused {
+                status: 503,
+                limit: Refusal::Total.name(),
+                message:
+                    "503 Service Unavailable: the gateway is at its connection limit; retry shortly",
+            }),
+            Err(other) => Err(Refused {
+                status: 429,
+                limit: other.name(),
+                message:
+                    "429 Too Many Requests: this client has too many requests or sessions open",
+            }),
+        };
+        if let Err(refused) = &admitted {
+            crate::metrics::metrics()
+                .limited
+                .with_label_values(&[refused.limit])
+                .inc();
+        }
+        admitted
+    }
+
     /// Takes a slot for a request from `ip`, or says which limit is full.
-    pub fn acquire(self: &Arc<Self>, ip: Option<IpAddr>) -> Result<Slot, Refusal> {
+    pub(crate) fn acquire(self: &Arc<Self>, ip: Option<IpAddr>) -> Result<Slot, Refusal> {
         if self.total.fetch_add(1, Ordering::AcqRel) >= self.config.max_connections {
             self.total.fetch_sub(1, Ordering::AcqRel);
             return Err(Refusal::Total);
@@ -99,7 +151,10 @@ impl ConnectionLimits {
     }
 
     /// Takes a session slot for `consumer`, or refuses when it has its maximum open.
-    pub fn acquire_consumer(self: &Arc<Self>, consumer: &str) -> Result<ConsumerSlot, Refusal> {
+    pub(crate) fn acquire_consumer(
+        self: &Arc<Self>,
+        consumer: &str,
+    ) -> Result<ConsumerSlot, Refusal> {
         let mut per_consumer = lock(&self.per_consumer);
         let consumer: Arc<str> = match per_consumer.get_key_value(consumer) {
             Some((k, _)) => Arc::clone(k),
@@ -115,10 +170,38 @@ impl ConnectionLimits {
             consumer,
         })
     }
+}
 
-    /// Requests and sessions held right now, all clients together.
-    pub fn held(&self) -> usize {
-        self.total.load(Ordering::Acquire)
+/// The refusal for a request whose headers or declared body exceed `limits`.
+fn oversized(req: &RequestHeader, limits: &Limits) -> Option<Refused> {
+    // The request line's target, measured without formatting it.
+    let target = req.uri.authority().map_or(0, |a| a.as_str().len())
+        + req.uri.path_and_query().map_or(1, |p| p.as_str().len());
+    let header_bytes = target
+        + req
+            .headers
+            .iter()
+            .map(|(k, v)| k.as_str().len() + v.len() + 4)
+            .sum::<usize>();
+    let declared_body = req
+        .headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if header_bytes > limits.max_request_header_bytes {
+        Some(Refused {
+            status: 431,
+            limit: "max_request_header_bytes",
+            message: "431 Request Header Fields Too Large: the request line and headers exceed this gateway's limit",
+        })
+    } else if declared_body.is_some_and(|n| n > limits.max_request_body_bytes) {
+        Some(Refused {
+            status: 413,
+            limit: "max_request_body_bytes",
+            message: "413 Payload Too Large: the request body exceeds this gateway's limit",
+        })
+    } else {
+        None
     }
 }
 
@@ -175,7 +258,7 @@ mod tests {
         drop(s1);
         let _s4 = l.acquire(Some(a)).expect("a slot came back");
         drop((s2, s3));
-        assert_eq!(l.held(), 1);
+        assert_eq!(l.total.load(Ordering::Acquire), 1);
 
         let c = l.acquire_consumer("app").expect("consumer");
         assert_eq!(l.acquire_consumer("app").unwrap_err(), Refusal::PerConsumer);

@@ -39,7 +39,7 @@ fn main() -> ExitCode {
         }
     };
     if cli.test {
-        return match streamgate::server::prepare(&config) {
+        return match streamgate::prepare(&config) {
             Ok(_) => {
                 println!(
                     "{}: ok ({} listeners, {} upstreams, {} routes)",
@@ -57,7 +57,7 @@ fn main() -> ExitCode {
         };
     }
     init_logging(config.server.log_format);
-    let server = match streamgate::server::build(&config, &cli.config, cli.upgrade) {
+    let server = match streamgate::build(&config, &cli.config, cli.upgrade) {
         Ok(s) => s,
         Err(e) => {
             tracing::error!("{}: {e}", cli.config.display());

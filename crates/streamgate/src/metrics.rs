@@ -20,7 +20,7 @@ const LATENCY_BUCKETS: &[f64] = &[
 
 /// Every metric the gateway exports.
 #[derive(Debug)]
-pub struct Metrics {
+pub(crate) struct Metrics {
     registry: Registry,
     /// Requests answered, by route and status (101 for accepted WebSocket sessions).
     pub http_requests: IntCounterVec,
@@ -34,7 +34,8 @@ pub struct Metrics {
     pub pubsub_sessions: IntGauge,
     /// Pub/sub sessions opened, by route.
     pub pubsub_sessions_opened: IntCounterVec,
-    /// Pub/sub sessions closed by the gateway, by reason.
+    /// Pub/sub sessions ended, by reason: `client` when the client closed or its connection
+    /// failed, the others when the gateway closed it.
     pub pubsub_sessions_closed: IntCounterVec,
     /// Pub/sub commands answered, by route, command and result.
     pub pubsub_commands: IntCounterVec,
@@ -42,7 +43,7 @@ pub struct Metrics {
     pub records_delivered: IntCounterVec,
     /// Record bytes (keys, values, headers) sent to pub/sub clients, by route.
     pub record_bytes_delivered: IntCounterVec,
-    /// Upgraded connections (WebSocket and others) relayed to HTTP upstreams, open now.
+    /// Upgraded connections (WebSocket) relayed to HTTP upstreams, open now.
     pub tunnels: IntGauge,
     /// Shared Kafka clients open now.
     pub kafka_clients: IntGauge,
@@ -59,7 +60,7 @@ pub struct Metrics {
 static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
 
 /// The process's metrics.
-pub fn metrics() -> &'static Metrics {
+pub(crate) fn metrics() -> &'static Metrics {
     &METRICS
 }
 
@@ -144,7 +145,7 @@ impl Metrics {
             ),
             pubsub_sessions_closed: counter(
                 "streamgate_pubsub_sessions_closed_total",
-                "Pub/sub sessions ended, by reason (client, shutdown, idle, lifetime, slow_reader, frame_too_large, error).",
+                "Pub/sub sessions ended, by reason: client (the client closed or its connection failed), or closed by the gateway for shutdown, idle, lifetime, slow_reader or frame_too_large.",
                 &["reason"],
             ),
             pubsub_commands: counter(
@@ -183,7 +184,7 @@ impl Metrics {
     }
 
     /// Counts an answered pub/sub command.
-    pub fn command(&self, route: &str, command: &str, answer: &PubSubResp) {
+    pub(crate) fn command(&self, route: &str, command: &str, answer: &PubSubResp) {
         let result = match &answer.resp {
             Some(Resp::ErrorResp(e)) => streamgate_protocol::ErrorCode::from_i32(e.code)
                 .map_or("unknown_error", |c| c.name()),
@@ -195,14 +196,14 @@ impl Metrics {
     }
 
     /// Records a Kafka request's latency.
-    pub fn kafka_call(&self, operation: &str, took: Duration) {
+    pub(crate) fn kafka_call(&self, operation: &str, took: Duration) {
         self.kafka_duration
             .with_label_values(&[operation])
             .observe(took.as_secs_f64());
     }
 
     /// The text exposition of every metric.
-    pub fn render(&self) -> Vec<u8> {
+    pub(crate) fn render(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(16 * 1024);
         if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
             tracing::error!(error = %e, "could not encode the metrics");

@@ -10,7 +10,8 @@
 //!
 //! Each table's HTTP health checks run as tasks of this service until the table is replaced.
 
-use crate::proxy::LiveRoutes;
+use crate::routes::TableInForce;
+use crate::sync::lock;
 use crate::upstream::HealthTask;
 use async_trait::async_trait;
 use pingora::server::ShutdownWatch;
@@ -21,11 +22,11 @@ use streamgate_config::Config;
 use tokio::sync::watch;
 
 /// The background service that owns reloads and the health checks of the table in force.
-pub struct Reloader {
+pub(crate) struct Reloader {
     file: PathBuf,
     fixed: String,
     watch: bool,
-    routes: Arc<LiveRoutes>,
+    routes: Arc<TableInForce>,
     first_health: Mutex<Vec<HealthTask>>,
 }
 
@@ -45,10 +46,10 @@ fn fixed_parts(config: &Config) -> String {
 impl Reloader {
     /// A reloader of `file`, whose start-up configuration was `config` with `routes` built from
     /// it and `health` checks to run.
-    pub fn new(
+    pub(crate) fn new(
         file: PathBuf,
         config: &Config,
-        routes: Arc<LiveRoutes>,
+        routes: Arc<TableInForce>,
         health: Vec<HealthTask>,
     ) -> Self {
         Self {
@@ -74,7 +75,7 @@ impl Reloader {
                 return None;
             }
         };
-        let (table, health) = match crate::server::route_table(&config) {
+        let (table, health) = match crate::routes::build(&config) {
             Ok(built) => built,
             Err(e) => {
                 metrics.reloads.with_label_values(&["refused"]).inc();
@@ -123,12 +124,7 @@ fn start_health(tasks: Vec<HealthTask>, retire: &watch::Sender<bool>) {
 impl BackgroundService for Reloader {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         let mut retire = watch::channel(false).0;
-        let first = std::mem::take(
-            &mut *self
-                .first_health
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner),
-        );
+        let first = std::mem::take(&mut *lock(&self.first_health));
         start_health(first, &retire);
         let mut hangups =
             match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {

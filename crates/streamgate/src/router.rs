@@ -1,18 +1,12 @@
-//! Route matching: which route serves a request.
+//! Route matching: which route serves a request. Pure: it reads the checked routes and the
+//! request's host, method and path, nothing else.
 //!
 //! Order, as documented in the README: a route is a candidate when its host and method filters
 //! accept the request and one of its paths matches. Among candidates an exact path beats any
 //! prefix, a longer prefix beats a shorter one, then the higher `priority` wins, then the route
 //! that comes first in the file.
 
-use std::sync::Arc;
 use streamgate_config::model::{HostPattern, PathPattern, Route};
-
-/// The compiled route table.
-#[derive(Debug, Clone)]
-pub struct Router {
-    routes: Vec<Arc<Route>>,
-}
 
 /// How a candidate ranks: path specificity, then priority, then earlier in the file.
 type Rank = (Specificity, i32, std::cmp::Reverse<usize>);
@@ -24,41 +18,40 @@ enum Specificity {
     Exact,
 }
 
-impl Router {
-    /// Builds the table from the checked routes.
-    pub fn new(routes: Vec<Arc<Route>>) -> Self {
-        Self { routes }
-    }
-
-    /// The route for a request, if any. `host` may carry a port; it is ignored.
-    pub fn find(&self, host: Option<&str>, method: &str, path: &str) -> Option<&Arc<Route>> {
-        let host = host.map(strip_port);
-        let mut best: Option<(&Arc<Route>, Rank)> = None;
-        for route in &self.routes {
-            if !route.methods.is_empty() && !route.methods.iter().any(|m| m == method) {
+/// The index (`Route::index`, its place in the file) of the route that serves a request, if
+/// any. `host` may carry a port; it is ignored.
+pub(crate) fn best<'a>(
+    routes: impl IntoIterator<Item = &'a Route>,
+    host: Option<&str>,
+    method: &str,
+    path: &str,
+) -> Option<usize> {
+    let host = host.map(strip_port);
+    let mut best: Option<Rank> = None;
+    for route in routes {
+        if !route.methods.is_empty() && !route.methods.iter().any(|m| m == method) {
+            continue;
+        }
+        if !route.hosts.is_empty() {
+            let Some(host) = host else { continue };
+            if !route.hosts.iter().any(|h| host_matches(h, host)) {
                 continue;
-            }
-            if !route.hosts.is_empty() {
-                let Some(host) = host else { continue };
-                if !route.hosts.iter().any(|h| host_matches(h, host)) {
-                    continue;
-                }
-            }
-            let Some(spec) = route
-                .paths
-                .iter()
-                .filter_map(|p| path_matches(p, path))
-                .max()
-            else {
-                continue;
-            };
-            let rank = (spec, route.priority, std::cmp::Reverse(route.index));
-            if best.as_ref().is_none_or(|(_, r)| rank > *r) {
-                best = Some((route, rank));
             }
         }
-        best.map(|(route, _)| route)
+        let Some(spec) = route
+            .paths
+            .iter()
+            .filter_map(|p| path_matches(p, path))
+            .max()
+        else {
+            continue;
+        };
+        let rank = (spec, route.priority, std::cmp::Reverse(route.index));
+        if best.is_none_or(|r| rank > r) {
+            best = Some(rank);
+        }
     }
+    best.map(|(_, _, std::cmp::Reverse(index))| index)
 }
 
 fn strip_port(host: &str) -> &str {
@@ -93,7 +86,7 @@ fn path_matches(pattern: &PathPattern, path: &str) -> Option<Specificity> {
 
 /// Whether a request path is safe to route: absolute, and without `.`/`..` segments (raw or
 /// percent-encoded) that could step outside the prefix a route was matched on.
-pub fn is_routable_path(path: &str) -> bool {
+pub(crate) fn is_routable_path(path: &str) -> bool {
     if !path.starts_with('/') {
         return false;
     }
@@ -108,14 +101,19 @@ pub fn is_routable_path(path: &str) -> bool {
 mod tests {
     use super::*;
 
-    fn table(text: &str) -> Router {
+    fn table(text: &str) -> Vec<std::sync::Arc<Route>> {
         let up = "[[upstreams]]\nid = \"u\"\nnodes = { \"127.0.0.1:1\" = 1 }\n";
         let config = streamgate_config::parse(&format!("{up}{text}"), "t").expect("valid");
-        Router::new(config.routes)
+        config.routes
     }
 
-    fn id(router: &Router, host: Option<&str>, method: &str, path: &str) -> Option<String> {
-        router.find(host, method, path).map(|r| r.id.clone())
+    fn id(
+        routes: &[std::sync::Arc<Route>],
+        host: Option<&str>,
+        method: &str,
+        path: &str,
+    ) -> Option<String> {
+        best(routes.iter().map(|r| &**r), host, method, path).map(|i| routes[i].id.clone())
     }
 
     const ROUTES: &str = r#"

@@ -1,12 +1,13 @@
-//! Assembling the Pingora server from a checked configuration.
+//! Assembling the Pingora server from a checked configuration: the proxy service with its
+//! listeners, live reload, the pub/sub shutdown relay and the admin listener.
 
 use crate::admin::AdminApp;
 use crate::error::StartupError;
-use crate::plugins;
-use crate::proxy::{Gateway, LiveRoutes, RouteRuntime, RouteTable, Target};
-use crate::pubsub::{KafkaCluster, PubSub};
+use crate::proxy::Gateway;
+use crate::pubsub::PubSub;
 use crate::reload::Reloader;
-use crate::upstream::{HealthTask, HttpUpstream};
+use crate::routes::TableInForce;
+use crate::upstream::HealthTask;
 use pingora::listeners::tls::TlsSettings;
 use pingora::listeners::{L4BufferSettings, ListenerConfig};
 use pingora::prelude::Opt;
@@ -14,21 +15,17 @@ use pingora::server::configuration::ServerConf;
 use pingora::server::Server;
 use pingora::services::background::background_service;
 use pingora::services::listening::Service;
-use std::collections::HashMap;
 use std::sync::Arc;
-use streamgate_config::model::{Scheme, Upstream};
 use streamgate_config::Config;
 
 /// Everything built from a configuration, before any socket is bound.
 pub struct Prepared {
-    /// The proxy logic.
-    pub gateway: Gateway,
-    /// Shared pub/sub state.
-    pub pubsub: Arc<PubSub>,
+    gateway: Gateway,
+    pubsub: Arc<PubSub>,
     /// The route table in force (the reloader replaces it).
-    pub routes: Arc<LiveRoutes>,
+    routes: Arc<TableInForce>,
     /// Health checks of the table's upstreams, to run while it is in force.
-    pub health: Vec<HealthTask>,
+    health: Vec<HealthTask>,
 }
 
 impl std::fmt::Debug for Prepared {
@@ -51,8 +48,8 @@ pub fn prepare(config: &Config) -> Result<Prepared, StartupError> {
         crate::tls::read_key(&l.key_file).map_err(at)?;
     }
     let pubsub = Arc::new(PubSub::default());
-    let (table, health) = route_table(config)?;
-    let routes = LiveRoutes::new(table);
+    let (table, health) = crate::routes::build(config)?;
+    let routes = TableInForce::new(table);
     Ok(Prepared {
         gateway: Gateway::new(
             Arc::clone(&routes),
@@ -62,80 +59,6 @@ pub fn prepare(config: &Config) -> Result<Prepared, StartupError> {
         pubsub,
         routes,
         health,
-    })
-}
-
-/// Builds the routes with their plugins, upstreams and consumers: what a reload replaces.
-/// Resolves nodes and loads TLS files, so a bad file is an error here, not at a request.
-pub fn route_table(config: &Config) -> Result<(RouteTable, Vec<HealthTask>), StartupError> {
-    let mut health = Vec::new();
-    let mut http: HashMap<String, Arc<HttpUpstream>> = HashMap::new();
-    let mut kafka: HashMap<String, Arc<KafkaCluster>> = HashMap::new();
-    for upstream in &config.upstreams {
-        match upstream.scheme {
-            Scheme::Http | Scheme::Https => {
-                let (u, service) = HttpUpstream::build(Arc::clone(upstream))?;
-                http.insert(upstream.id.clone(), Arc::new(u));
-                health.extend(service);
-            }
-            Scheme::Kafka => {
-                kafka.insert(upstream.id.clone(), Arc::new(kafka_cluster(upstream)?));
-            }
-        }
-    }
-    let keys = plugins::key_index(&config.consumers);
-    let tokens = plugins::jwt_index(&config.consumers)?;
-    let mut routes = Vec::with_capacity(config.routes.len());
-    for (i, route) in config.routes.iter().enumerate() {
-        debug_assert_eq!(route.index, i);
-        let target = match route.upstream.scheme {
-            Scheme::Kafka => kafka
-                .get(&route.upstream.id)
-                .map(|k| Target::Kafka(Arc::clone(k))),
-            _ => http
-                .get(&route.upstream.id)
-                .map(|h| Target::Http(Arc::clone(h))),
-        };
-        let Some(target) = target else {
-            return Err(StartupError::Upstream {
-                id: route.upstream.id.clone(),
-                what: format!("route {:?}", route.id),
-                why: "the upstream was not prepared".into(),
-            });
-        };
-        routes.push(Arc::new(RouteRuntime {
-            config: Arc::clone(route),
-            plugins: plugins::for_route(route, &keys, &tokens),
-            target,
-        }));
-    }
-    Ok((RouteTable::new(routes), health))
-}
-
-fn kafka_cluster(upstream: &Upstream) -> Result<KafkaCluster, StartupError> {
-    let mut brokers: Vec<String> = upstream
-        .nodes
-        .iter()
-        .filter(|n| n.weight > 0)
-        .map(|n| n.to_string())
-        .collect();
-    brokers.sort();
-    let tls = match &upstream.tls {
-        None => None,
-        Some(t) => Some((
-            t.clone(),
-            crate::tls::kafka_client_config(t).map_err(|why| StartupError::Upstream {
-                id: upstream.id.clone(),
-                what: "tls".into(),
-                why,
-            })?,
-        )),
-    };
-    Ok(KafkaCluster {
-        upstream_id: upstream.id.clone(),
-        brokers,
-        tls,
-        connect_timeout: upstream.timeouts.connect,
     })
 }
 

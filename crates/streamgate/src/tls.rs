@@ -13,12 +13,12 @@ use std::sync::Arc;
 use streamgate_config::model::UpstreamTls;
 
 /// The crypto provider every TLS configuration of the gateway uses.
-pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+pub(crate) fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
 /// Every certificate in a PEM file (at least one).
-pub fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+pub(crate) fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
     let certs = CertificateDer::pem_file_iter(path)
         .and_then(|iter| iter.collect::<Result<Vec<_>, _>>())
         .map_err(|e| format!("cannot read certificates from {}: {e}", path.display()))?;
@@ -29,13 +29,13 @@ pub fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
 }
 
 /// The private key in a PEM file.
-pub fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, String> {
+pub(crate) fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, String> {
     PrivateKeyDer::from_pem_file(path)
         .map_err(|e| format!("cannot read a private key from {}: {e}", path.display()))
 }
 
 /// A root store from a PEM file, every certificate checked.
-pub fn root_store(path: &Path) -> Result<RootCertStore, String> {
+pub(crate) fn root_store(path: &Path) -> Result<RootCertStore, String> {
     let mut store = RootCertStore::empty();
     for cert in read_certs(path)? {
         store
@@ -46,7 +46,7 @@ pub fn root_store(path: &Path) -> Result<RootCertStore, String> {
 }
 
 /// CA certificates in the form Pingora's upstream peers take.
-pub fn pingora_ca(path: &Path) -> Result<Arc<[WrappedX509]>, String> {
+pub(crate) fn pingora_ca(path: &Path) -> Result<Arc<[WrappedX509]>, String> {
     // Validate with rustls first: Pingora's parser panics on malformed DER.
     root_store(path)?;
     let certs = read_certs(path)?;
@@ -58,7 +58,7 @@ pub fn pingora_ca(path: &Path) -> Result<Arc<[WrappedX509]>, String> {
 }
 
 /// A client certificate and key in the form Pingora's upstream peers take.
-pub fn pingora_client_cert(cert: &Path, key: &Path) -> Result<Arc<CertKey>, String> {
+pub(crate) fn pingora_client_cert(cert: &Path, key: &Path) -> Result<Arc<CertKey>, String> {
     let certs = read_certs(cert)?;
     let key = read_key(key)?;
     for c in &certs {
@@ -78,7 +78,7 @@ fn check_x509(cert: &CertificateDer<'_>) -> Result<(), String> {
 }
 
 /// The rustls client configuration for TLS to Kafka brokers.
-pub fn kafka_client_config(tls: &UpstreamTls) -> Result<Arc<ClientConfig>, String> {
+pub(crate) fn kafka_client_config(tls: &UpstreamTls) -> Result<Arc<ClientConfig>, String> {
     let builder = ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| format!("TLS set-up: {e}"))?;

@@ -20,6 +20,7 @@
 //! (cloudflare/pingora#946), so a fast upstream sometimes gets a WebSocket that closes at once.
 //! Relaying here also frees Pingora's per-request state, as pub/sub sessions do.
 
+use crate::ctx::RequestCtx;
 use crate::limits::Slot;
 use futures_util::FutureExt;
 use pingora::connectors::http::v1::Connector;
@@ -27,6 +28,7 @@ use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::HttpPeer;
 use pingora::protocols::http::v1::client::HttpSession;
 use pingora::protocols::Stream;
+use pingora::proxy::{ProxyHttp, Session};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
@@ -36,9 +38,106 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 /// Buffer size of each relay direction.
 const RELAY_BUFFER: usize = 8 * 1024;
 
+/// What a relayed connection needs from its route.
+#[derive(Debug, Clone)]
+pub(crate) struct RelaySettings {
+    /// Closes the tunnel when neither side sent a byte for this long (the upstream's `read`
+    /// timeout).
+    pub idle_timeout: Duration,
+    /// The route id, for log lines.
+    pub route: String,
+}
+
+/// Serves an upgrade request to an HTTP route (see [`relays`]) with the proxy's own phases:
+/// `upstream_peer` picks the node, `fail_to_connect` decides retries, `upstream_request_filter`
+/// adds forwarding headers and runs plugins, `response_filter` runs plugins on the node's
+/// answer, and `fail_to_proxy` answers a failure. A 101 from the node becomes a relay outside
+/// Pingora; any other answer is passed on with its body. Always answers (`Ok(true)`).
+pub(crate) async fn serve<P>(
+    proxy: &P,
+    upgrades: &Upgrades,
+    session: &mut Session,
+    ctx: &mut P::CTX,
+    settings: RelaySettings,
+) -> pingora::Result<bool>
+where
+    P: ProxyHttp + Sync,
+    P::CTX: AsMut<RequestCtx> + Send + Sync,
+{
+    let (mut node, mut answer) = match open(proxy, upgrades, session, ctx).await {
+        Ok(opened) => opened,
+        Err(e) => {
+            proxy.fail_to_proxy(session, &e, ctx).await;
+            return Ok(true);
+        }
+    };
+    proxy.response_filter(session, &mut answer, ctx).await?;
+    if answer.status != 101 || !node.was_upgraded() {
+        // The node refused the upgrade (401, 404, ...): an ordinary answer.
+        let mut done = node.is_body_done();
+        crate::respond::header(session, ctx.as_mut(), answer, done).await?;
+        while !done {
+            let chunk = node.read_body_bytes().await.map_err(|e| e.into_up())?;
+            done = chunk.is_none() || node.is_body_done();
+            session.write_response_body(chunk, done).await?;
+        }
+        return Ok(true);
+    }
+    crate::respond::header(session, ctx.as_mut(), answer, false).await?;
+    let (client, client_early) = crate::detach::detach(session).await?;
+    let node_early = early_bytes(&mut node);
+    let tunnel = Tunnel {
+        client,
+        client_early,
+        node: node.into_inner(),
+        node_early,
+        idle_timeout: settings.idle_timeout,
+        slot: ctx.as_mut().slot.take(),
+        route: settings.route,
+    };
+    tokio::spawn(tunnel.run());
+    Ok(true)
+}
+
+/// Sends an upgrade request to a node (retrying connect failures on other nodes as the
+/// upstream's `retries` allow) and reads its answer.
+async fn open<P>(
+    proxy: &P,
+    upgrades: &Upgrades,
+    session: &mut Session,
+    ctx: &mut P::CTX,
+) -> pingora::Result<(HttpSession, ResponseHeader)>
+where
+    P: ProxyHttp + Sync,
+    P::CTX: Send + Sync,
+{
+    loop {
+        let peer = proxy.upstream_peer(session, ctx).await?;
+        let mut req = session.req_header().clone();
+        for hop_by_hop in ["keep-alive", "proxy-connection", "te", "trailer"] {
+            req.remove_header(hop_by_hop);
+        }
+        proxy
+            .upstream_request_filter(session, &mut req, ctx)
+            .await?;
+        let mut node = match upgrades.connect(&peer).await {
+            Ok(node) => node,
+            Err(e) => {
+                let e = proxy.fail_to_connect(session, &peer, ctx, e.into_up());
+                if e.retry() {
+                    continue;
+                }
+                return Err(e);
+            }
+        };
+        let answer = exchange(&mut node, req).await.map_err(|e| e.into_up())?;
+        return Ok((node, answer));
+    }
+}
+
 /// Whether the gateway relays this request itself: an upgrade request by Pingora's own test
 /// (so nothing Pingora would treat as one reaches its upgrade path) that declares no body.
-pub fn relays(req: &RequestHeader) -> bool {
+pub(crate) fn relays(req: &RequestHeader) -> bool {
     let upgrade = pingora::protocols::http::v1::common::is_upgrade_req(req);
     let no_body = !req.headers.contains_key(http::header::TRANSFER_ENCODING)
         && req
@@ -49,7 +148,7 @@ pub fn relays(req: &RequestHeader) -> bool {
 }
 
 /// Connections to upstream nodes for upgrade requests: always fresh, never pooled.
-pub struct Upgrades {
+pub(crate) struct Upgrades {
     connector: Connector,
 }
 
@@ -69,7 +168,7 @@ impl Default for Upgrades {
 
 impl Upgrades {
     /// A new connection to `peer`, with its TLS and timeout settings.
-    pub async fn connect(&self, peer: &HttpPeer) -> pingora::Result<HttpSession> {
+    async fn connect(&self, peer: &HttpPeer) -> pingora::Result<HttpSession> {
         let (session, _reused) = self.connector.get_http_session(peer).await?;
         Ok(session)
     }
@@ -77,7 +176,7 @@ impl Upgrades {
 
 /// Sends `req` and reads the node's final answer (informational answers other than 101 are
 /// skipped).
-pub async fn exchange(
+async fn exchange(
     upstream: &mut HttpSession,
     req: RequestHeader,
 ) -> pingora::Result<ResponseHeader> {
@@ -95,7 +194,7 @@ pub async fn exchange(
 }
 
 /// What the node sent after its 101 that was already read with the header.
-pub fn early_bytes(upstream: &mut HttpSession) -> Vec<u8> {
+fn early_bytes(upstream: &mut HttpSession) -> Vec<u8> {
     let mut early = Vec::new();
     // The read is cancel-safe: stop at the first one that would wait.
     while let Some(Ok(Some(chunk))) = upstream.read_body_bytes().now_or_never() {
@@ -106,26 +205,26 @@ pub fn early_bytes(upstream: &mut HttpSession) -> Vec<u8> {
 
 /// One upgraded connection, ready to relay.
 #[derive(Debug)]
-pub struct Tunnel {
+struct Tunnel {
     /// The client's connection, detached from Pingora.
-    pub client: Stream,
+    client: Stream,
     /// Bytes the client sent after its request, already read.
-    pub client_early: Vec<u8>,
+    client_early: Vec<u8>,
     /// The node's connection, after its 101.
-    pub node: Stream,
+    node: Stream,
     /// Bytes the node sent after its 101, already read.
-    pub node_early: Vec<u8>,
+    node_early: Vec<u8>,
     /// Closes the tunnel when neither side sent a byte for this long.
-    pub idle_timeout: Duration,
+    idle_timeout: Duration,
     /// The request's place in the connection limits, held until the tunnel closes.
-    pub slot: Option<Slot>,
+    slot: Option<Slot>,
     /// For log lines.
-    pub route: String,
+    route: String,
 }
 
 impl Tunnel {
     /// Relays bytes both ways until either side closes, a write fails, or the tunnel is idle.
-    pub async fn run(self) {
+    async fn run(self) {
         let Tunnel {
             client,
             client_early,

@@ -14,14 +14,15 @@ use pingora::lb::{
 };
 use pingora::prelude::HttpPeer;
 use pingora::protocols::l4::socket::SocketAddr as PeerAddr;
+use pingora::proxy::Session;
 use pingora::utils::tls::{CertKey, WrappedX509};
 use std::collections::{BTreeSet, HashMap};
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::Arc;
-use streamgate_config::model::{Balance, HostPolicy, Node, Scheme, Upstream};
+use streamgate_config::model::{Balance, HashOn, HostPolicy, Node, Scheme, Upstream};
 
 /// One HTTP(S) upstream, ready to pick nodes.
-pub struct HttpUpstream {
+pub(crate) struct HttpUpstream {
     /// The checked settings.
     pub config: Arc<Upstream>,
     balancer: Balancer,
@@ -55,12 +56,13 @@ struct PeerTls {
 
 /// An upstream's active health checks, to run (until retired) while its configuration is in
 /// force; see [`crate::reload`].
-pub type HealthTask = Arc<dyn pingora::services::background::BackgroundService + Send + Sync>;
+pub(crate) type HealthTask =
+    Arc<dyn pingora::services::background::BackgroundService + Send + Sync>;
 
 impl HttpUpstream {
     /// Resolves the nodes, loads TLS files and builds the balancer. Returns the health checks to
     /// run when the upstream has them configured.
-    pub fn build(config: Arc<Upstream>) -> Result<(Self, Option<HealthTask>), StartupError> {
+    pub(crate) fn build(config: Arc<Upstream>) -> Result<(Self, Option<HealthTask>), StartupError> {
         let at = |what: &str, why: String| StartupError::Upstream {
             id: config.id.clone(),
             what: what.to_string(),
@@ -174,8 +176,38 @@ impl HttpUpstream {
         ))
     }
 
+    /// A healthy node not in `tried`, chosen by the balancing policy for this request.
+    pub(crate) fn select(&self, session: &Session, tried: &[SocketAddr]) -> Option<SocketAddr> {
+        let key = self.hash_key(session);
+        self.select_by(&key, tried)
+    }
+
+    /// What consistent hashing hashes for this request (nothing for round robin).
+    fn hash_key(&self, session: &Session) -> Vec<u8> {
+        let req = session.req_header();
+        match &self.config.balance {
+            Balance::RoundRobin => Vec::new(),
+            Balance::Chash(HashOn::RemoteAddr) => crate::request::client_ip(session)
+                .map(|ip| ip.to_string().into_bytes())
+                .unwrap_or_default(),
+            Balance::Chash(HashOn::Uri) => req
+                .uri
+                .path_and_query()
+                .map(|p| p.as_str().as_bytes().to_vec())
+                .unwrap_or_default(),
+            Balance::Chash(HashOn::Header(name)) => req
+                .headers
+                .get(name.as_str())
+                .map(|v| v.as_bytes().to_vec())
+                .unwrap_or_default(),
+            Balance::Chash(HashOn::Cookie(name)) => crate::request::cookie(req, name)
+                .map(|v| v.as_bytes().to_vec())
+                .unwrap_or_default(),
+        }
+    }
+
     /// A healthy node not in `tried`, chosen by the balancing policy for `key`.
-    pub fn select(&self, key: &[u8], tried: &[SocketAddr]) -> Option<SocketAddr> {
+    fn select_by(&self, key: &[u8], tried: &[SocketAddr]) -> Option<SocketAddr> {
         let accept = |b: &Backend, healthy: bool| {
             healthy && b.addr.as_inet().is_some_and(|a| !tried.contains(a))
         };
@@ -195,7 +227,7 @@ impl HttpUpstream {
     }
 
     /// The peer for `addr`, with this upstream's timeouts and TLS settings.
-    pub fn peer(&self, addr: SocketAddr) -> HttpPeer {
+    pub(crate) fn peer(&self, addr: SocketAddr) -> HttpPeer {
         let node_host = self
             .nodes
             .get(&addr)
@@ -222,7 +254,7 @@ impl HttpUpstream {
     }
 
     /// The `Host` header to send to `addr`, or `None` to pass the client's.
-    pub fn host_header(&self, addr: &SocketAddr) -> Option<String> {
+    pub(crate) fn host_header(&self, addr: &SocketAddr) -> Option<String> {
         match &self.config.host_policy {
             HostPolicy::Pass => None,
             HostPolicy::Node => self.nodes.get(addr).map(|n| {

@@ -14,7 +14,9 @@
 //! hijacking). Handshakes without `Origin` (non-browser clients) are not affected.
 
 use super::Plugin;
-use crate::proxy::{respond_refusal, RequestCtx};
+use crate::ctx::RequestCtx;
+use crate::request::origin_listed;
+use crate::respond::{self, Answer};
 use async_trait::async_trait;
 use http::header::{self, HeaderName, HeaderValue};
 use pingora::http::{RequestHeader, ResponseHeader};
@@ -23,7 +25,7 @@ use streamgate_config::model::Cors;
 
 /// The plugin on one route.
 #[derive(Debug)]
-pub struct CorsPlugin {
+pub(crate) struct CorsPlugin {
     settings: Cors,
     methods: String,
     expose: Option<String>,
@@ -31,7 +33,7 @@ pub struct CorsPlugin {
 
 impl CorsPlugin {
     /// The plugin with its checked settings.
-    pub fn new(settings: Cors) -> Self {
+    pub(crate) fn new(settings: Cors) -> Self {
         let methods = settings.allow_methods.join(", ");
         let expose =
             (!settings.expose_headers.is_empty()).then(|| settings.expose_headers.join(", "));
@@ -48,10 +50,7 @@ impl CorsPlugin {
         match &self.settings.allow_origins {
             None if !self.settings.allow_credentials => Some("*"),
             None => None,
-            Some(list) => list
-                .iter()
-                .any(|o| o.eq_ignore_ascii_case(origin.trim_end_matches('/')))
-                .then_some(origin),
+            Some(list) => origin_listed(origin, list).then_some(origin),
         }
     }
 
@@ -189,8 +188,7 @@ impl Plugin for CorsPlugin {
             "Origin, Access-Control-Request-Method, Access-Control-Request-Headers",
         )?;
         resp.insert_header(header::CONTENT_LENGTH, "0")?;
-        ctx.status = Some(204);
-        session.write_response_header(Box::new(resp), true).await?;
+        respond::header(session, ctx, resp, true).await?;
         Ok(true)
     }
 
@@ -213,13 +211,6 @@ impl Plugin for CorsPlugin {
 
 /// Answers 403 with the reason.
 async fn refuse(session: &mut Session, ctx: &mut RequestCtx, why: &str) -> pingora::Result<()> {
-    ctx.status = Some(403);
-    respond_refusal(
-        session,
-        ctx,
-        403,
-        &format!("403 Forbidden (CORS): {why}"),
-        None,
-    )
-    .await
+    let message = format!("403 Forbidden (CORS): {why}");
+    respond::send(session, ctx, Answer::error(403, &message)).await
 }

@@ -4,10 +4,11 @@
 //! consumer's secret (HS256/HS512) or public key (RS256/ES256), and `exp` (required) and `nbf`
 //! are enforced. Anything else is refused with 401 before upstreams, upgrades or Kafka.
 
-use super::key_auth::query_param;
 use super::Plugin;
+use crate::ctx::RequestCtx;
 use crate::error::StartupError;
-use crate::proxy::{cookie, respond_message, RequestCtx};
+use crate::request::{cookie, query_param};
+use crate::respond::{self, Answer};
 use async_trait::async_trait;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use pingora::proxy::Session;
@@ -16,7 +17,7 @@ use std::sync::Arc;
 use streamgate_config::model::{Consumer, JwtAuth};
 
 /// A consumer with the key that verifies its tokens.
-pub struct JwtConsumer {
+pub(crate) struct JwtConsumer {
     consumer: Arc<Consumer>,
     algorithm: Algorithm,
     key: DecodingKey,
@@ -32,10 +33,10 @@ impl std::fmt::Debug for JwtConsumer {
 }
 
 /// Consumers by their JWT `key` claim.
-pub type JwtIndex = Arc<HashMap<String, JwtConsumer>>;
+pub(crate) type JwtIndex = Arc<HashMap<String, JwtConsumer>>;
 
 /// Builds the JWT index; a public key that does not parse stops the start.
-pub fn jwt_index(consumers: &[Arc<Consumer>]) -> Result<JwtIndex, StartupError> {
+pub(crate) fn jwt_index(consumers: &[Arc<Consumer>]) -> Result<JwtIndex, StartupError> {
     let mut index = HashMap::new();
     for consumer in consumers {
         let Some(jwt) = &consumer.jwt else { continue };
@@ -68,7 +69,7 @@ pub fn jwt_index(consumers: &[Arc<Consumer>]) -> Result<JwtIndex, StartupError> 
 }
 
 /// The `jwt-auth` plugin of one route.
-pub struct JwtAuthPlugin {
+pub(crate) struct JwtAuthPlugin {
     settings: JwtAuth,
     consumers: JwtIndex,
 }
@@ -84,7 +85,7 @@ impl std::fmt::Debug for JwtAuthPlugin {
 
 impl JwtAuthPlugin {
     /// The plugin for a route.
-    pub fn new(settings: JwtAuth, consumers: JwtIndex) -> Self {
+    pub(crate) fn new(settings: JwtAuth, consumers: JwtIndex) -> Self {
         Self {
             settings,
             consumers,
@@ -146,8 +147,8 @@ impl Plugin for JwtAuthPlugin {
     async fn access(&self, session: &mut Session, ctx: &mut RequestCtx) -> pingora::Result<bool> {
         ctx.secret_query_param = Some(self.settings.query.clone());
         let Some(token) = self.token(session) else {
-            ctx.status = Some(401);
-            respond_message(session, ctx, 401, "Missing JWT token in request").await?;
+            let answer = Answer::auth(401, "Missing JWT token in request");
+            respond::send(session, ctx, answer).await?;
             return Ok(true);
         };
         let verdict = Self::claimed_key(&token).and_then(|key| {
@@ -167,8 +168,7 @@ impl Plugin for JwtAuthPlugin {
                 Ok(false)
             }
             Err(message) => {
-                ctx.status = Some(401);
-                respond_message(session, ctx, 401, message).await?;
+                respond::send(session, ctx, Answer::auth(401, message)).await?;
                 Ok(true)
             }
         }

@@ -5,7 +5,9 @@
 //! apply its topic allow-list.
 
 use super::Plugin;
-use crate::proxy::{respond_message, RequestCtx};
+use crate::ctx::RequestCtx;
+use crate::request::{query_param, without_param};
+use crate::respond::{self, Answer};
 use async_trait::async_trait;
 use pingora::proxy::Session;
 use std::collections::HashMap;
@@ -13,10 +15,10 @@ use std::sync::Arc;
 use streamgate_config::model::{Consumer, KeyAuth};
 
 /// Consumers by their key.
-pub type KeyIndex = Arc<HashMap<String, Arc<Consumer>>>;
+pub(crate) type KeyIndex = Arc<HashMap<String, Arc<Consumer>>>;
 
 /// The `key-auth` plugin of one route.
-pub struct KeyAuthPlugin {
+pub(crate) struct KeyAuthPlugin {
     settings: KeyAuth,
     consumers: KeyIndex,
 }
@@ -32,7 +34,7 @@ impl std::fmt::Debug for KeyAuthPlugin {
 
 impl KeyAuthPlugin {
     /// The plugin for a route, over every consumer that has a key.
-    pub fn new(settings: KeyAuth, consumers: KeyIndex) -> Self {
+    pub(crate) fn new(settings: KeyAuth, consumers: KeyIndex) -> Self {
         Self {
             settings,
             consumers,
@@ -41,58 +43,13 @@ impl KeyAuthPlugin {
 }
 
 /// Builds the key index of all consumers with a `key-auth` key.
-pub fn key_index(consumers: &[Arc<Consumer>]) -> KeyIndex {
+pub(crate) fn key_index(consumers: &[Arc<Consumer>]) -> KeyIndex {
     Arc::new(
         consumers
             .iter()
             .filter_map(|c| c.key.clone().map(|k| (k, Arc::clone(c))))
             .collect(),
     )
-}
-
-/// The value of query parameter `name`, percent-decoded.
-pub(super) fn query_param(query: &str, name: &str) -> Option<String> {
-    query.split('&').find_map(|pair| {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        (k == name).then(|| percent_decode(v))
-    })
-}
-
-fn percent_decode(text: &str) -> String {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let escaped = (bytes[i] == b'%')
-            .then(|| bytes.get(i + 1..i + 3))
-            .flatten()
-            .and_then(|h| std::str::from_utf8(h).ok())
-            .and_then(|h| u8::from_str_radix(h, 16).ok());
-        match (escaped, bytes[i]) {
-            (Some(b), _) => {
-                out.push(b);
-                i += 3;
-            }
-            (None, b'+') => {
-                out.push(b' ');
-                i += 1;
-            }
-            (None, b) => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-/// The query string without parameter `name`.
-fn without_param(query: &str, name: &str) -> String {
-    query
-        .split('&')
-        .filter(|pair| pair.split_once('=').map_or(*pair, |(k, _)| k) != name)
-        .collect::<Vec<_>>()
-        .join("&")
 }
 
 #[async_trait]
@@ -115,13 +72,17 @@ impl Plugin for KeyAuthPlugin {
                 .and_then(|q| query_param(q, &self.settings.query))
         };
         let Some(key) = from_header.clone().or_else(from_query) else {
-            ctx.status = Some(401);
-            respond_message(session, ctx, 401, "Missing API key found in request").await?;
+            let answer = Answer::auth(401, "Missing API key found in request");
+            respond::send(session, ctx, answer).await?;
             return Ok(true);
         };
         let Some(consumer) = self.consumers.get(&key) else {
-            ctx.status = Some(401);
-            respond_message(session, ctx, 401, "Invalid API key in request").await?;
+            respond::send(
+                session,
+                ctx,
+                Answer::auth(401, "Invalid API key in request"),
+            )
+            .await?;
             return Ok(true);
         };
         ctx.consumer = Some(Arc::clone(consumer));
@@ -143,22 +104,5 @@ impl Plugin for KeyAuthPlugin {
             }
         }
         Ok(false)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn query_parameters_are_found_and_decoded() {
-        assert_eq!(
-            query_param("a=1&apikey=s%3Dcret%2B&b=2", "apikey").as_deref(),
-            Some("s=cret+")
-        );
-        assert_eq!(query_param("apikey=a+b", "apikey").as_deref(), Some("a b"));
-        assert_eq!(query_param("xapikey=1", "apikey"), None);
-        assert_eq!(percent_decode("%zz%4"), "%zz%4");
-        assert_eq!(without_param("a=1&apikey=s&b=2", "apikey"), "a=1&b=2");
     }
 }

@@ -6,7 +6,10 @@
 //! memory follows the callers that are actually being limited.
 
 use super::Plugin;
-use crate::proxy::{respond_refusal, RequestCtx};
+use crate::ctx::RequestCtx;
+use crate::rate::TokenBucket;
+use crate::respond::{self, Answer};
+use crate::sync::lock;
 use async_trait::async_trait;
 use pingora::proxy::Session;
 use std::collections::HashMap;
@@ -26,22 +29,16 @@ enum BucketKey {
     Route,
 }
 
-#[derive(Debug)]
-struct Bucket {
-    tokens: f64,
-    updated: Instant,
-}
-
 /// The plugin on one route.
 #[derive(Debug)]
-pub struct LimitReqPlugin {
+pub(crate) struct LimitReqPlugin {
     settings: LimitReq,
-    buckets: Mutex<HashMap<BucketKey, Bucket>>,
+    buckets: Mutex<HashMap<BucketKey, TokenBucket>>,
 }
 
 impl LimitReqPlugin {
     /// The plugin with its checked settings.
-    pub fn new(settings: LimitReq) -> Self {
+    pub(crate) fn new(settings: LimitReq) -> Self {
         Self {
             settings,
             buckets: Mutex::default(),
@@ -51,28 +48,14 @@ impl LimitReqPlugin {
     /// Takes a token for `key` at `now`; when there is none, the seconds until there is one.
     fn take(&self, key: BucketKey, now: Instant) -> Result<(), f64> {
         let (rate, burst) = (self.settings.rate, self.settings.burst);
-        let mut buckets = self
-            .buckets
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut buckets = lock(&self.buckets);
         if buckets.len() >= SWEEP_ABOVE {
-            buckets.retain(|_, b| {
-                b.tokens + now.duration_since(b.updated).as_secs_f64() * rate < burst
-            });
+            buckets.retain(|_, b| !b.is_full_at(rate, burst, now));
         }
-        let bucket = buckets.entry(key).or_insert(Bucket {
-            tokens: burst,
-            updated: now,
-        });
-        let refill = now.duration_since(bucket.updated).as_secs_f64() * rate;
-        bucket.tokens = (bucket.tokens + refill).min(burst);
-        bucket.updated = now;
-        if bucket.tokens >= 1.0 {
-            bucket.tokens -= 1.0;
-            Ok(())
-        } else {
-            Err((1.0 - bucket.tokens) / rate)
-        }
+        buckets
+            .entry(key)
+            .or_insert_with(|| TokenBucket::full(burst, now))
+            .take(rate, burst, now)
     }
 }
 
@@ -99,19 +82,13 @@ impl Plugin for LimitReqPlugin {
             .with_label_values(&["limit-req"])
             .inc();
         let status = self.settings.rejected_code;
-        ctx.status = Some(status);
         let retry_after = wait.ceil().max(1.0) as u64;
-        respond_refusal(
-            session,
-            ctx,
-            status,
-            &format!(
-                "{status} Too Many Requests: this route allows {} requests per second; retry after {retry_after} s",
-                self.settings.rate
-            ),
-            Some(retry_after),
-        )
-        .await?;
+        let message = format!(
+            "{status} Too Many Requests: this route allows {} requests per second; retry after {retry_after} s",
+            self.settings.rate
+        );
+        let answer = Answer::error(status, &message).retry_after(retry_after);
+        respond::send(session, ctx, answer).await?;
         Ok(true)
     }
 }

@@ -1,24 +1,29 @@
 //! Route plugins: per-route behaviour that runs at fixed phases of a request.
 //!
-//! Each route has an ordered list of plugins built from its `[routes.plugins.NAME]` tables at
-//! start-up. A plugin reads the request and puts its checked settings on the per-request context
-//! ([`RequestCtx`]), where the proxy or the pub/sub session picks them up; it can also answer the
-//! request itself. Phases mirror Pingora's `ProxyHttp`, and every method has a no-op default so a
-//! plugin implements only what it uses.
+//! Each route has an ordered list of plugins built from its `[routes.plugins.NAME]` tables when
+//! the route table is built. A plugin reads the request and puts what it learns on the
+//! per-request context ([`RequestCtx`]: the consumer, headers every answer carries), where the
+//! proxy or the pub/sub session picks it up; it can also answer the request itself. Phases
+//! mirror Pingora's `ProxyHttp`, and every method has a no-op default so a plugin implements
+//! only what it uses.
+//!
+//! `kafka-proxy` is a settings table, not a plugin: the route table resolves it once into the
+//! route's Kafka target ([`crate::pubsub::KafkaTarget`]).
 
 mod cors;
 mod jwt_auth;
-mod kafka_proxy;
 mod key_auth;
 mod limit_req;
 
-pub use cors::CorsPlugin;
-pub use jwt_auth::{jwt_index, JwtAuthPlugin, JwtIndex};
-pub use kafka_proxy::KafkaProxyPlugin;
-pub use key_auth::{key_index, KeyAuthPlugin, KeyIndex};
-pub use limit_req::LimitReqPlugin;
+pub(crate) use jwt_auth::{jwt_index, JwtIndex};
+pub(crate) use key_auth::{key_index, KeyIndex};
 
-use crate::proxy::RequestCtx;
+use cors::CorsPlugin;
+use jwt_auth::JwtAuthPlugin;
+use key_auth::KeyAuthPlugin;
+use limit_req::LimitReqPlugin;
+
+use crate::ctx::RequestCtx;
 use async_trait::async_trait;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::proxy::Session;
@@ -27,12 +32,12 @@ use streamgate_config::model::Route;
 
 /// A route plugin.
 #[async_trait]
-pub trait Plugin: Send + Sync + std::fmt::Debug {
+pub(crate) trait Plugin: Send + Sync + std::fmt::Debug {
     /// The name used in the config file, e.g. `kafka-proxy`.
     fn name(&self) -> &'static str;
 
-    /// Runs once the route matched, before the request is proxied or upgraded to pub/sub, in the
-    /// route's plugin order.
+    /// Runs once the route matched, before the request is proxied, relayed or upgraded to
+    /// pub/sub, in the route's plugin order.
     ///
     /// It may read the request and put settings on `ctx`. If it sends a response itself (to
     /// refuse the request, say), it returns `Ok(true)` and no later plugin or phase runs;
@@ -41,7 +46,8 @@ pub trait Plugin: Send + Sync + std::fmt::Debug {
         Ok(false)
     }
 
-    /// Runs just before an HTTP request is sent to the upstream node (not for pub/sub routes).
+    /// Runs just before an HTTP request is sent to the upstream node, relayed upgrades included
+    /// (not for pub/sub routes).
     ///
     /// It may change the request headers that the node receives.
     async fn before_proxy(
@@ -69,8 +75,8 @@ pub trait Plugin: Send + Sync + std::fmt::Debug {
 
 /// The plugins a route turns on, in the order they run: CORS first (browsers send preflights
 /// without credentials), then authentication, so a refused request costs nothing else; then
-/// rate limits (which may count per consumer); then the route's own settings.
-pub fn for_route(route: &Route, keys: &KeyIndex, tokens: &JwtIndex) -> Vec<Arc<dyn Plugin>> {
+/// rate limits (which may count per consumer).
+pub(crate) fn for_route(route: &Route, keys: &KeyIndex, tokens: &JwtIndex) -> Vec<Arc<dyn Plugin>> {
     let mut plugins: Vec<Arc<dyn Plugin>> = Vec::new();
     if let Some(settings) = &route.plugins.cors {
         plugins.push(Arc::new(CorsPlugin::new(settings.clone())));
@@ -89,9 +95,6 @@ pub fn for_route(route: &Route, keys: &KeyIndex, tokens: &JwtIndex) -> Vec<Arc<d
     }
     if let Some(settings) = &route.plugins.limit_req {
         plugins.push(Arc::new(LimitReqPlugin::new(settings.clone())));
-    }
-    if let Some(settings) = &route.plugins.kafka_proxy {
-        plugins.push(Arc::new(KafkaProxyPlugin::new(settings.clone())));
     }
     plugins
 }

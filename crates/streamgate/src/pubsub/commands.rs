@@ -4,13 +4,11 @@
 //! that never exceed the route's frame limit.
 
 use super::failure::KafkaFailure;
-use super::kafka_pool::{KafkaCluster, KafkaPool};
+use super::target::KafkaAccess;
 use prost::Message as _;
 use rskafka::chrono::{TimeZone, Utc};
 use rskafka::client::partition::OffsetAt;
-use std::sync::Arc;
 use std::time::Duration;
-use streamgate_config::model::{Consumer, KafkaProxy};
 use streamgate_protocol::{
     pub_sub_resp::Resp, CmdKafkaFetch, CmdKafkaListOffset, ErrorCode, KafkaFetchResp,
     KafkaListOffsetResp, PubSubResp,
@@ -19,24 +17,13 @@ use streamgate_protocol::{
 /// Room kept in every frame for the response envelope (sequence, tags, high watermark).
 const ENVELOPE_BYTES: usize = 40;
 
-/// What a session's Kafka commands run against.
-#[derive(Debug, Clone)]
-pub struct KafkaRoute {
-    /// The route id (for logs).
-    pub route_id: Arc<str>,
-    /// Shared clients.
-    pub pool: Arc<KafkaPool>,
-    /// The upstream's brokers and TLS.
-    pub cluster: Arc<KafkaCluster>,
-    /// The route's kafka-proxy settings.
-    pub settings: Arc<KafkaProxy>,
-    /// The consumer an auth plugin recognised, whose allow-list narrows the route's.
-    pub consumer: Option<Arc<Consumer>>,
-}
-
 /// Answers a list-offset command.
-pub async fn list_offset(route: &KafkaRoute, sequence: i64, cmd: CmdKafkaListOffset) -> PubSubResp {
-    match list_offset_inner(route, &cmd).await {
+pub(crate) async fn list_offset(
+    access: &KafkaAccess,
+    sequence: i64,
+    cmd: CmdKafkaListOffset,
+) -> PubSubResp {
+    match list_offset_inner(access, &cmd).await {
         Ok(offset) => PubSubResp {
             sequence,
             resp: Some(Resp::KafkaListOffsetResp(KafkaListOffsetResp { offset })),
@@ -46,8 +33,8 @@ pub async fn list_offset(route: &KafkaRoute, sequence: i64, cmd: CmdKafkaListOff
 }
 
 /// Answers a fetch command.
-pub async fn fetch(route: &KafkaRoute, sequence: i64, cmd: CmdKafkaFetch) -> PubSubResp {
-    match fetch_inner(route, &cmd).await {
+pub(crate) async fn fetch(access: &KafkaAccess, sequence: i64, cmd: CmdKafkaFetch) -> PubSubResp {
+    match fetch_inner(access, &cmd).await {
         Ok(resp) => PubSubResp {
             sequence,
             resp: Some(Resp::KafkaFetchResp(resp)),
@@ -67,17 +54,17 @@ fn failed(sequence: i64, what: &str, topic: &str, partition: i32, f: KafkaFailur
     )
 }
 
-fn check_target(route: &KafkaRoute, topic: &str, partition: i32) -> Result<(), KafkaFailure> {
+fn check_target(access: &KafkaAccess, topic: &str, partition: i32) -> Result<(), KafkaFailure> {
     if topic.is_empty() {
         return Err(KafkaFailure::new(ErrorCode::BadRequest, "topic is empty"));
     }
-    if !route.settings.allows(topic) {
+    if !access.target.settings.allows(topic) {
         return Err(KafkaFailure::new(
             ErrorCode::Forbidden,
             "forbidden: the topic is not in this route's allow-list",
         ));
     }
-    if route.consumer.as_ref().is_some_and(|c| !c.allows(topic)) {
+    if access.consumer.as_ref().is_some_and(|c| !c.allows(topic)) {
         return Err(KafkaFailure::new(
             ErrorCode::Forbidden,
             "forbidden: the topic is not in this consumer's allow-list",
@@ -93,10 +80,10 @@ fn check_target(route: &KafkaRoute, topic: &str, partition: i32) -> Result<(), K
 }
 
 async fn list_offset_inner(
-    route: &KafkaRoute,
+    access: &KafkaAccess,
     cmd: &CmdKafkaListOffset,
 ) -> Result<i64, KafkaFailure> {
-    check_target(route, &cmd.topic, cmd.partition)?;
+    check_target(access, &cmd.topic, cmd.partition)?;
     let at = match cmd.timestamp {
         -1 => OffsetAt::Latest,
         -2 => OffsetAt::Earliest,
@@ -106,16 +93,10 @@ async fn list_offset_inner(
         },
         ms => return Err(invalid_timestamp(ms)),
     };
-    let timeout = route.settings.socket_timeout;
-    let reader = route
+    let timeout = access.target.settings.socket_timeout;
+    let reader = access
         .pool
-        .partition(
-            &route.cluster,
-            route.settings.sasl.as_ref(),
-            &cmd.topic,
-            cmd.partition,
-            timeout,
-        )
+        .partition(&access.target.identity, &cmd.topic, cmd.partition, timeout)
         .await?;
     let started = std::time::Instant::now();
     let offset = kafka_call(timeout, reader.client().get_offset(at)).await;
@@ -165,11 +146,11 @@ fn out_of_range() -> KafkaFailure {
 }
 
 async fn fetch_inner(
-    route: &KafkaRoute,
+    access: &KafkaAccess,
     cmd: &CmdKafkaFetch,
 ) -> Result<KafkaFetchResp, KafkaFailure> {
-    check_target(route, &cmd.topic, cmd.partition)?;
-    let s = &route.settings;
+    check_target(access, &cmd.topic, cmd.partition)?;
+    let s = &access.target.settings;
     if cmd.offset < 0 {
         return Err(out_of_range());
     }
@@ -182,11 +163,10 @@ async fn fetch_inner(
     if cmd.max_wait_ms > 0 {
         wait = wait.min(Duration::from_millis(cmd.max_wait_ms as u64));
     }
-    let reader = route
+    let reader = access
         .pool
         .partition(
-            &route.cluster,
-            s.sasl.as_ref(),
+            &access.target.identity,
             &cmd.topic,
             cmd.partition,
             s.socket_timeout,
@@ -231,11 +211,11 @@ async fn fetch_inner(
     let metrics = crate::metrics::metrics();
     metrics
         .records_delivered
-        .with_label_values(&[&*route.route_id])
+        .with_label_values(&[&*access.target.route_id])
         .inc_by(messages.len() as u64);
     metrics
         .record_bytes_delivered
-        .with_label_values(&[&*route.route_id])
+        .with_label_values(&[&*access.target.route_id])
         .inc_by(used as u64);
     Ok(KafkaFetchResp {
         messages,

@@ -6,7 +6,7 @@ use streamgate_protocol::ErrorCode;
 
 /// A failed Kafka operation: its class and the `err:` text of the error message.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct KafkaFailure {
+pub(crate) struct KafkaFailure {
     /// The error class sent as `ErrorResp.code`.
     pub code: ErrorCode,
     /// What happened, e.g. `not found topic` or `OFFSET_OUT_OF_RANGE`.
@@ -15,7 +15,7 @@ pub struct KafkaFailure {
 
 impl KafkaFailure {
     /// A failure with a fixed class and reason.
-    pub fn new(code: ErrorCode, reason: impl Into<String>) -> Self {
+    pub(crate) fn new(code: ErrorCode, reason: impl Into<String>) -> Self {
         Self {
             code,
             reason: reason.into(),
@@ -23,7 +23,7 @@ impl KafkaFailure {
     }
 
     /// The brokers did not answer in time.
-    pub fn timeout(after: Duration) -> Self {
+    pub(crate) fn timeout(after: Duration) -> Self {
         Self::new(
             ErrorCode::Unavailable,
             format!(
@@ -34,7 +34,7 @@ impl KafkaFailure {
     }
 
     /// Classifies an rskafka error.
-    pub fn from_kafka(e: &KafkaError) -> Self {
+    pub(crate) fn from_kafka(e: &KafkaError) -> Self {
         match e {
             KafkaError::ServerError { protocol_error, .. } => match protocol_error {
                 ProtocolError::UnknownTopicOrPartition => {
@@ -81,7 +81,7 @@ impl KafkaFailure {
 }
 
 /// Kafka's own spelling of an error code, e.g. `OFFSET_OUT_OF_RANGE`.
-pub fn kafka_name(e: &ProtocolError) -> String {
+pub(crate) fn kafka_name(e: &ProtocolError) -> String {
     let camel = format!("{e:?}");
     let mut out = String::with_capacity(camel.len() + 8);
     for (i, c) in camel.chars().enumerate() {

@@ -1,31 +1,34 @@
 //! Shared Kafka clients.
 //!
-//! One rskafka client per (bootstrap brokers, TLS settings, SASL identity), reused by every
-//! session of every route with the same three; two routes with different credentials never share
-//! a connection. Partition clients are cached per client. Clients idle for
+//! One rskafka client per [`KafkaIdentity`] (bootstrap brokers, TLS settings, SASL identity),
+//! reused by every session of every route with the same three; two routes with different
+//! credentials never share a connection. Identities are built once per route when the route
+//! table is built, not per command. Partition clients are cached per client. Clients idle for
 //! [`IDLE_CLIENT_TTL`] are dropped on a later lookup. Locks are held only to look up or insert an
 //! entry, never across a network call.
 
 use super::failure::KafkaFailure;
 use super::reader::PartitionReader;
+use crate::error::StartupError;
+use crate::sync::lock;
 use rskafka::client::partition::UnknownTopicHandling;
 use rskafka::client::{Client, ClientBuilder, Credentials, SaslConfig};
 use rskafka::BackoffConfig;
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use streamgate_config::model::{Sasl, SaslMechanism, UpstreamTls};
+use streamgate_config::model::{Sasl, SaslMechanism, Upstream, UpstreamTls};
 use tokio::sync::OnceCell;
 
 /// Extra time past rskafka's own deadline before a connect attempt counts as hung.
 const CAUSE_GRACE: Duration = Duration::from_secs(1);
 
 /// How long an unused client is kept.
-pub const IDLE_CLIENT_TTL: Duration = Duration::from_secs(300);
+pub(crate) const IDLE_CLIENT_TTL: Duration = Duration::from_secs(300);
 
 /// A Kafka cluster as one kafka upstream names it.
-pub struct KafkaCluster {
+pub(crate) struct KafkaCluster {
     /// The upstream id (for logs).
     pub upstream_id: String,
     /// Bootstrap brokers, `host:port`, sorted.
@@ -37,6 +40,37 @@ pub struct KafkaCluster {
     pub connect_timeout: Duration,
 }
 
+impl KafkaCluster {
+    /// The cluster a kafka upstream names: its weighted nodes as bootstrap brokers, and its TLS
+    /// client configuration (CA and client certificate files are read here).
+    pub(crate) fn new(upstream: &Upstream) -> Result<Self, StartupError> {
+        let mut brokers: Vec<String> = upstream
+            .nodes
+            .iter()
+            .filter(|n| n.weight > 0)
+            .map(|n| n.to_string())
+            .collect();
+        brokers.sort();
+        let tls = match &upstream.tls {
+            None => None,
+            Some(t) => Some((
+                t.clone(),
+                crate::tls::kafka_client_config(t).map_err(|why| StartupError::Upstream {
+                    id: upstream.id.clone(),
+                    what: "tls".into(),
+                    why,
+                })?,
+            )),
+        };
+        Ok(Self {
+            upstream_id: upstream.id.clone(),
+            brokers,
+            tls,
+            connect_timeout: upstream.timeouts.connect,
+        })
+    }
+}
+
 impl fmt::Debug for KafkaCluster {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("KafkaCluster")
@@ -44,6 +78,34 @@ impl fmt::Debug for KafkaCluster {
             .field("brokers", &self.brokers)
             .field("tls", &self.tls.as_ref().map(|(t, _)| t))
             .field("connect_timeout", &self.connect_timeout)
+            .finish()
+    }
+}
+
+/// What one shared client is for: a cluster, and the SASL identity a route speaks as.
+pub(crate) struct KafkaIdentity {
+    cluster: Arc<KafkaCluster>,
+    sasl: Option<Sasl>,
+    key: ClientKey,
+}
+
+impl KafkaIdentity {
+    /// The identity of a route on `cluster` that authenticates as `sasl`.
+    pub(crate) fn new(cluster: Arc<KafkaCluster>, sasl: Option<Sasl>) -> Self {
+        let key = ClientKey {
+            brokers: cluster.brokers.clone(),
+            tls: cluster.tls.as_ref().map(|(t, _)| t.clone()),
+            sasl: sasl.clone(),
+        };
+        Self { cluster, sasl, key }
+    }
+}
+
+impl fmt::Debug for KafkaIdentity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KafkaIdentity")
+            .field("cluster", &self.cluster)
+            .field("sasl", &self.sasl)
             .finish()
     }
 }
@@ -65,7 +127,7 @@ struct ClientSlot {
 
 /// The process-wide pool of Kafka clients.
 #[derive(Default)]
-pub struct KafkaPool {
+pub(crate) struct KafkaPool {
     slots: Mutex<HashMap<ClientKey, Arc<ClientSlot>>>,
     last_sweep: Mutex<Option<Instant>>,
 }
@@ -78,34 +140,28 @@ impl fmt::Debug for KafkaPool {
     }
 }
 
-/// Locks a mutex even if a panicking thread poisoned it: the maps stay consistent because every
-/// critical section is a single insert, lookup or retain.
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
 impl KafkaPool {
     /// Fetch requests sent to brokers since start (after coalescing).
-    pub fn broker_fetches(&self) -> u64 {
+    pub(crate) fn broker_fetches(&self) -> u64 {
         crate::metrics::metrics().kafka_broker_fetches.get()
     }
 
     /// How many Kafka clients exist now.
-    pub fn client_count(&self) -> usize {
+    pub(crate) fn client_count(&self) -> usize {
         lock(&self.slots).len()
     }
 
-    /// The reader for `topic`/`partition` on `cluster` as `sasl`, connecting first if needed.
-    /// Every network step is bounded by `timeout`.
-    pub async fn partition(
+    /// The reader for `topic`/`partition` through the client for `identity`, connecting first
+    /// if needed. Every network step is bounded by `timeout`.
+    pub(crate) async fn partition(
         &self,
-        cluster: &KafkaCluster,
-        sasl: Option<&Sasl>,
+        identity: &KafkaIdentity,
         topic: &str,
         partition: i32,
         timeout: Duration,
     ) -> Result<Arc<PartitionReader>, KafkaFailure> {
-        let slot = self.slot(cluster, sasl);
+        let (cluster, sasl) = (&*identity.cluster, identity.sasl.as_ref());
+        let slot = self.slot(&identity.key);
         let connect = timeout.min(cluster.connect_timeout);
         // rskafka gives up at `connect` with the real cause (refused, TLS, SASL); the outer bound
         // only catches a hang, so it must not race that answer.
@@ -143,21 +199,19 @@ impl KafkaPool {
         })
     }
 
-    fn slot(&self, cluster: &KafkaCluster, sasl: Option<&Sasl>) -> Arc<ClientSlot> {
-        let key = ClientKey {
-            brokers: cluster.brokers.clone(),
-            tls: cluster.tls.as_ref().map(|(t, _)| t.clone()),
-            sasl: sasl.cloned(),
-        };
+    fn slot(&self, key: &ClientKey) -> Arc<ClientSlot> {
         self.sweep_idle();
         let mut slots = lock(&self.slots);
-        let slot = slots.entry(key).or_insert_with(|| {
-            Arc::new(ClientSlot {
-                client: OnceCell::new(),
-                partitions: Mutex::default(),
-                last_used: Mutex::new(Instant::now()),
-            })
-        });
+        let slot = match slots.get(key) {
+            Some(slot) => slot,
+            None => slots.entry(key.clone()).or_insert_with(|| {
+                Arc::new(ClientSlot {
+                    client: OnceCell::new(),
+                    partitions: Mutex::default(),
+                    last_used: Mutex::new(Instant::now()),
+                })
+            }),
+        };
         *lock(&slot.last_used) = Instant::now();
         Arc::clone(slot)
     }
@@ -218,7 +272,7 @@ async fn build_client(
 }
 
 /// rskafka retries forever by default; bound every operation by the route's socket timeout.
-pub fn backoff(timeout: Duration) -> BackoffConfig {
+pub(crate) fn backoff(timeout: Duration) -> BackoffConfig {
     BackoffConfig {
         init_backoff: Duration::from_millis(50),
         max_backoff: Duration::from_millis(500),

@@ -1,8 +1,9 @@
 //! Kafka pub/sub over WebSocket: the routes whose upstream has `scheme = "kafka"`.
 //!
 //! ```text
-//! request_filter ── handshake valid? ──no──▶ 400
-//!                        │ yes
+//! request_filter ─▶ PubSub::serve ── origin listed? ──no──▶ 403
+//!                        │ handshake valid? ──no──▶ 400
+//!                        │ consumer under max_sessions_per_consumer? ──no──▶ 429
 //!                        ▼
 //!              101, detach the TCP stream from Pingora (upgrade.rs)
 //!                        │
@@ -15,6 +16,9 @@
 //!              shared Kafka clients (kafka_pool.rs) ──▶ brokers
 //! ```
 //!
+//! A route's Kafka side ([`KafkaTarget`]: settings and client identity) is resolved once when
+//! the route table is built; a session adds the caller ([`target::KafkaAccess`]).
+//!
 //! Detached sessions no longer see Pingora's shutdown, so [`ShutdownRelay`] (a Pingora
 //! background service) passes the signal on and sessions send Close 1001.
 
@@ -23,12 +27,15 @@ mod failure;
 mod kafka_pool;
 mod reader;
 mod session;
+mod target;
 mod upgrade;
 
-pub use commands::KafkaRoute;
-pub use kafka_pool::{KafkaCluster, KafkaPool};
+pub(crate) use kafka_pool::{KafkaCluster, KafkaPool};
+pub(crate) use target::KafkaTarget;
 
-use crate::proxy::{respond_json, RequestCtx};
+use crate::ctx::RequestCtx;
+use crate::limits::ConnectionLimits;
+use crate::respond::{self, Answer};
 use async_trait::async_trait;
 use pingora::proxy::Session;
 use pingora::server::ShutdownWatch;
@@ -41,9 +48,9 @@ use tokio_tungstenite::WebSocketStream;
 
 /// The pub/sub side of the gateway, shared by all routes.
 #[derive(Debug)]
-pub struct PubSub {
+pub(crate) struct PubSub {
     /// Kafka clients shared across sessions and routes.
-    pub pool: Arc<KafkaPool>,
+    pool: Arc<KafkaPool>,
     shutdown: Arc<watch::Sender<bool>>,
     active: Arc<AtomicUsize>,
 }
@@ -60,43 +67,44 @@ impl Default for PubSub {
 
 impl PubSub {
     /// The service that tells open sessions when the gateway shuts down.
-    pub fn shutdown_relay(&self) -> ShutdownRelay {
+    pub(crate) fn shutdown_relay(&self) -> ShutdownRelay {
         ShutdownRelay {
             sessions: Arc::clone(&self.shutdown),
         }
     }
 
+    /// The Kafka clients shared across sessions and routes.
+    pub(crate) fn pool(&self) -> &KafkaPool {
+        &self.pool
+    }
+
     /// Open pub/sub sessions right now.
-    pub fn active_sessions(&self) -> usize {
+    pub(crate) fn active_sessions(&self) -> usize {
         self.active.load(Ordering::Relaxed)
     }
 
-    /// Serves a request to a pub/sub route: a 400 when it is not a WebSocket handshake, else
-    /// the 101 and a detached session. Always answers the request (returns `Ok(true)`).
-    pub async fn serve(
+    /// Serves a request to a pub/sub route of `target`: 403 for a browser origin the route
+    /// does not list, 400 when it is not a WebSocket handshake, 429 when the consumer has its
+    /// maximum of sessions open; else the 101 and a detached session. Always answers the
+    /// request (returns `Ok(true)`).
+    pub(crate) async fn serve(
         &self,
         session: &mut Session,
         ctx: &mut RequestCtx,
-        route: KafkaRoute,
-        limits: &Arc<crate::limits::ConnectionLimits>,
+        target: &Arc<KafkaTarget>,
+        limits: &Arc<ConnectionLimits>,
     ) -> pingora::Result<bool> {
-        if !upgrade::origin_allowed(session, route.settings.allowed_origins.as_deref()) {
-            ctx.status = Some(403);
-            respond_json(
-                session,
-                ctx,
-                403,
-                "403 Forbidden: this origin may not open this WebSocket",
-            )
-            .await?;
+        let settings = &target.settings;
+        if !upgrade::origin_allowed(session, settings.allowed_origins.as_deref()) {
+            let message = "403 Forbidden: this origin may not open this WebSocket";
+            respond::send(session, ctx, Answer::error(403, message)).await?;
             return Ok(true);
         }
         if let Some(problem) = upgrade::handshake_problem(session) {
-            ctx.status = Some(400);
-            respond_json(session, ctx, 400, problem).await?;
+            respond::send(session, ctx, Answer::error(400, problem)).await?;
             return Ok(true);
         }
-        let consumer_slot = match &route.consumer {
+        let consumer_slot = match &ctx.consumer {
             None => None,
             Some(consumer) => match limits.acquire_consumer(&consumer.username) {
                 Ok(slot) => Some(slot),
@@ -105,28 +113,27 @@ impl PubSub {
                         .limited
                         .with_label_values(&[refusal.name()])
                         .inc();
-                    ctx.status = Some(429);
-                    crate::proxy::respond_refusal(
-                        session,
-                        ctx,
-                        429,
-                        "429 Too Many Requests: this consumer has too many pub/sub sessions open",
-                        Some(1),
-                    )
-                    .await?;
+                    let message =
+                        "429 Too Many Requests: this consumer has too many pub/sub sessions open";
+                    let answer = Answer::error(429, message).retry_after(1);
+                    respond::send(session, ctx, answer).await?;
                     return Ok(true);
                 }
             },
         };
-        let (stream, early) = upgrade::accept_and_detach(session).await?;
-        ctx.status = Some(101);
+        let (stream, early) = upgrade::accept_and_detach(session, ctx).await?;
         // The session holds its places in the limits until it closes.
         let slots = (ctx.slot.take(), consumer_slot);
         crate::metrics::metrics()
             .pubsub_sessions_opened
-            .with_label_values(&[&*route.route_id])
+            .with_label_values(&[&*target.route_id])
             .inc();
-        let config = session::websocket_config(route.settings.max_frame_bytes);
+        let access = target::KafkaAccess {
+            target: Arc::clone(target),
+            consumer: ctx.consumer.clone(),
+            pool: Arc::clone(&self.pool),
+        };
+        let config = session::websocket_config(settings.max_frame_bytes);
         let shutdown = self.shutdown.subscribe();
         let active = Arc::clone(&self.active);
         active.fetch_add(1, Ordering::Relaxed);
@@ -134,8 +141,8 @@ impl PubSub {
             let ws =
                 WebSocketStream::from_partially_read(stream, early, Role::Server, Some(config))
                     .await;
-            let route_id = Arc::clone(&route.route_id);
-            session::run(ws, route, shutdown).await;
+            let route_id = Arc::clone(&access.target.route_id);
+            session::run(ws, access, shutdown).await;
             drop(slots);
             active.fetch_sub(1, Ordering::Relaxed);
             tracing::debug!(route = %route_id, "pub/sub session ended");
@@ -146,7 +153,7 @@ impl PubSub {
 
 /// Relays Pingora's shutdown signal to detached pub/sub sessions.
 #[derive(Debug)]
-pub struct ShutdownRelay {
+pub(crate) struct ShutdownRelay {
     sessions: Arc<watch::Sender<bool>>,
 }
 

@@ -9,22 +9,23 @@
 //! broker fetch per new batch, not one each.
 
 use super::failure::KafkaFailure;
+use crate::sync::lock;
 use bytes::Bytes;
 use futures_util::future::{BoxFuture, FutureExt, Shared};
 use rskafka::client::partition::PartitionClient;
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use streamgate_protocol::{KafkaHeader, KafkaMessage};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
 /// How often a partition with waiting sessions is polled for new records.
-pub const TAIL_POLL: Duration = Duration::from_millis(20);
+pub(crate) const TAIL_POLL: Duration = Duration::from_millis(20);
 
 /// Records decoded once, shared by every session that asked for them.
 #[derive(Debug)]
-pub struct Fetched {
+pub(crate) struct Fetched {
     /// Records in log order (keys and values are shared buffers, never copied per session).
     pub messages: Vec<KafkaMessage>,
     /// The partition's high watermark when the broker answered.
@@ -34,7 +35,7 @@ pub struct Fetched {
 type SharedFetch = Shared<BoxFuture<'static, Result<Arc<Fetched>, KafkaFailure>>>;
 
 /// One partition of one shared client.
-pub struct PartitionReader {
+pub(crate) struct PartitionReader {
     client: Arc<PartitionClient>,
     high_watermark: watch::Sender<i64>,
     poller_running: Mutex<bool>,
@@ -51,14 +52,10 @@ impl std::fmt::Debug for PartitionReader {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
 impl PartitionReader {
     /// A reader over `client`; every broker fetch it sends is counted in the process's
     /// `streamgate_kafka_broker_fetches_total`.
-    pub fn new(client: PartitionClient) -> Self {
+    pub(crate) fn new(client: PartitionClient) -> Self {
         Self {
             client: Arc::new(client),
             high_watermark: watch::channel(-1).0,
@@ -68,13 +65,13 @@ impl PartitionReader {
     }
 
     /// The rskafka partition client (for offset look-ups).
-    pub fn client(&self) -> &PartitionClient {
+    pub(crate) fn client(&self) -> &PartitionClient {
         &self.client
     }
 
     /// Records from `offset` on, waiting up to `wait` for some to arrive when `offset` is the end
     /// of the log. Each broker request is bounded by `timeout`.
-    pub async fn fetch(
+    pub(crate) async fn fetch(
         self: &Arc<Self>,
         offset: i64,
         max_bytes: i32,
@@ -103,7 +100,7 @@ impl PartitionReader {
     }
 
     /// One broker fetch with no broker-side wait; identical concurrent calls share it.
-    pub async fn fetch_now(
+    pub(crate) async fn fetch_now(
         self: &Arc<Self>,
         offset: i64,
         max_bytes: i32,

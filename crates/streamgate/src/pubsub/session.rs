@@ -12,7 +12,9 @@
 //! read: while an answer waits to be written the loop reads no more commands, at most
 //! `max_in_flight` answers wait behind it, and after `send_timeout` the connection is dropped.
 
-use super::commands::{self, KafkaRoute};
+use super::commands;
+use super::target::KafkaAccess;
+use crate::rate::TokenBucket;
 use futures_util::{SinkExt, StreamExt};
 use prost::Message as _;
 use streamgate_protocol::{
@@ -32,7 +34,7 @@ use tokio_tungstenite::WebSocketStream;
 const CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// WebSocket buffers sized for small command frames: an idle session costs a few KiB.
-pub fn websocket_config(max_frame_bytes: usize) -> WebSocketConfig {
+pub(crate) fn websocket_config(max_frame_bytes: usize) -> WebSocketConfig {
     WebSocketConfig::default()
         .read_buffer_size(4 * 1024)
         .write_buffer_size(0)
@@ -42,15 +44,16 @@ pub fn websocket_config(max_frame_bytes: usize) -> WebSocketConfig {
 }
 
 /// Runs a session until the client leaves or the gateway shuts down.
-pub async fn run<S>(
+pub(crate) async fn run<S>(
     mut ws: WebSocketStream<S>,
-    route: KafkaRoute,
+    access: KafkaAccess,
     mut shutdown: watch::Receiver<bool>,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let metrics = crate::metrics::metrics();
-    let settings = std::sync::Arc::clone(&route.settings);
+    let target = std::sync::Arc::clone(&access.target);
+    let settings = &target.settings;
     let mut tasks: JoinSet<PubSubResp> = JoinSet::new();
     let mut rate = CommandRate::new(settings.max_commands_per_second);
     let mut last_heard = Instant::now();
@@ -79,7 +82,7 @@ pub async fn run<S>(
                     }
                 }
                 Err(e) => {
-                    tracing::error!(route = %route.route_id, error = %e, "a pub/sub command task failed");
+                    tracing::error!(route = %target.route_id, error = %e, "a pub/sub command task failed");
                 }
             },
             () = &mut lifetime => {
@@ -105,11 +108,11 @@ pub async fn run<S>(
                 match frame {
                     None => break (None, "client"),
                     Some(Err(WsError::Capacity(e))) => {
-                        tracing::debug!(route = %route.route_id, error = %e, "frame over the route's limit");
+                        tracing::debug!(route = %target.route_id, error = %e, "frame over the route's limit");
                         break (Some((CloseCode::Size, "frame larger than this route's max_frame_bytes")), "frame_too_large");
                     }
                     Some(Err(e)) => {
-                        tracing::debug!(route = %route.route_id, error = %e, "websocket read failed");
+                        tracing::debug!(route = %target.route_id, error = %e, "websocket read failed");
                         break (None, "client");
                     }
                     Some(Ok(Message::Binary(data))) => {
@@ -120,10 +123,10 @@ pub async fn run<S>(
                             match PubSubReq::decode(data) {
                                 Err(_) => {
                                     let answer = PubSubResp::error(0, ErrorCode::BadRequest, "wrong command");
-                                    metrics.command(&route.route_id, "undecodable", &answer);
+                                    metrics.command(&target.route_id, "undecodable", &answer);
                                     Some(answer)
                                 }
-                                Ok(req) => dispatch(req, &route, &mut tasks),
+                                Ok(req) => dispatch(req, &access, &mut tasks),
                             }
                         };
                         if let Some(answer) = immediate {
@@ -152,7 +155,7 @@ pub async fn run<S>(
         .with_label_values(&[why])
         .inc();
     if why == "slow_reader" {
-        tracing::info!(route = %route.route_id, "closed a pub/sub session whose client did not read its answers");
+        tracing::info!(route = %target.route_id, "closed a pub/sub session whose client did not read its answers");
     }
     if let Some((code, reason)) = close {
         let frame = CloseFrame {
@@ -173,7 +176,7 @@ pub async fn run<S>(
 /// Handles one request: returns an answer to send now, or starts a Kafka command task.
 fn dispatch(
     req: PubSubReq,
-    route: &KafkaRoute,
+    access: &KafkaAccess,
     tasks: &mut JoinSet<PubSubResp>,
 ) -> Option<PubSubResp> {
     let sequence = req.sequence;
@@ -181,7 +184,7 @@ fn dispatch(
     let cmd = match req.req {
         None | Some(Req::CmdEmpty(_)) => {
             let answer = PubSubResp::error(sequence, ErrorCode::BadRequest, "unknown command");
-            metrics.command(&route.route_id, "unknown", &answer);
+            metrics.command(&access.target.route_id, "unknown", &answer);
             return Some(answer);
         }
         Some(Req::CmdPing(ping)) => {
@@ -189,7 +192,7 @@ fn dispatch(
                 sequence,
                 resp: Some(Resp::PongResp(PongResp { state: ping.state })),
             };
-            metrics.command(&route.route_id, "ping", &answer);
+            metrics.command(&access.target.route_id, "ping", &answer);
             return Some(answer);
         }
         Some(cmd) => cmd,
@@ -199,10 +202,10 @@ fn dispatch(
         Req::CmdKafkaFetch(_) => "fetch",
         Req::CmdEmpty(_) | Req::CmdPing(_) => "unknown",
     };
-    if tasks.len() >= route.settings.max_in_flight {
+    if tasks.len() >= access.target.settings.max_in_flight {
         metrics.limited.with_label_values(&["in_flight"]).inc();
         metrics.command(
-            &route.route_id,
+            &access.target.route_id,
             kind,
             &PubSubResp::error(sequence, ErrorCode::LimitExceeded, ""),
         );
@@ -211,58 +214,49 @@ fn dispatch(
             ErrorCode::LimitExceeded,
             format!(
                 "too many commands in flight on this connection (limit {}): wait for an answer before sending more",
-                route.settings.max_in_flight
+                access.target.settings.max_in_flight
             ),
         ));
     }
-    let route = route.clone();
+    let access = access.clone();
     tasks.spawn(async move {
         let answer = match cmd {
-            Req::CmdKafkaListOffset(c) => commands::list_offset(&route, sequence, c).await,
-            Req::CmdKafkaFetch(c) => commands::fetch(&route, sequence, c).await,
+            Req::CmdKafkaListOffset(c) => commands::list_offset(&access, sequence, c).await,
+            Req::CmdKafkaFetch(c) => commands::fetch(&access, sequence, c).await,
             // Answered inline above; never spawned.
             Req::CmdEmpty(_) | Req::CmdPing(_) => {
                 PubSubResp::error(sequence, ErrorCode::Internal, "command dispatched twice")
             }
         };
-        crate::metrics::metrics().command(&route.route_id, kind, &answer);
+        crate::metrics::metrics().command(&access.target.route_id, kind, &answer);
         answer
     });
     None
 }
 
-/// A token bucket over a session's frames: `per_second` sustained, as many at once.
+/// A session's frame rate: `per_second` sustained, as many at once; 0 means no limit.
 #[derive(Debug)]
 struct CommandRate {
     per_second: f64,
-    tokens: f64,
-    updated: Instant,
+    bucket: TokenBucket,
 }
 
 impl CommandRate {
     fn new(per_second: u32) -> Self {
+        let per_second = f64::from(per_second);
         Self {
-            per_second: f64::from(per_second),
-            tokens: f64::from(per_second),
-            updated: Instant::now(),
+            per_second,
+            bucket: TokenBucket::full(per_second, std::time::Instant::now()),
         }
     }
 
-    /// Takes a token if there is one; a limit of 0 always allows.
+    /// Takes a token if there is one.
     fn allow(&mut self) -> bool {
-        if self.per_second <= 0.0 {
-            return true;
-        }
-        let now = Instant::now();
-        let refill = now.duration_since(self.updated).as_secs_f64() * self.per_second;
-        self.tokens = (self.tokens + refill).min(self.per_second);
-        self.updated = now;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
+        self.per_second <= 0.0
+            || self
+                .bucket
+                .take(self.per_second, self.per_second, std::time::Instant::now())
+                .is_ok()
     }
 }
 

@@ -4,6 +4,7 @@
 //! validated here (RFC 6455 §4.2.1). After the 101 the TCP stream is taken out of Pingora's
 //! session ([`crate::detach`]).
 
+use crate::ctx::RequestCtx;
 use pingora::http::ResponseHeader;
 use pingora::protocols::Stream;
 use pingora::proxy::Session;
@@ -12,24 +13,21 @@ use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 /// Whether a browser page at the request's `Origin` may open this WebSocket. Browsers always send
 /// `Origin` on WebSocket handshakes, and cookies or query-string credentials ride along, so a
 /// route that lists origins refuses every other one (cross-site WebSocket hijacking).
-pub fn origin_allowed(session: &Session, allowed: Option<&[String]>) -> bool {
+pub(super) fn origin_allowed(session: &Session, allowed: Option<&[String]>) -> bool {
     let Some(allowed) = allowed else { return true };
     match session
         .req_header()
         .headers
-        .get("origin")
+        .get(http::header::ORIGIN)
         .and_then(|v| v.to_str().ok())
     {
         None => true,
-        Some(origin) => {
-            let origin = origin.trim_end_matches('/').to_ascii_lowercase();
-            allowed.contains(&origin)
-        }
+        Some(origin) => crate::request::origin_listed(origin, allowed),
     }
 }
 
 /// Why a request to a pub/sub route is not a usable WebSocket handshake.
-pub fn handshake_problem(session: &Session) -> Option<&'static str> {
+pub(super) fn handshake_problem(session: &Session) -> Option<&'static str> {
     let req = session.req_header();
     let header = |name: &str| req.headers.get(name).and_then(|v| v.to_str().ok());
     let has_token = |name: &str, token: &str| {
@@ -57,7 +55,10 @@ pub fn handshake_problem(session: &Session) -> Option<&'static str> {
 ///
 /// Returns the stream and the bytes the client already sent after the handshake (a client may
 /// send its first frame in the same TCP write). Call only when [`handshake_problem`] is `None`.
-pub async fn accept_and_detach(session: &mut Session) -> pingora::Result<(Stream, Vec<u8>)> {
+pub(super) async fn accept_and_detach(
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+) -> pingora::Result<(Stream, Vec<u8>)> {
     let key = session
         .req_header()
         .headers
@@ -68,6 +69,6 @@ pub async fn accept_and_detach(session: &mut Session) -> pingora::Result<(Stream
     resp.insert_header("upgrade", "websocket")?;
     resp.insert_header("connection", "Upgrade")?;
     resp.insert_header("sec-websocket-accept", key)?;
-    session.write_response_header(Box::new(resp), false).await?;
+    crate::respond::header(session, ctx, resp, false).await?;
     crate::detach::detach(session).await
 }

@@ -1,0 +1,53 @@
+//! A pub/sub route's Kafka side, resolved once when the route table is built: its settings and
+//! the identity of the shared client its sessions use. A session adds who is calling
+//! ([`KafkaAccess`]).
+
+use super::kafka_pool::{KafkaCluster, KafkaIdentity, KafkaPool};
+use crate::error::StartupError;
+use std::sync::Arc;
+use streamgate_config::model::{Consumer, KafkaProxy, Route};
+
+/// The Kafka side of one route to a kafka upstream.
+#[derive(Debug)]
+pub(crate) struct KafkaTarget {
+    /// The route id (for logs and metrics).
+    pub route_id: Arc<str>,
+    /// The route's checked `kafka-proxy` settings.
+    pub settings: KafkaProxy,
+    /// The shared client it reads through.
+    pub identity: KafkaIdentity,
+}
+
+impl KafkaTarget {
+    /// The target of `route`, whose upstream is `cluster`.
+    pub(crate) fn new(route: &Route, cluster: Arc<KafkaCluster>) -> Result<Self, StartupError> {
+        // The configuration gives every route to a kafka upstream its kafka-proxy settings
+        // (defaults when the table is absent), so a missing one is a bug, reported as such.
+        let settings = route
+            .plugins
+            .kafka_proxy
+            .clone()
+            .ok_or_else(|| StartupError::Upstream {
+                id: route.upstream.id.clone(),
+                what: format!("route {:?}", route.id),
+                why: "a kafka route without kafka-proxy settings".into(),
+            })?;
+        Ok(Self {
+            route_id: route.id.as_str().into(),
+            identity: KafkaIdentity::new(cluster, settings.sasl.clone()),
+            settings,
+        })
+    }
+}
+
+/// What one session's Kafka commands run against: its route's target, who is calling, and the
+/// shared clients.
+#[derive(Debug, Clone)]
+pub(crate) struct KafkaAccess {
+    /// The route's Kafka side.
+    pub target: Arc<KafkaTarget>,
+    /// The consumer an auth plugin recognised, whose allow-list narrows the route's.
+    pub consumer: Option<Arc<Consumer>>,
+    /// The process's Kafka clients.
+    pub pool: Arc<KafkaPool>,
+}

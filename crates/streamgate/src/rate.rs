@@ -1,0 +1,65 @@
+//! The token bucket behind every rate in the gateway: `limit-req` (per client, consumer or
+//! route) and a pub/sub session's `max_commands_per_second`.
+
+use std::time::Instant;
+
+/// Tokens refilled at `rate` per second up to `burst`; a full bucket is the same as a new one.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct TokenBucket {
+    tokens: f64,
+    updated: Instant,
+}
+
+impl TokenBucket {
+    /// A full bucket of `burst` tokens at `now`.
+    pub(crate) fn full(burst: f64, now: Instant) -> Self {
+        Self {
+            tokens: burst,
+            updated: now,
+        }
+    }
+
+    /// Takes a token at `now`; when there is none, the seconds until there will be one.
+    pub(crate) fn take(&mut self, rate: f64, burst: f64, now: Instant) -> Result<(), f64> {
+        self.tokens = self.tokens_at(rate, burst, now);
+        self.updated = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            Ok(())
+        } else {
+            Err((1.0 - self.tokens) / rate)
+        }
+    }
+
+    /// Whether the bucket will be full again at `now` (and so can be forgotten).
+    pub(crate) fn is_full_at(&self, rate: f64, burst: f64, now: Instant) -> bool {
+        self.tokens_at(rate, burst, now) >= burst
+    }
+
+    fn tokens_at(&self, rate: f64, burst: f64, now: Instant) -> f64 {
+        let refill = now.saturating_duration_since(self.updated).as_secs_f64() * rate;
+        (self.tokens + refill).min(burst)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn a_bucket_allows_its_burst_then_the_rate() {
+        let t0 = Instant::now();
+        let mut bucket = TokenBucket::full(3.0, t0);
+        for _ in 0..3 {
+            assert!(bucket.take(2.0, 3.0, t0).is_ok());
+        }
+        let wait = bucket.take(2.0, 3.0, t0).unwrap_err();
+        assert!((wait - 0.5).abs() < 1e-9, "one token every 0.5 s: {wait}");
+        let later = t0 + Duration::from_millis(500);
+        assert!(bucket.take(2.0, 3.0, later).is_ok());
+        assert!(bucket.take(2.0, 3.0, later).is_err());
+        assert!(!bucket.is_full_at(2.0, 3.0, later));
+        assert!(bucket.is_full_at(2.0, 3.0, later + Duration::from_secs(2)));
+    }
+}

@@ -1,0 +1,158 @@
+//! The route table: every route ready to serve, with its plugins and where it sends requests;
+//! built from a checked configuration at start-up and again on each reload, then swapped in
+//! whole ([`TableInForce`]).
+//!
+//! Building the table is where each route's settings are resolved once: plugins are built, HTTP
+//! upstreams get their nodes and health checks, and kafka routes their [`KafkaTarget`] (settings
+//! and shared-client identity). Requests then only look things up.
+
+use crate::error::StartupError;
+use crate::plugins::{self, Plugin};
+use crate::pubsub::{KafkaCluster, KafkaTarget};
+use crate::upstream::{HealthTask, HttpUpstream};
+use pingora::http::RequestHeader;
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use streamgate_config::model::{self, Scheme};
+use streamgate_config::Config;
+
+/// Where a route sends matching requests.
+#[derive(Debug)]
+pub(crate) enum Target {
+    /// Proxied to HTTP(S) nodes.
+    Http(Arc<HttpUpstream>),
+    /// Served as pub/sub WebSocket sessions against Kafka brokers.
+    Kafka(Arc<KafkaTarget>),
+}
+
+/// A route ready to serve: its checked settings, plugins and target.
+#[derive(Debug)]
+pub(crate) struct Route {
+    /// The checked route.
+    pub config: Arc<model::Route>,
+    /// Its plugins, in the order they run.
+    pub plugins: Vec<Arc<dyn Plugin>>,
+    /// Where it sends requests.
+    pub target: Target,
+}
+
+impl Route {
+    /// The route's upstream id.
+    pub(crate) fn upstream_id(&self) -> &str {
+        &self.config.upstream.id
+    }
+
+    /// The HTTP upstream, for routes that proxy to one.
+    pub(crate) fn http(&self) -> Option<&Arc<HttpUpstream>> {
+        match &self.target {
+            Target::Http(u) => Some(u),
+            Target::Kafka(_) => None,
+        }
+    }
+}
+
+/// The routes in force, in file order (`routes[i].config.index == i`).
+#[derive(Debug)]
+pub(crate) struct RouteTable {
+    routes: Vec<Arc<Route>>,
+}
+
+impl RouteTable {
+    /// The route for a request, and for a CORS preflight the route of the method it asks for.
+    pub(crate) fn find(&self, req: &RequestHeader) -> Option<&Arc<Route>> {
+        let host = crate::request::host(req);
+        let path = req.uri.path();
+        let configs = || self.routes.iter().map(|r| &*r.config);
+        crate::router::best(configs(), host, req.method.as_str(), path)
+            .or_else(|| {
+                // A CORS preflight is an OPTIONS for the method it names: a route limited to
+                // that method answers it (its cors plugin does).
+                let asked = req
+                    .headers
+                    .get(http::header::ACCESS_CONTROL_REQUEST_METHOD)?;
+                let asked = asked.to_str().ok()?;
+                (req.method == http::Method::OPTIONS)
+                    .then(|| crate::router::best(configs(), host, asked, path))
+                    .flatten()
+                    .filter(|&i| {
+                        self.routes
+                            .get(i)
+                            .is_some_and(|r| r.config.plugins.cors.is_some())
+                    })
+            })
+            .and_then(|i| self.routes.get(i))
+    }
+}
+
+/// The table in force. Requests take a reference at their start and keep it to their end, so a
+/// reload never changes a request (or an open WebSocket session) midway.
+#[derive(Debug)]
+pub(crate) struct TableInForce(RwLock<Arc<RouteTable>>);
+
+impl TableInForce {
+    /// Starts with `table`.
+    pub(crate) fn new(table: RouteTable) -> Arc<Self> {
+        Arc::new(Self(RwLock::new(Arc::new(table))))
+    }
+
+    /// The table in force now.
+    pub(crate) fn current(&self) -> Arc<RouteTable> {
+        Arc::clone(&crate::sync::read(&self.0))
+    }
+
+    /// Puts `table` in force for every request that starts from now on.
+    pub(crate) fn replace(&self, table: RouteTable) {
+        *crate::sync::write(&self.0) = Arc::new(table);
+    }
+}
+
+/// Builds the routes with their plugins, upstreams and consumers: what a reload replaces.
+/// Resolves nodes and loads TLS files, so a bad file is an error here, not at a request.
+/// Returns the health checks of the table's HTTP upstreams, to run while it is in force.
+pub(crate) fn build(config: &Config) -> Result<(RouteTable, Vec<HealthTask>), StartupError> {
+    let mut health = Vec::new();
+    let mut http: HashMap<&str, Arc<HttpUpstream>> = HashMap::new();
+    let mut kafka: HashMap<&str, Arc<KafkaCluster>> = HashMap::new();
+    for upstream in &config.upstreams {
+        match upstream.scheme {
+            Scheme::Http | Scheme::Https => {
+                let (u, service) = HttpUpstream::build(Arc::clone(upstream))?;
+                http.insert(&upstream.id, Arc::new(u));
+                health.extend(service);
+            }
+            Scheme::Kafka => {
+                kafka.insert(&upstream.id, Arc::new(KafkaCluster::new(upstream)?));
+            }
+        }
+    }
+    let keys = plugins::key_index(&config.consumers);
+    let tokens = plugins::jwt_index(&config.consumers)?;
+    let mut routes = Vec::with_capacity(config.routes.len());
+    for (i, route) in config.routes.iter().enumerate() {
+        debug_assert_eq!(route.index, i);
+        let id = route.upstream.id.as_str();
+        let target = match route.upstream.scheme {
+            Scheme::Kafka => match kafka.get(id) {
+                Some(cluster) => Some(Target::Kafka(Arc::new(KafkaTarget::new(
+                    route,
+                    Arc::clone(cluster),
+                )?))),
+                None => None,
+            },
+            Scheme::Http | Scheme::Https => http.get(id).map(|h| Target::Http(Arc::clone(h))),
+        };
+        let Some(target) = target else {
+            return Err(StartupError::Upstream {
+                id: id.to_string(),
+                what: format!("route {:?}", route.id),
+                why: "the upstream was not prepared".into(),
+            });
+        };
+        routes.push(Arc::new(Route {
+            config: Arc::clone(route),
+            plugins: plugins::for_route(route, &keys, &tokens),
+            target,
+        }));
+    }
+    Ok((RouteTable { routes }, health))
+}
