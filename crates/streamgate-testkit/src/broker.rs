@@ -169,6 +169,7 @@ impl Broker {
             cmd.arg("--authentication");
         }
         let child = cmd.spawn().expect("start the test broker");
+        let pid = child.id();
         self.child = Some(child);
         let addr = format!("127.0.0.1:{}", self.broker_port)
             .parse()
@@ -176,6 +177,16 @@ impl Broker {
         wait_for_port(addr, Duration::from_secs(10))
             .await
             .expect("broker port opens");
+        // Another test may have been handed the same free port: make sure it is ours.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !crate::listens_on(pid, self.broker_port) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "another process listens on the broker's port {}",
+                self.broker_port
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// Runs a tansu subcommand against this broker (while authentication is off).

@@ -1,6 +1,6 @@
 //! The real `streamgate` binary with a temporary config.
 
-use crate::wait_for_port;
+use crate::{listens_on, wait_for_port};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -52,9 +52,12 @@ impl GatewayProcess {
         };
         let deadline = std::time::Instant::now() + Duration::from_secs(15);
         loop {
+            // Listening, and by this process: another test may have been handed the same
+            // free port, and then its gateway answers while ours failed to bind.
             if wait_for_port(addr, Duration::from_millis(100))
                 .await
                 .is_ok()
+                && listens_on(gateway.pid(), addr.port())
             {
                 return gateway;
             }

@@ -35,6 +35,41 @@ pub fn free_port() -> u16 {
         .expect("the OS hands out a free loopback port")
 }
 
+/// Whether process `pid` holds a listening TCP socket on `port` (Linux: `/proc/net/tcp{,6}` and
+/// the process's file descriptors).
+///
+/// A port from [`free_port`] is free only when asked: two tests running at once can be handed the
+/// same one, and then "something accepts connections on it" says nothing about *our* process.
+pub fn listens_on(pid: u32, port: u16) -> bool {
+    let mut inodes = std::collections::HashSet::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let text = std::fs::read_to_string(table).unwrap_or_default();
+        for line in text.lines().skip(1) {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            // local_address (hex ip:port), state 0A = LISTEN, inode in column 10.
+            let (Some(local), Some(state), Some(inode)) =
+                (fields.get(1), fields.get(3), fields.get(9))
+            else {
+                continue;
+            };
+            let listening_here = *state == "0A"
+                && local
+                    .rsplit_once(':')
+                    .and_then(|(_, p)| u16::from_str_radix(p, 16).ok())
+                    == Some(port);
+            if listening_here {
+                inodes.insert(format!("socket:[{inode}]"));
+            }
+        }
+    }
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return false;
+    };
+    fds.filter_map(Result::ok)
+        .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+        .any(|target| inodes.contains(target.to_string_lossy().as_ref()))
+}
+
 /// Waits until `addr` accepts TCP connections.
 pub async fn wait_for_port(addr: SocketAddr, within: Duration) -> Result<(), String> {
     let deadline = Instant::now() + within;
@@ -60,4 +95,18 @@ pub fn unique_topic(prefix: &str) -> String {
         std::process::id(),
         NEXT.fetch_add(1, Ordering::Relaxed)
     )
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn listens_on_names_the_owner_of_a_listening_socket() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        assert!(super::listens_on(std::process::id(), port));
+        // PID 1 is not this process.
+        assert!(!super::listens_on(1, port));
+        drop(listener);
+        assert!(!super::listens_on(std::process::id(), port));
+    }
 }
