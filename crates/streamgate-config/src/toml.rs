@@ -71,6 +71,7 @@ pub(crate) struct ServerToml {
     pub l4_read_buffer_bytes: Option<i64>,
     pub upgrade_sock: Option<Text>,
     pub reload_on_change: Option<bool>,
+    pub normalize_uri_like_servlet: Option<bool>,
     pub limits: Option<LimitsToml>,
 }
 

@@ -45,7 +45,7 @@ pub(crate) fn write(
         target: "streamgate::access",
         client = %ctx.client.or_else(|| request::client_ip(session)).map(|i| i.to_string()).unwrap_or_default(),
         method = %req.method,
-        uri = %redacted_uri(&req.uri, ctx.secret_query_param.as_deref()),
+        uri = %redacted_uri(&req.uri, &ctx.secret_params),
         host = request::host(req).unwrap_or(""),
         route,
         consumer = ctx.consumer.as_ref().map_or("-", |c| c.username.as_str()),
@@ -91,14 +91,16 @@ fn status_label(status: u16) -> &'static str {
     }
 }
 
-/// The request URI for the access log, with a credential-carrying query parameter masked.
-fn redacted_uri(uri: &http::Uri, secret: Option<&str>) -> String {
-    match (uri.query(), secret) {
-        (Some(query), Some(name)) => {
-            format!("{}?{}", uri.path(), request::masked_param(query, name))
-        }
-        _ => uri.to_string(),
+/// The request URI for the access log, with the credential-carrying query parameters masked.
+fn redacted_uri(uri: &http::Uri, secrets: &[String]) -> String {
+    let Some(query) = uri.query() else {
+        return uri.to_string();
+    };
+    let mut query = std::borrow::Cow::Borrowed(query);
+    for name in secrets {
+        query = std::borrow::Cow::Owned(request::masked_param(&query, name));
     }
+    format!("{}?{query}", uri.path())
 }
 
 #[cfg(test)]
@@ -107,10 +109,12 @@ mod tests {
 
     #[test]
     fn credentials_in_the_query_are_masked() {
+        let secrets = ["apikey".to_string(), "jwt".to_string()];
         assert_eq!(
-            redacted_uri(&"/k?a=1&jwt=s3cret".parse().unwrap(), Some("jwt")),
-            "/k?a=1&jwt=***"
+            redacted_uri(&"/k?a=1&jwt=s3cret&apikey=k".parse().unwrap(), &secrets),
+            "/k?a=1&jwt=***&apikey=***"
         );
-        assert_eq!(redacted_uri(&"/k?a=1".parse().unwrap(), None), "/k?a=1");
+        assert_eq!(redacted_uri(&"/k?a=1".parse().unwrap(), &secrets), "/k?a=1");
+        assert_eq!(redacted_uri(&"/k".parse().unwrap(), &secrets), "/k");
     }
 }

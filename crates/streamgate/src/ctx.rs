@@ -23,8 +23,10 @@ pub(crate) struct RequestCtx {
     pub status: Option<u16>,
     /// Set by an auth plugin: who is calling.
     pub consumer: Option<Arc<Consumer>>,
-    /// A query parameter that carries a credential: the access log writes its value as `***`.
-    pub secret_query_param: Option<String>,
+    /// The query parameters that carry credentials on any route (every `key-auth` and
+    /// `jwt-auth` `query` name): the access log writes their values as `***`, whichever route
+    /// the request reached, or none.
+    pub secret_params: Arc<[String]>,
     /// This request's place in the connection limits; a detached session or tunnel takes it.
     pub slot: Option<Slot>,
     /// Headers that every answer to this request must carry, the gateway's own refusals and
@@ -40,7 +42,7 @@ impl RequestCtx {
             client: None,
             status: None,
             consumer: None,
-            secret_query_param: None,
+            secret_params: Arc::new([]),
             slot: None,
             answer_headers: Vec::new(),
         }

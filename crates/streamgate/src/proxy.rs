@@ -2,12 +2,14 @@
 //! delegates to the module that owns the work; this file only says in which order it happens.
 //!
 //! ```text
-//!   request ─▶ request_filter: admission (limits.rs: 503/429/431/413) ─▶ path check (400)
+//!   request ─▶ request_filter: admission (limits.rs: 503/429/431/413) ─▶ path normalised
+//!                   (router.rs: 400 for what cannot be)
 //!                   ─▶ route match (routes.rs, router.rs: 404) ─▶ route plugins (plugins/:
 //!                   may answer 401/403/429/204 themselves, put the consumer on the context)
 //!                   │
 //!                   ├─ kafka route ─▶ pubsub::serve: 403/400/429, or 101 + a detached session
-//!                   ├─ upgrade (WebSocket) to an http route ─▶ tunnel::serve: relays it itself
+//!                   ├─ upgrade to an http route ─▶ 400 unless a WebSocket handshake;
+//!                   │     tunnel::serve relays it itself
 //!                   ▼ http route
 //!             upstream_peer: a healthy node not yet tried (upstream.rs)
 //!                   ▼
@@ -35,6 +37,7 @@ use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::HttpPeer;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{Error, ErrorSource, ErrorType};
+use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -45,6 +48,8 @@ pub(crate) struct Gateway {
     pubsub: Arc<PubSub>,
     limits: Arc<ConnectionLimits>,
     upgrades: Upgrades,
+    /// `[server] normalize_uri_like_servlet`.
+    servlet_paths: bool,
 }
 
 impl Gateway {
@@ -53,12 +58,14 @@ impl Gateway {
         routes: Arc<TableInForce>,
         pubsub: Arc<PubSub>,
         limits: Arc<ConnectionLimits>,
+        servlet_paths: bool,
     ) -> Self {
         Self {
             routes,
             pubsub,
             limits,
             upgrades: Upgrades::default(),
+            servlet_paths,
         }
     }
 }
@@ -106,8 +113,9 @@ impl ProxyHttp for Gateway {
     }
 
     /// Runs first, once the request header is read. Admits the request into the connection
-    /// limits, matches its route and runs the route's plugins; answers refusals (503, 429, 431,
-    /// 413), a bad path (400), no route (404) and whatever a plugin refuses itself. Serves
+    /// limits, normalises the path (the node gets the normalised one), matches the route and
+    /// runs its plugins; answers refusals (503, 429, 431, 413), a path that cannot be
+    /// normalised (400), no route (404) and whatever a plugin refuses itself. Serves
     /// kafka routes (pub/sub) and upgrade requests to http routes (relay) without Pingora's
     /// proxying. `Ok(true)` means the request was answered; `Ok(false)` means "proxy it".
     async fn request_filter(
@@ -116,6 +124,8 @@ impl ProxyHttp for Gateway {
         ctx: &mut ProxyCtx,
     ) -> pingora::Result<bool> {
         ctx.req.client = request::client_ip(session);
+        let table = self.routes.current();
+        ctx.req.secret_params = Arc::clone(table.secret_params());
         match self.limits.admit(ctx.req.client, session.req_header()) {
             Ok(slot) => ctx.req.slot = Some(slot),
             Err(refused) => {
@@ -127,12 +137,32 @@ impl ProxyHttp for Gateway {
                 return Ok(true);
             }
         }
-        if !crate::router::is_routable_path(session.req_header().uri.path()) {
-            let answer = Answer::error(400, "400 Bad Request: the path has `.` or `..` segments");
-            respond::send(session, &mut ctx.req, answer).await?;
-            return Ok(true);
+        let req = session.req_header();
+        let path = match crate::router::normalize(req.uri.path(), self.servlet_paths) {
+            Ok(path) => path,
+            Err(why) => {
+                let message = format!("400 Bad Request: {why}");
+                respond::send(session, &mut ctx.req, Answer::error(400, &message)).await?;
+                return Ok(true);
+            }
+        };
+        let found = table.find(req, &path.matched).cloned();
+        if let Cow::Owned(normal) = path.forward {
+            // The node gets the path the route was matched on.
+            let uri = match req.uri.query() {
+                Some(query) => format!("{normal}?{query}"),
+                None => normal,
+            };
+            match uri.parse() {
+                Ok(uri) => session.req_header_mut().set_uri(uri),
+                Err(_) => {
+                    let answer = Answer::error(400, "400 Bad Request: the path is malformed");
+                    respond::send(session, &mut ctx.req, answer).await?;
+                    return Ok(true);
+                }
+            }
         }
-        let Some(route) = self.routes.current().find(session.req_header()).cloned() else {
+        let Some(route) = found else {
             let answer = Answer::error(404, "404 Route Not Found");
             respond::send(session, &mut ctx.req, answer).await?;
             return Ok(true);
@@ -150,7 +180,21 @@ impl ProxyHttp for Gateway {
                     .serve(session, &mut ctx.req, target, &self.limits)
                     .await
             }
-            Target::Http(upstream) if crate::tunnel::relays(session.req_header()) => {
+            Target::Http(upstream) if request::asks_upgrade(session.req_header()) => {
+                // Only WebSocket is relayed: another protocol (h2c, say) would turn the
+                // connection into a pipe carrying requests no route or plugin sees.
+                let req = session.req_header();
+                let not_websocket =
+                    "400 Bad Request: only WebSocket upgrades are relayed (`Upgrade: websocket`)";
+                let problem =
+                    request::websocket_handshake_problem(req, not_websocket).or_else(|| {
+                        request::declares_body(req)
+                            .then_some("400 Bad Request: a WebSocket handshake carries no body")
+                    });
+                if let Some(problem) = problem {
+                    respond::send(session, &mut ctx.req, Answer::error(400, problem)).await?;
+                    return Ok(true);
+                }
                 let settings = RelaySettings {
                     idle_timeout: upstream.config.timeouts.read,
                     route: route.config.id.clone(),
@@ -285,6 +329,8 @@ impl ProxyHttp for Gateway {
         }
         let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
         upstream_request.insert_header("x-forwarded-proto", if tls { "https" } else { "http" })?;
+        // Only an h2c upgrade uses it, and the gateway relays no h2c.
+        upstream_request.remove_header("http2-settings");
         if let Some(host) = &original_host {
             upstream_request.insert_header("x-forwarded-host", host.as_str())?;
         }

@@ -72,6 +72,48 @@ pub(crate) fn masked_param(query: &str, name: &str) -> String {
         .join("&")
 }
 
+/// Why a request is not a usable WebSocket handshake (RFC 6455 §4.2.1), if it is not;
+/// `not_websocket` is the answer when it does not ask for a WebSocket at all.
+pub(crate) fn websocket_handshake_problem(
+    req: &RequestHeader,
+    not_websocket: &'static str,
+) -> Option<&'static str> {
+    let header = |name: &str| req.headers.get(name).and_then(|v| v.to_str().ok());
+    let has_token = |name: &str, token: &str| {
+        header(name).is_some_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+    };
+    if req.method != http::Method::GET {
+        return Some("a WebSocket handshake must use GET");
+    }
+    if req.version != http::Version::HTTP_11 {
+        return Some("a WebSocket handshake must use HTTP/1.1");
+    }
+    if !has_token("upgrade", "websocket") || !has_token("connection", "upgrade") {
+        return Some(not_websocket);
+    }
+    if header("sec-websocket-version") != Some("13") {
+        return Some("unsupported WebSocket version: send `Sec-WebSocket-Version: 13`");
+    }
+    if header("sec-websocket-key").is_none_or(|k| k.trim().len() != 24) {
+        return Some("missing or malformed `Sec-WebSocket-Key`");
+    }
+    None
+}
+
+/// Whether the request asks to switch protocols (it has an `Upgrade` header).
+pub(crate) fn asks_upgrade(req: &RequestHeader) -> bool {
+    req.headers.contains_key(http::header::UPGRADE)
+}
+
+/// Whether the request declares a body (`Content-Length` above 0, or `Transfer-Encoding`).
+pub(crate) fn declares_body(req: &RequestHeader) -> bool {
+    req.headers.contains_key(http::header::TRANSFER_ENCODING)
+        || req
+            .headers
+            .get(http::header::CONTENT_LENGTH)
+            .is_some_and(|v| v.as_bytes() != b"0")
+}
+
 /// Whether a browser `Origin` is in a configured list. The configuration keeps origins in lower
 /// case without a trailing `/`; the request's is compared the same way.
 pub(crate) fn origin_listed(origin: &str, listed: &[String]) -> bool {
@@ -110,6 +152,42 @@ mod tests {
         // removed too.
         assert_eq!(masked_param("api%6bey=s&b", "apikey"), "api%6bey=***&b");
         assert_eq!(without_param("api%6bey=s&b=%20", "apikey"), "b=%20");
+    }
+
+    fn request(headers: &[(&str, &str)]) -> RequestHeader {
+        let mut req = RequestHeader::build("GET", b"/ws", None).expect("request");
+        for (k, v) in headers {
+            req.append_header(k.to_string(), *v).expect("header");
+        }
+        req
+    }
+
+    #[test]
+    fn websocket_handshakes_are_checked() {
+        let valid = [
+            ("upgrade", "websocket"),
+            ("connection", "keep-alive, Upgrade"),
+            ("sec-websocket-version", "13"),
+            ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
+        ];
+        assert_eq!(websocket_handshake_problem(&request(&valid), "x"), None);
+        let h2c = [
+            ("upgrade", "h2c"),
+            ("connection", "Upgrade, HTTP2-Settings"),
+        ];
+        assert_eq!(websocket_handshake_problem(&request(&h2c), "x"), Some("x"));
+        assert!(websocket_handshake_problem(&request(&valid[..3]), "x").is_some());
+        let mut http10 = request(&valid);
+        http10.set_version(http::Version::HTTP_10);
+        assert!(websocket_handshake_problem(&http10, "x").is_some());
+    }
+
+    #[test]
+    fn declared_bodies_are_seen() {
+        assert!(!declares_body(&request(&[])));
+        assert!(!declares_body(&request(&[("content-length", "0")])));
+        assert!(declares_body(&request(&[("content-length", "5")])));
+        assert!(declares_body(&request(&[("transfer-encoding", "chunked")])));
     }
 
     #[test]

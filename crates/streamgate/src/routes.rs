@@ -55,13 +55,20 @@ impl Route {
 #[derive(Debug)]
 pub(crate) struct RouteTable {
     routes: Vec<Arc<Route>>,
+    secret_params: Arc<[String]>,
 }
 
 impl RouteTable {
-    /// The route for a request, and for a CORS preflight the route of the method it asks for.
-    pub(crate) fn find(&self, req: &RequestHeader) -> Option<&Arc<Route>> {
+    /// Every query parameter name that carries a credential on some route (`key-auth` and
+    /// `jwt-auth` `query`): masked in the access log of every request, matched or not.
+    pub(crate) fn secret_params(&self) -> &Arc<[String]> {
+        &self.secret_params
+    }
+
+    /// The route for a request whose normalised path is `path` (see [`crate::router::normalize`]),
+    /// and for a CORS preflight the route of the method it asks for.
+    pub(crate) fn find(&self, req: &RequestHeader, path: &str) -> Option<&Arc<Route>> {
         let host = crate::request::host(req);
-        let path = req.uri.path();
         let configs = || self.routes.iter().map(|r| &*r.config);
         crate::router::best(configs(), host, req.method.as_str(), path)
             .or_else(|| {
@@ -154,5 +161,20 @@ pub(crate) fn build(config: &Config) -> Result<(RouteTable, Vec<HealthTask>), St
             target,
         }));
     }
-    Ok((RouteTable { routes }, health))
+    let mut secret_params: Vec<String> = config
+        .routes
+        .iter()
+        .flat_map(|r| {
+            let key = r.plugins.key_auth.as_ref().map(|k| k.query.clone());
+            let jwt = r.plugins.jwt_auth.as_ref().map(|j| j.query.clone());
+            key.into_iter().chain(jwt)
+        })
+        .collect();
+    secret_params.sort();
+    secret_params.dedup();
+    let table = RouteTable {
+        routes,
+        secret_params: secret_params.into(),
+    };
+    Ok((table, health))
 }

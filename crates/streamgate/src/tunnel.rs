@@ -1,13 +1,13 @@
-//! Upgraded connections (WebSocket and other HTTP/1.1 `Upgrade` protocols) to HTTP upstreams.
+//! WebSocket connections to HTTP upstreams.
 //!
 //! ```text
-//! request_filter ── upgrade request, no body? ──no──▶ Pingora proxies it
-//!        │ yes
+//! request_filter ── a valid WebSocket handshake without a body? ──no──▶ 400
+//!        │ yes          (other upgrades, h2c say, would carry requests no route or plugin sees)
 //!        ▼
 //!  pick a node (retries skip nodes tried), forwarding headers, plugins' before_proxy
 //!        ▼
 //!  send the request on a fresh connection, read the answer
-//!        │ 101                          │ anything else
+//!        │ 101 completing the handshake │ anything else (a 101 that does not: 502)
 //!        ▼                              ▼
 //!  101 to the client, detach both   the answer and its body to the client
 //!  connections, relay bytes in a
@@ -34,6 +34,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
 /// Buffer size of each relay direction.
 const RELAY_BUFFER: usize = 8 * 1024;
@@ -48,7 +49,7 @@ pub(crate) struct RelaySettings {
     pub route: String,
 }
 
-/// Serves an upgrade request to an HTTP route (see [`relays`]) with the proxy's own phases:
+/// Serves a WebSocket handshake (already checked) to an HTTP route with the proxy's own phases:
 /// `upstream_peer` picks the node, `fail_to_connect` decides retries, `upstream_request_filter`
 /// adds forwarding headers and runs plugins, `response_filter` runs plugins on the node's
 /// answer, and `fail_to_proxy` answers a failure. A 101 from the node becomes a relay outside
@@ -130,21 +131,13 @@ where
                 return Err(e);
             }
         };
+        let key = req.headers.get("sec-websocket-key").cloned();
         let answer = exchange(&mut node, req).await.map_err(|e| e.into_up())?;
+        if answer.status == 101 {
+            check_accept(&answer, key.as_ref())?;
+        }
         return Ok((node, answer));
     }
-}
-
-/// Whether the gateway relays this request itself: an upgrade request by Pingora's own test
-/// (so nothing Pingora would treat as one reaches its upgrade path) that declares no body.
-pub(crate) fn relays(req: &RequestHeader) -> bool {
-    let upgrade = pingora::protocols::http::v1::common::is_upgrade_req(req);
-    let no_body = !req.headers.contains_key(http::header::TRANSFER_ENCODING)
-        && req
-            .headers
-            .get(http::header::CONTENT_LENGTH)
-            .is_none_or(|v| v.as_bytes() == b"0");
-    upgrade && no_body
 }
 
 /// Connections to upstream nodes for upgrade requests: always fresh, never pooled.
@@ -172,6 +165,29 @@ impl Upgrades {
         let (session, _reused) = self.connector.get_http_session(peer).await?;
         Ok(session)
     }
+}
+
+/// Refuses a node's 101 that does not complete the client's WebSocket handshake (RFC 6455
+/// §4.2.2): anything else speaking behind a 101 would be relayed unseen.
+fn check_accept(answer: &ResponseHeader, key: Option<&http::HeaderValue>) -> pingora::Result<()> {
+    let expected = key.map(|k| derive_accept_key(k.as_bytes()));
+    let accept = answer
+        .headers
+        .get("sec-websocket-accept")
+        .and_then(|v| v.to_str().ok());
+    let websocket = answer
+        .headers
+        .get(http::header::UPGRADE)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"));
+    if websocket && expected.is_some() && accept == expected.as_deref() {
+        return Ok(());
+    }
+    Err(pingora::Error::create(
+        pingora::ErrorType::InvalidHTTPHeader,
+        pingora::ErrorSource::Upstream,
+        Some("the node answered 101 without a valid WebSocket handshake (Upgrade, Sec-WebSocket-Accept)".into()),
+        None,
+    ))
 }
 
 /// Sends `req` and reads the node's final answer (informational answers other than 101 are
@@ -345,35 +361,31 @@ impl AsyncWrite for Stamped<'_> {
 mod tests {
     use super::*;
 
-    fn request(headers: &[(&str, &str)]) -> RequestHeader {
-        let mut req = RequestHeader::build("GET", b"/ws", None).expect("request");
+    fn answer(headers: &[(&str, &str)]) -> ResponseHeader {
+        let mut resp = ResponseHeader::build(101, None).expect("response");
         for (k, v) in headers {
-            req.append_header(k.to_string(), *v).expect("header");
+            resp.append_header(k.to_string(), *v).expect("header");
         }
-        req
+        resp
     }
 
     #[test]
-    fn only_bodiless_http11_upgrades_are_relayed() {
-        assert!(relays(&request(&[
+    fn a_101_must_complete_the_clients_websocket_handshake() {
+        // RFC 6455's own example key and accept value.
+        let key = http::HeaderValue::from_static("dGhlIHNhbXBsZSBub25jZQ==");
+        let good = answer(&[
             ("upgrade", "websocket"),
-            ("connection", "Upgrade")
-        ])));
-        assert!(relays(&request(&[
-            ("upgrade", "websocket"),
-            ("content-length", "0")
-        ])));
-        assert!(!relays(&request(&[("connection", "keep-alive")])));
-        assert!(!relays(&request(&[
-            ("upgrade", "websocket"),
-            ("content-length", "5")
-        ])));
-        assert!(!relays(&request(&[
-            ("upgrade", "websocket"),
-            ("transfer-encoding", "chunked")
-        ])));
-        let mut http10 = request(&[("upgrade", "websocket")]);
-        http10.set_version(http::Version::HTTP_10);
-        assert!(!relays(&http10));
+            ("sec-websocket-accept", "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="),
+        ]);
+        assert!(check_accept(&good, Some(&key)).is_ok());
+        let wrong = answer(&[("upgrade", "websocket"), ("sec-websocket-accept", "nope")]);
+        assert!(check_accept(&wrong, Some(&key)).is_err());
+        let h2c = answer(&[
+            ("upgrade", "h2c"),
+            ("sec-websocket-accept", "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="),
+        ]);
+        assert!(check_accept(&h2c, Some(&key)).is_err());
+        assert!(check_accept(&answer(&[("upgrade", "websocket")]), Some(&key)).is_err());
+        assert!(check_accept(&good, None).is_err());
     }
 }

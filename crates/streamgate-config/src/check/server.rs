@@ -92,6 +92,7 @@ pub(super) fn build_server(c: &mut Checker<'_>, s: t::ServerToml) -> Server {
         l4_read_buffer_bytes: l4,
         upgrade_sock,
         reload_on_change: s.reload_on_change.unwrap_or(false),
+        normalize_uri_like_servlet: s.normalize_uri_like_servlet.unwrap_or(false),
         limits,
     }
 }

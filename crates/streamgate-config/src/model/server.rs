@@ -27,6 +27,9 @@ pub struct Server {
     pub upgrade_sock: PathBuf,
     /// Reload when the configuration file changes (checked every second), not only on SIGHUP.
     pub reload_on_change: bool,
+    /// Drop `;` path parameters (`/admin;x/y` → `/admin/y`) before matching routes, as Java
+    /// servlet containers do (APISIX's `normalize_uri_like_servlet`).
+    pub normalize_uri_like_servlet: bool,
     /// Bounds on what clients may hold at once.
     pub limits: Limits,
 }

@@ -145,7 +145,6 @@ impl Plugin for JwtAuthPlugin {
     }
 
     async fn access(&self, session: &mut Session, ctx: &mut RequestCtx) -> pingora::Result<bool> {
-        ctx.secret_query_param = Some(self.settings.query.clone());
         let Some(token) = self.token(session) else {
             let answer = Answer::auth(401, "Missing JWT token in request");
             respond::send(session, ctx, answer).await?;

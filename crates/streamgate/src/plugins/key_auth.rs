@@ -59,7 +59,6 @@ impl Plugin for KeyAuthPlugin {
     }
 
     async fn access(&self, session: &mut Session, ctx: &mut RequestCtx) -> pingora::Result<bool> {
-        ctx.secret_query_param = Some(self.settings.query.clone());
         let req = session.req_header();
         let from_header = req
             .headers

@@ -100,7 +100,9 @@ impl PubSub {
             respond::send(session, ctx, Answer::error(403, message)).await?;
             return Ok(true);
         }
-        if let Some(problem) = upgrade::handshake_problem(session) {
+        let not_websocket = "this route serves Kafka pub/sub over WebSocket: send `Connection: Upgrade` and `Upgrade: websocket`";
+        let req = session.req_header();
+        if let Some(problem) = crate::request::websocket_handshake_problem(req, not_websocket) {
             respond::send(session, ctx, Answer::error(400, problem)).await?;
             return Ok(true);
         }

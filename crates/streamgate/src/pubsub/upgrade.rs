@@ -1,8 +1,8 @@
 //! The WebSocket handshake of a pub/sub route, and detaching the connection from Pingora.
 //!
 //! Pingora's `is_upgrade_req` only checks that an `Upgrade` header exists, so the handshake is
-//! validated here (RFC 6455 §4.2.1). After the 101 the TCP stream is taken out of Pingora's
-//! session ([`crate::detach`]).
+//! validated first ([`crate::request::websocket_handshake_problem`], RFC 6455 §4.2.1). After the
+//! 101 the TCP stream is taken out of Pingora's session ([`crate::detach`]).
 
 use crate::ctx::RequestCtx;
 use pingora::http::ResponseHeader;
@@ -26,35 +26,10 @@ pub(super) fn origin_allowed(session: &Session, allowed: Option<&[String]>) -> b
     }
 }
 
-/// Why a request to a pub/sub route is not a usable WebSocket handshake.
-pub(super) fn handshake_problem(session: &Session) -> Option<&'static str> {
-    let req = session.req_header();
-    let header = |name: &str| req.headers.get(name).and_then(|v| v.to_str().ok());
-    let has_token = |name: &str, token: &str| {
-        header(name).is_some_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
-    };
-    if req.method != http::Method::GET {
-        return Some("a WebSocket handshake must use GET");
-    }
-    if req.version != http::Version::HTTP_11 {
-        return Some("a WebSocket handshake must use HTTP/1.1");
-    }
-    if !has_token("upgrade", "websocket") || !has_token("connection", "upgrade") {
-        return Some("this route serves Kafka pub/sub over WebSocket: send `Connection: Upgrade` and `Upgrade: websocket`");
-    }
-    if header("sec-websocket-version") != Some("13") {
-        return Some("unsupported WebSocket version: send `Sec-WebSocket-Version: 13`");
-    }
-    if header("sec-websocket-key").is_none_or(|k| k.trim().len() != 24) {
-        return Some("missing or malformed `Sec-WebSocket-Key`");
-    }
-    None
-}
-
 /// Answers 101 and takes the connection out of Pingora's session.
 ///
 /// Returns the stream and the bytes the client already sent after the handshake (a client may
-/// send its first frame in the same TCP write). Call only when [`handshake_problem`] is `None`.
+/// send its first frame in the same TCP write). Call only for a valid handshake.
 pub(super) async fn accept_and_detach(
     session: &mut Session,
     ctx: &mut RequestCtx,
