@@ -205,6 +205,7 @@ mod jwt {
             format!("[[upstreams]]\nid = \"web\"\nnodes = {{ \"{}\" = 1 }}\n\n", web.addr),
             kafka_upstream("kafka", &broker.bootstrap, ""),
             "[[routes]]\nid = \"api\"\nuri = \"/api/*\"\nupstream_id = \"web\"\n[routes.plugins.jwt-auth]\n\n".into(),
+            "[[routes]]\nid = \"page\"\nuri = \"/page/*\"\nupstream_id = \"web\"\n[routes.plugins.jwt-auth]\ncookie = \"jwt\"\n[routes.plugins.cors]\nallow_origins = [\"https://app.example\"]\n\n".into(),
             "[[routes]]\nid = \"events\"\nuri = \"/kafka\"\nupstream_id = \"kafka\"\n[routes.plugins.jwt-auth]\n[routes.plugins.kafka-proxy]\nfetch_max_wait_ms = 100\n\n".into(),
             format!("[[consumers]]\nusername = \"svc\"\n[consumers.plugins.jwt-auth]\nkey = \"svc\"\nsecret = \"{SECRET}\"\n\n"),
             format!("[[consumers]]\nusername = \"phone\"\n[consumers.plugins.jwt-auth]\nkey = \"phone\"\nalgorithm = \"ES256\"\npublic_key_file = \"{}\"\n", public.display()),
@@ -269,6 +270,21 @@ mod jwt {
             401
         );
         assert_eq!(web.hits(), 1, "only the valid request reached the upstream");
+
+        // A cookie rides along with requests from any site: it is read only where the route
+        // opts in (and lists the origins it trusts).
+        let with_cookie = |path: &str| {
+            http()
+                .get(gw.http_url(path))
+                .header("cookie", format!("theme=dark; jwt={valid}"))
+                .send()
+        };
+        assert_eq!(
+            message(with_cookie("/api/x").await.unwrap()).await,
+            (401, r#"{"message":"Missing JWT token in request"}"#.into())
+        );
+        assert_eq!(with_cookie("/page/x").await.unwrap().status(), 200);
+        assert_eq!(web.hits(), 2);
 
         // A browser's WebSocket: the ES256 token in the query string.
         let phone = es_token(serde_json::json!({ "key": "phone", "exp": now() + 300 }));

@@ -92,3 +92,20 @@ fn version_and_help() {
         "{out}"
     );
 }
+
+#[test]
+fn a_jwt_cookie_without_listed_origins_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("cookie.toml");
+    std::fs::write(
+        &path,
+        "[[upstreams]]\nid = \"u\"\nnodes = { \"127.0.0.1:8080\" = 1 }\n\n[[routes]]\nid = \"r\"\nuri = \"/\"\nupstream_id = \"u\"\n[routes.plugins.jwt-auth]\ncookie = \"jwt\"\n\n[[consumers]]\nusername = \"c\"\n[consumers.plugins.jwt-auth]\nkey = \"c\"\nsecret = \"0123456789abcdef-long\"\n",
+    )
+    .unwrap();
+    let (code, _, err) = run(&["-t", "-c", path.to_str().unwrap()]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("`routes[0].plugins.jwt-auth.cookie`: a token cookie is sent with requests from any site"),
+        "{err}"
+    );
+}

@@ -564,3 +564,43 @@ fn cors_is_checked() {
     assert_eq!(p.key, "routes[0].plugins.cors");
     assert!(p.fix.contains("allowed_origins"), "{}", p.fix);
 }
+
+#[test]
+fn a_jwt_cookie_is_opt_in_and_needs_listed_origins() {
+    const CONSUMER: &str = "[[consumers]]\nusername = \"u\"\n[consumers.plugins.jwt-auth]\nkey = \"u\"\nsecret = \"0123456789abcdef-long\"\n";
+    let route = |plugins: &str| {
+        format!("{UPSTREAM}[[upstreams]]\nid = \"k\"\nscheme = \"kafka\"\nnodes = {{ \"127.0.0.1:9092\" = 1 }}\n{plugins}\n{CONSUMER}")
+    };
+    let http = |extra: &str| {
+        route(&format!("[[routes]]\nid = \"a\"\nuri = \"/\"\nupstream_id = \"web\"\n[routes.plugins.jwt-auth]\n{extra}"))
+    };
+    let ok = parse(&http(""), "t").expect("valid");
+    assert_eq!(ok.routes[0].plugins.jwt_auth.as_ref().unwrap().cookie, None);
+
+    let p = one_problem(&http("cookie = \"jwt\""));
+    assert_eq!(p.key, "routes[0].plugins.jwt-auth.cookie");
+    assert!(p.message.contains("lists no browser origins"), "{p:?}");
+    assert!(p.fix.contains("cors allow_origins"), "{p:?}");
+    let listed =
+        http("cookie = \"jwt\"\n[routes.plugins.cors]\nallow_origins = [\"https://app.example\"]");
+    let ok = parse(&listed, "t").expect("valid");
+    assert_eq!(
+        ok.routes[0]
+            .plugins
+            .jwt_auth
+            .as_ref()
+            .unwrap()
+            .cookie
+            .as_deref(),
+        Some("jwt")
+    );
+    // cors without a list allows every origin: not enough.
+    assert!(parse(&http("cookie = \"jwt\"\n[routes.plugins.cors]"), "t").is_err());
+
+    let kafka = |extra: &str| {
+        route(&format!("[[routes]]\nid = \"e\"\nuri = \"/kafka\"\nupstream_id = \"k\"\n[routes.plugins.jwt-auth]\ncookie = \"jwt\"\n[routes.plugins.kafka-proxy]\n{extra}"))
+    };
+    let p = one_problem(&kafka(""));
+    assert!(p.fix.contains("allowed_origins"), "{p:?}");
+    parse(&kafka("allowed_origins = [\"https://app.example\"]"), "t").expect("valid");
+}

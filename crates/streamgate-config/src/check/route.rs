@@ -171,7 +171,7 @@ pub(super) fn build_route(
             .unwrap_or_else(|| "authorization".into())
             .to_ascii_lowercase(),
         query: j.query.map(|t| t.0).unwrap_or_else(|| "jwt".into()),
-        cookie: j.cookie.map(|t| t.0).unwrap_or_else(|| "jwt".into()),
+        cookie: j.cookie.map(|t| t.0),
     });
     let limit_req = r.plugins.limit_req.and_then(|l| {
         let at = format!("{key}.plugins.limit-req");
@@ -243,6 +243,38 @@ pub(super) fn build_route(
                 format!("{key}.plugins.kafka-proxy"),
                 format!("upstream {:?} is not a kafka upstream", u.id),
                 "point the route at an upstream with scheme = \"kafka\", or remove the plugin",
+            );
+        }
+    }
+    if let (
+        Some(u),
+        Some(JwtAuth {
+            cookie: Some(_), ..
+        }),
+    ) = (&upstream, &jwt_auth)
+    {
+        // A cookie is sent with requests from any page, so only a route that names the
+        // browser origins it trusts may accept one (cross-site request and WebSocket forgery).
+        let origins_listed = match u.scheme {
+            Scheme::Kafka => kafka_proxy
+                .as_ref()
+                .and_then(|k| k.as_ref())
+                .is_some_and(|k| k.allowed_origins.is_some()),
+            Scheme::Http | Scheme::Https => {
+                cors.as_ref().is_some_and(|c| c.allow_origins.is_some())
+            }
+        };
+        if !origins_listed {
+            let fix = if u.scheme == Scheme::Kafka {
+                "list the pages' origins in this route's kafka-proxy allowed_origins, or remove cookie"
+            } else {
+                "list the pages' origins in this route's cors allow_origins, or remove cookie"
+            };
+            c.at(
+                span,
+                format!("{key}.plugins.jwt-auth.cookie"),
+                "a token cookie is sent with requests from any site, and this route lists no browser origins".into(),
+                fix,
             );
         }
     }

@@ -52,8 +52,9 @@ pub struct JwtAuth {
     pub header: String,
     /// Query parameter (for browsers' WebSocket handshakes).
     pub query: String,
-    /// Cookie name.
-    pub cookie: String,
+    /// Cookie name, when tokens may come in a cookie (opt-in: a cookie rides along with any
+    /// page's requests, so the route must also list the browser origins it trusts).
+    pub cookie: Option<String>,
 }
 
 /// `[routes.plugins.key-auth]`: where callers put a consumer's key.

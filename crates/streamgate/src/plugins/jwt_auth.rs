@@ -1,5 +1,6 @@
 //! `jwt-auth`: callers present a JSON Web Token signed for a consumer, in the `Authorization`
-//! header (`Bearer <token>`), a query parameter (browsers' WebSocket handshakes) or a cookie. The
+//! header (`Bearer <token>`), a query parameter (browsers' WebSocket handshakes) or, where the
+//! route opts in and lists the browser origins it trusts, a cookie. The
 //! token's `key` claim (or `iss`) names the consumer; its signature is checked with that
 //! consumer's secret (HS256/HS512) or public key (RS256/ES256), and `exp` (required) and `nbf`
 //! are enforced. Anything else is refused with 401 before upstreams, upgrades or Kafka.
@@ -110,7 +111,10 @@ impl JwtAuthPlugin {
                 .query()
                 .and_then(|q| query_param(q, &self.settings.query))
         };
-        let cookie = || cookie(req, &self.settings.cookie).map(str::to_string);
+        let cookie = || {
+            let name = self.settings.cookie.as_deref()?;
+            cookie(req, name).map(str::to_string)
+        };
         header
             .filter(|t| !t.is_empty())
             .or_else(query)
