@@ -336,7 +336,8 @@ async fn forwarded_headers_and_host_policies() {
     };
     let body: serde_json::Value = get("/pass").await.unwrap().json().await.unwrap();
     let h = &body["headers"];
-    assert_eq!(h["x-forwarded-for"], "203.0.113.7, 127.0.0.1");
+    // The client is no trusted proxy: what it wrote there is replaced, not passed on.
+    assert_eq!(h["x-forwarded-for"], "127.0.0.1");
     assert_eq!(h["x-real-ip"], "127.0.0.1");
     assert_eq!(h["x-forwarded-proto"], "http");
     assert_eq!(h["x-forwarded-host"], "shop.example:8443");
@@ -345,6 +346,24 @@ async fn forwarded_headers_and_host_policies() {
     assert_eq!(body["headers"]["host"], node(&u));
     let body: serde_json::Value = get("/rewrite").await.unwrap().json().await.unwrap();
     assert_eq!(body["headers"]["host"], "internal.example");
+
+    // Behind a trusted proxy (a load balancer on loopback here) its list is kept and appended to.
+    let addr = listen_addr();
+    let trusted = server_toml(addr).replace(
+        "\n\n",
+        "\ntrusted_proxies = [\"10.0.0.0/8\", \"127.0.0.1\"]\n\n",
+    );
+    let gw = GatewayProcess::start(binary(), &format!("{trusted}{config}"), addr).await;
+    let body: serde_json::Value = http
+        .get(gw.http_url("/pass"))
+        .header("x-forwarded-for", "203.0.113.7")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(body["headers"]["x-forwarded-for"], "203.0.113.7, 127.0.0.1");
 }
 
 #[tokio::test]

@@ -604,3 +604,27 @@ fn a_jwt_cookie_is_opt_in_and_needs_listed_origins() {
     assert!(p.fix.contains("allowed_origins"), "{p:?}");
     parse(&kafka("allowed_origins = [\"https://app.example\"]"), "t").expect("valid");
 }
+
+#[test]
+fn trusted_proxies_are_addresses_or_ranges() {
+    let with = |list: &str| format!("[server]\ntrusted_proxies = {list}\n{UPSTREAM}");
+    let ok = parse(&with("[\"10.0.0.0/8\", \"192.0.2.1\", \"::1\"]"), "t").expect("valid");
+    let nets: Vec<String> = ok
+        .server
+        .trusted_proxies
+        .iter()
+        .map(|n| n.to_string())
+        .collect();
+    assert_eq!(nets, ["10.0.0.0/8", "192.0.2.1/32", "::1/128"]);
+    let p = one_problem(&with("[\"10.0.0.0/8\", \"lb.internal\"]"));
+    assert_eq!(p.key, "server.trusted_proxies[1]");
+    assert!(
+        p.message.contains("not an IP address or CIDR range"),
+        "{p:?}"
+    );
+    assert!(parse(UPSTREAM, "t")
+        .expect("valid")
+        .server
+        .trusted_proxies
+        .is_empty());
+}

@@ -72,6 +72,7 @@ pub(crate) struct ServerToml {
     pub upgrade_sock: Option<Text>,
     pub reload_on_change: Option<bool>,
     pub normalize_uri_like_servlet: Option<bool>,
+    pub trusted_proxies: Option<Vec<Text>>,
     pub limits: Option<LimitsToml>,
 }
 

@@ -50,6 +50,8 @@ pub(crate) struct Gateway {
     upgrades: Upgrades,
     /// `[server] normalize_uri_like_servlet`.
     servlet_paths: bool,
+    /// `[server] trusted_proxies`.
+    trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 impl Gateway {
@@ -58,14 +60,15 @@ impl Gateway {
         routes: Arc<TableInForce>,
         pubsub: Arc<PubSub>,
         limits: Arc<ConnectionLimits>,
-        servlet_paths: bool,
+        server: &streamgate_config::model::Server,
     ) -> Self {
         Self {
             routes,
             pubsub,
             limits,
             upgrades: Upgrades::default(),
-            servlet_paths,
+            servlet_paths: server.normalize_uri_like_servlet,
+            trusted_proxies: server.trusted_proxies.clone(),
         }
     }
 }
@@ -305,7 +308,8 @@ impl ProxyHttp for Gateway {
     }
 
     /// Runs once connected, before the request header goes to the node. Sets the forwarding
-    /// headers and the upstream's Host policy, then runs the plugins' `before_proxy`.
+    /// headers (`X-Forwarded-For` kept and appended to only from `trusted_proxies`, else
+    /// replaced) and the upstream's Host policy, then runs the plugins' `before_proxy`.
     async fn upstream_request_filter(
         &self,
         session: &mut Session,
@@ -313,16 +317,20 @@ impl ProxyHttp for Gateway {
         ctx: &mut ProxyCtx,
     ) -> pingora::Result<()> {
         let original_host = request::host(session.req_header()).map(str::to_string);
-        if let Some(ip) = request::client_ip(session) {
-            let ip = ip.to_string();
-            let forwarded_for = match session
-                .req_header()
-                .headers
-                .get("x-forwarded-for")
+        if let Some(peer) = request::client_ip(session) {
+            let ip = peer.to_string();
+            // Only a trusted proxy's list is kept: anyone else could write any address there.
+            let prior = self
+                .trusted_proxies
+                .iter()
+                .any(|net| net.contains(&peer))
+                .then(|| session.req_header().headers.get("x-forwarded-for"))
+                .flatten()
                 .and_then(|v| v.to_str().ok())
-            {
-                Some(prior) if !prior.trim().is_empty() => format!("{prior}, {ip}"),
-                _ => ip.clone(),
+                .filter(|v| !v.trim().is_empty());
+            let forwarded_for = match prior {
+                Some(prior) => format!("{prior}, {ip}"),
+                None => ip.clone(),
             };
             upstream_request.insert_header("x-forwarded-for", forwarded_for)?;
             upstream_request.insert_header("x-real-ip", ip)?;

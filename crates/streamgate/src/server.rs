@@ -55,7 +55,7 @@ pub fn prepare(config: &Config) -> Result<Prepared, StartupError> {
             Arc::clone(&routes),
             Arc::clone(&pubsub),
             crate::limits::ConnectionLimits::new(config.server.limits.clone()),
-            config.server.normalize_uri_like_servlet,
+            &config.server,
         ),
         pubsub,
         routes,

@@ -93,6 +93,29 @@ pub(super) fn build_server(c: &mut Checker<'_>, s: t::ServerToml) -> Server {
         upgrade_sock,
         reload_on_change: s.reload_on_change.unwrap_or(false),
         normalize_uri_like_servlet: s.normalize_uri_like_servlet.unwrap_or(false),
+        trusted_proxies: s
+            .trusted_proxies
+            .unwrap_or_default()
+            .iter()
+            .enumerate()
+            .filter_map(|(i, t)| {
+                let text = t.0.trim();
+                let net = text.parse::<ipnet::IpNet>().ok().or_else(|| {
+                    text.parse::<std::net::IpAddr>()
+                        .ok()
+                        .map(ipnet::IpNet::from)
+                });
+                if net.is_none() {
+                    c.at(
+                        None,
+                        format!("server.trusted_proxies[{i}]"),
+                        format!("{text:?} is not an IP address or CIDR range"),
+                        "write an address or a range, e.g. \"10.0.0.5\" or \"10.0.0.0/8\"",
+                    );
+                }
+                net
+            })
+            .collect(),
         limits,
     }
 }

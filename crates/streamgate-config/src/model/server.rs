@@ -30,6 +30,9 @@ pub struct Server {
     /// Drop `;` path parameters (`/admin;x/y` → `/admin/y`) before matching routes, as Java
     /// servlet containers do (APISIX's `normalize_uri_like_servlet`).
     pub normalize_uri_like_servlet: bool,
+    /// Peers whose `X-Forwarded-For` is kept (and appended to); from anyone else it is replaced
+    /// by the peer's address, so a client cannot choose the address a node sees.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
     /// Bounds on what clients may hold at once.
     pub limits: Limits,
 }
