@@ -109,3 +109,16 @@ fn a_jwt_cookie_without_listed_origins_is_refused() {
         "{err}"
     );
 }
+
+#[test]
+fn a_public_admin_listener_needs_allow_remote() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("admin.toml");
+    std::fs::write(&path, "[admin]\nlisten = \"0.0.0.0:9091\"\n").unwrap();
+    let (code, _, err) = run(&["-t", "-c", path.to_str().unwrap()]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("`admin.listen`: 0.0.0.0:9091 is not a loopback address"),
+        "{err}"
+    );
+}

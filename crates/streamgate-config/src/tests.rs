@@ -628,3 +628,20 @@ fn trusted_proxies_are_addresses_or_ranges() {
         .trusted_proxies
         .is_empty());
 }
+
+#[test]
+fn the_admin_listener_stays_on_loopback_unless_allowed() {
+    let admin = |body: &str| format!("[admin]\n{body}\n{UPSTREAM}");
+    parse(&admin("listen = \"127.0.0.1:9091\""), "t").expect("loopback");
+    parse(&admin("listen = \"[::1]:9091\""), "t").expect("loopback");
+    let p = one_problem(&admin("listen = \"0.0.0.0:9091\""));
+    assert_eq!(p.key, "admin.listen");
+    assert!(p.message.contains("no authentication"), "{p:?}");
+    assert!(p.fix.contains("allow_remote = true"), "{p:?}");
+    let ok = parse(
+        &admin("listen = \"0.0.0.0:9091\"\nallow_remote = true"),
+        "t",
+    )
+    .expect("allowed");
+    assert_eq!(ok.admin.expect("admin").listen.port(), 9091);
+}

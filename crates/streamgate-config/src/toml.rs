@@ -100,6 +100,7 @@ pub(crate) struct TlsListenToml {
 #[serde(deny_unknown_fields)]
 pub(crate) struct AdminToml {
     pub listen: Text,
+    pub allow_remote: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -56,6 +56,15 @@ pub(crate) fn build(file: t::File, text: &str) -> Result<Config, Vec<Problem>> {
     let server = server::build_server(&mut c, file.server);
     let admin = file.admin.and_then(|a| {
         let listen = parse_addr(&mut c, None, "admin.listen", &a.listen.0)?;
+        if !listen.ip().is_loopback() && !a.allow_remote.unwrap_or(false) {
+            c.at(
+                None,
+                "admin.listen".into(),
+                format!("{listen} is not a loopback address, and the admin listener has no authentication"),
+                "listen on 127.0.0.1 or [::1] (scrape through a local agent or a tunnel), or set admin.allow_remote = true and restrict access at the network",
+            );
+            return None;
+        }
         Some(Admin { listen })
     });
 

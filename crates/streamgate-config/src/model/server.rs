@@ -90,6 +90,7 @@ pub enum LogFormat {
 /// `[admin]`.
 #[derive(Debug, Clone)]
 pub struct Admin {
-    /// Address of the admin listener.
+    /// Address of the admin listener: loopback unless `allow_remote` (it has no
+    /// authentication, and `/metrics` names every route and consumer).
     pub listen: SocketAddr,
 }
