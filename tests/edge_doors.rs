@@ -317,3 +317,31 @@ async fn credentials_in_the_query_never_reach_the_access_log() {
     assert!(log.contains("token=***&a=1"), "{log}");
     assert!(!log.contains(secret), "{log}");
 }
+
+#[tokio::test]
+async fn sasl_plain_without_tls_is_named_at_start() {
+    const PLAIN: &str = "sasl = { mechanism = \"PLAIN\", username = \"u\", password = \"p\" }";
+    let gw = gateway_for_dead_broker("/kafka", PLAIN).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let log = gw.log();
+    assert!(log.contains("SASL PLAIN without TLS"), "{log}");
+    assert!(log.contains("route=dead upstream=dead"), "{log}");
+
+    // Over TLS, or with SCRAM, nothing to warn about.
+    let addr = listen_addr();
+    let config = format!(
+        "{}{}{}",
+        server_toml(addr),
+        kafka_upstream("k", "127.0.0.1:9", "[upstreams.tls]\nverify = false\n"),
+        kafka_route("k", "/kafka", "k", PLAIN)
+    );
+    let tls = GatewayProcess::start(binary(), &config, addr).await;
+    let scram = gateway_for_dead_broker(
+        "/kafka",
+        "sasl = { mechanism = \"SCRAM-SHA-256\", username = \"u\", password = \"p\" }",
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!tls.log().contains("SASL PLAIN"), "{}", tls.log());
+    assert!(!scram.log().contains("SASL PLAIN"), "{}", scram.log());
+}

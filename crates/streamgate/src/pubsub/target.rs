@@ -5,7 +5,7 @@
 use super::kafka_pool::{KafkaCluster, KafkaIdentity, KafkaPool};
 use crate::error::StartupError;
 use std::sync::Arc;
-use streamgate_config::model::{Consumer, KafkaProxy, Route};
+use streamgate_config::model::{Consumer, KafkaProxy, Route, SaslMechanism};
 
 /// The Kafka side of one route to a kafka upstream.
 #[derive(Debug)]
@@ -32,6 +32,18 @@ impl KafkaTarget {
                 what: format!("route {:?}", route.id),
                 why: "a kafka route without kafka-proxy settings".into(),
             })?;
+        if settings
+            .sasl
+            .as_ref()
+            .is_some_and(|s| s.mechanism == SaslMechanism::Plain)
+            && cluster.tls.is_none()
+        {
+            tracing::warn!(
+                route = %route.id,
+                upstream = %route.upstream.id,
+                "SASL PLAIN without TLS: the route's Kafka password crosses the network in clear text; give the upstream a [upstreams.tls] table or use SCRAM"
+            );
+        }
         Ok(Self {
             route_id: route.id.as_str().into(),
             identity: KafkaIdentity::new(cluster, settings.sasl.clone()),
