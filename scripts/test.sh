@@ -6,6 +6,12 @@ set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 cd "$repo"
 bash scripts/install-deps.sh test
+# The scale tests open 11,000 sockets in one process; many machines start with a soft limit of
+# 1,024 open files. Raise it to the hard limit (never lower it).
+ulimit -Sn "$(ulimit -Hn)" 2>/dev/null || true
+if [ "$(ulimit -Sn)" != unlimited ] && [ "$(ulimit -Sn)" -lt 12000 ]; then
+  echo "test: the open-files limit is $(ulimit -Sn) (hard $(ulimit -Hn)); the scale tests need 12,000: raise it (ulimit -Hn, or LimitNOFILE)" >&2
+fi
 STREAMGATE_TEST_BROKER=$(bash scripts/install-test-broker.sh)
 STREAMGATE_PYTHON=$(bash scripts/setup-clients.sh test | tail -n 1)
 export STREAMGATE_TEST_BROKER STREAMGATE_PYTHON

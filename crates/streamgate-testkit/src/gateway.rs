@@ -100,15 +100,17 @@ impl GatewayProcess {
         self.child.as_ref().map(Child::id).unwrap_or(0)
     }
 
-    /// Resident memory of the gateway, in KiB.
+    /// Resident memory of the gateway, in KiB. Panics when it cannot be read (the process is
+    /// gone, or there is no `/proc`): a 0 would let every memory assertion pass unseen.
     pub fn rss_kib(&self) -> u64 {
-        let status =
-            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
+        let path = format!("/proc/{}/status", self.pid());
+        let status = std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("cannot read the gateway's memory from {path}: {e}"));
         status
             .lines()
             .find_map(|l| l.strip_prefix("VmRSS:"))
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .unwrap_or(0)
+            .unwrap_or_else(|| panic!("no VmRSS line in {path}"))
     }
 
     /// Starts a second gateway with `config` in upgrade mode (`--upgrade`): it waits to take the
