@@ -179,6 +179,76 @@ mod jwt {
         .unwrap()
     }
 
+    /// A WebSocket opened with a token lives no longer than the token: pub/sub sessions get
+    /// Close 1008 at `exp`, relayed tunnels are closed then.
+    #[tokio::test]
+    async fn websockets_end_when_their_token_expires() {
+        let broker = Broker::start().await;
+        let web = Upstream::start("web").await;
+        let addr = listen_addr();
+        let config = [
+            server_toml(addr),
+            format!("[[upstreams]]\nid = \"web\"\nnodes = {{ \"{}\" = 1 }}\n\n", web.addr),
+            kafka_upstream("kafka", &broker.bootstrap, ""),
+            "[[routes]]\nid = \"ws\"\nuri = \"/ws\"\nupstream_id = \"web\"\n[routes.plugins.jwt-auth]\n\n".into(),
+            "[[routes]]\nid = \"events\"\nuri = \"/kafka\"\nupstream_id = \"kafka\"\n[routes.plugins.jwt-auth]\n[routes.plugins.kafka-proxy]\nfetch_max_wait_ms = 100\n\n".into(),
+            format!("[[consumers]]\nusername = \"svc\"\n[consumers.plugins.jwt-auth]\nkey = \"svc\"\nsecret = \"{SECRET}\"\n\n"),
+        ]
+        .concat();
+        let gw = GatewayProcess::start(binary(), &config, addr).await;
+        let short = hs256(serde_json::json!({ "key": "svc", "exp": now() + 2 }));
+        let long = hs256(serde_json::json!({ "key": "svc", "exp": now() + 300 }));
+        let mut expiring = PubSubClient::connect(&gw.ws_url(&format!("/kafka?jwt={short}")))
+            .await
+            .unwrap();
+        let mut lasting = PubSubClient::connect(&gw.ws_url(&format!("/kafka?jwt={long}")))
+            .await
+            .unwrap();
+        let (mut tunnel, _) =
+            tokio_tungstenite::connect_async(gw.ws_url(&format!("/ws?jwt={short}")))
+                .await
+                .expect("the relayed WebSocket opens");
+        assert_eq!(&expiring.ping("a").await.unwrap()[..], b"a");
+        let started = std::time::Instant::now();
+        let reason = loop {
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(6),
+                "still open past exp"
+            );
+            match expiring.ping("a").await {
+                Ok(_) => tokio::time::sleep(std::time::Duration::from_millis(100)).await,
+                Err(streamgate_protocol::ClientError::Closed(Some(r))) => break r,
+                Err(e) => panic!("{e}"),
+            }
+        };
+        assert!(
+            reason.starts_with("1008") && reason.contains("credentials expired"),
+            "{reason}"
+        );
+        assert_eq!(
+            &lasting.ping("b").await.unwrap()[..],
+            b"b",
+            "a longer token lives on"
+        );
+        // The tunnel is cut at the same moment: the node's echo stops and the stream ends.
+        use futures_util::{SinkExt, StreamExt};
+        let _ = tunnel
+            .send(tokio_tungstenite::tungstenite::Message::text("late"))
+            .await;
+        let end = tokio::time::timeout(std::time::Duration::from_secs(3), async {
+            loop {
+                match tunnel.next().await {
+                    Some(Ok(tokio_tungstenite::tungstenite::Message::Text(_))) => continue,
+                    other => return other,
+                }
+            }
+        })
+        .await
+        .expect("the tunnel ends");
+        assert!(!matches!(end, Some(Ok(_))), "{end:?}");
+        assert!(gw.log().contains("the credential expired"), "{}", gw.log());
+    }
+
     #[tokio::test]
     async fn tokens_are_verified_per_consumer_with_hs256_and_es256() {
         let broker = Broker::start().await;

@@ -653,6 +653,47 @@ async fn upgrade_requests_retry_a_dead_node_and_idle_tunnels_close() {
 }
 
 #[tokio::test]
+async fn a_tunnel_ends_at_max_tunnel_seconds_whatever_its_traffic() {
+    use tokio_tungstenite::tungstenite::Message;
+    let u = Upstream::start("ws").await;
+    let addr = listen_addr();
+    let config = format!(
+        "{}{}{}",
+        server_toml(addr).replace("\n\n", "\n[server.limits]\nmax_tunnel_seconds = 1\n\n"),
+        upstream_toml("ws", &[(node(&u), 1)], "timeout = { read = 30 }"),
+        route_toml("r", "/ws/*", "ws", ""),
+    );
+    let gw = GatewayProcess::start(binary(), &config, addr).await;
+    let (mut ws, _) = tokio_tungstenite::connect_async(gw.ws_url("/ws/echo"))
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    // Busy the whole time: only the cap can end it.
+    let ended = loop {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "still open after 5 s"
+        );
+        if ws.send(Message::text("busy")).await.is_err() {
+            break started.elapsed();
+        }
+        match tokio::time::timeout(Duration::from_millis(500), ws.next()).await {
+            Ok(Some(Ok(Message::Text(_)))) => tokio::time::sleep(Duration::from_millis(100)).await,
+            _ => break started.elapsed(),
+        }
+    };
+    assert!(
+        ended >= Duration::from_millis(900) && ended < Duration::from_secs(3),
+        "closed after {ended:?}, expected about 1 s"
+    );
+    assert!(
+        gw.log().contains("max_tunnel_seconds reached"),
+        "{}",
+        gw.log()
+    );
+}
+
+#[tokio::test]
 async fn dot_segments_are_refused() {
     let u = Upstream::start("u").await;
     let gw = start(

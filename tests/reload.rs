@@ -1,5 +1,5 @@
 //! Live reload on SIGHUP through the real gateway: a valid file takes effect for new requests
-//! and sessions while open sessions keep their settings; an invalid one changes nothing.
+//! and sessions, and open sessions are re-checked against it; an invalid one changes nothing.
 
 mod common;
 
@@ -38,7 +38,7 @@ async fn forbidden(c: &mut PubSubClient, topic: &str) -> bool {
 }
 
 #[tokio::test]
-async fn sighup_applies_a_valid_file_and_keeps_open_sessions_on_their_settings() {
+async fn sighup_applies_a_valid_file_and_rechecks_open_sessions() {
     let broker = Broker::start().await;
     let client = broker.client().await;
     for topic in ["first", "second"] {
@@ -51,6 +51,9 @@ async fn sighup_applies_a_valid_file_and_keeps_open_sessions_on_their_settings()
     assert_eq!(status(&gw, "/b").await, 404);
     let mut before = PubSubClient::connect(&gw.ws_url("/kafka")).await.unwrap();
     assert!(!forbidden(&mut before, "first").await);
+    // A session that has read nothing yet.
+    let mut idle = PubSubClient::connect(&gw.ws_url("/kafka")).await.unwrap();
+    assert_eq!(&idle.ping("a").await.unwrap()[..], b"a");
 
     gw.reload(&config(addr, &broker, &two, true, "second"));
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -69,20 +72,91 @@ async fn sighup_applies_a_valid_file_and_keeps_open_sessions_on_their_settings()
     );
     assert!(gw.log().contains("configuration reloaded"));
 
-    // The open session keeps the allow-list it started with; a new one gets the new list.
-    assert!(
-        !forbidden(&mut before, "first").await,
-        "an open session keeps its settings"
+    // The session that read "first", which the new allow-list leaves out, is closed with 1008
+    // and the reason; the other goes on under the new allow-list, as a new session does.
+    match before.ping("x").await {
+        Err(streamgate_protocol::ClientError::Closed(Some(reason))) => assert!(
+            reason.starts_with("1008") && reason.contains("\"first\" is no longer allowed"),
+            "{reason}"
+        ),
+        other => panic!("the session that read a revoked topic must be closed: {other:?}"),
+    }
+    assert_eq!(
+        &idle.ping("still").await.unwrap()[..],
+        b"still",
+        "not dropped"
     );
-    assert!(forbidden(&mut before, "second").await);
+    assert!(forbidden(&mut idle, "first").await);
+    assert!(!forbidden(&mut idle, "second").await);
     let mut after = PubSubClient::connect(&gw.ws_url("/kafka")).await.unwrap();
     assert!(forbidden(&mut after, "first").await);
     assert!(!forbidden(&mut after, "second").await);
-    assert_eq!(
-        &before.ping("still").await.unwrap()[..],
-        b"still",
-        "no connection was dropped"
+}
+
+#[tokio::test]
+async fn a_reload_ends_sessions_of_removed_or_changed_credentials() {
+    let broker = Broker::start().await;
+    let client = broker.client().await;
+    fixtures::create_topic(&client, "orders", 1).await;
+    let addr = listen_addr();
+    let config = |bob_key: Option<&str>| {
+        let mut text = format!(
+            "{}{}{}[routes.plugins.key-auth]\n\n[[consumers]]\nusername = \"alice\"\n[consumers.plugins.key-auth]\nkey = \"alice-key-0123456789\"\n\n",
+            server_toml(addr),
+            kafka_upstream("kafka", &broker.bootstrap, ""),
+            kafka_route("kafka", "/kafka", "kafka", ""),
+        );
+        if let Some(key) = bob_key {
+            text.push_str(&format!("[[consumers]]\nusername = \"bob\"\n[consumers.plugins.key-auth]\nkey = \"{key}\"\n"));
+        }
+        text
+    };
+    let gw = GatewayProcess::start(binary(), &config(Some("bob-key-0123456789")), addr).await;
+    let url = |key: &str| gw.ws_url(&format!("/kafka?apikey={key}"));
+    let mut alice = PubSubClient::connect(&url("alice-key-0123456789"))
+        .await
+        .unwrap();
+    let mut bob = PubSubClient::connect(&url("bob-key-0123456789"))
+        .await
+        .unwrap();
+    assert_eq!(bob.list_offset("orders", 0, -2).await.unwrap(), 0);
+
+    let closed = |reason: Result<bytes::Bytes, streamgate_protocol::ClientError>| match reason {
+        Err(streamgate_protocol::ClientError::Closed(Some(r))) => r,
+        other => panic!("expected a close: {other:?}"),
+    };
+    // Bob's key changes: his open session ends; Alice's goes on.
+    gw.reload(&config(Some("bob-new-key-0123456789")));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !gw.log().contains("a reload revoked a pub/sub session") {
+        assert!(Instant::now() < deadline, "{}", gw.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let reason = closed(bob.ping("b").await);
+    assert!(
+        reason.starts_with("1008")
+            && reason.contains("\"bob\" or its credentials were removed or changed"),
+        "{reason}"
     );
+    assert_eq!(&alice.ping("a").await.unwrap()[..], b"a");
+    let mut bob = PubSubClient::connect(&url("bob-new-key-0123456789"))
+        .await
+        .unwrap();
+    assert_eq!(&bob.ping("b").await.unwrap()[..], b"b");
+    // Bob is removed: his new session ends too.
+    gw.reload(&config(None));
+    let reason = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match bob.ping("b").await {
+                Ok(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+                other => return closed(other),
+            }
+        }
+    })
+    .await
+    .expect("closed within 10 s");
+    assert!(reason.starts_with("1008"), "{reason}");
+    assert_eq!(&alice.ping("a").await.unwrap()[..], b"a");
 }
 
 #[tokio::test]

@@ -23,6 +23,9 @@ pub(crate) struct RequestCtx {
     pub status: Option<u16>,
     /// Set by an auth plugin: who is calling.
     pub consumer: Option<Arc<Consumer>>,
+    /// Set by an auth plugin whose credential expires (a JWT's `exp`): a WebSocket opened with
+    /// it is closed then.
+    pub credential_expires: Option<std::time::SystemTime>,
     /// The query parameters that carry credentials on any route (every `key-auth` and
     /// `jwt-auth` `query` name): the access log writes their values as `***`, whichever route
     /// the request reached, or none.
@@ -42,6 +45,7 @@ impl RequestCtx {
             client: None,
             status: None,
             consumer: None,
+            credential_expires: None,
             secret_params: Arc::new([]),
             slot: None,
             answer_headers: Vec::new(),

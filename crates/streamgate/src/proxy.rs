@@ -200,6 +200,7 @@ impl ProxyHttp for Gateway {
                 }
                 let settings = RelaySettings {
                     idle_timeout: upstream.config.timeouts.read,
+                    max_lifetime: self.limits.config().max_tunnel,
                     route: route.config.id.clone(),
                 };
                 crate::tunnel::serve(self, &self.upgrades, session, ctx, settings).await

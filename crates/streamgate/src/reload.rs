@@ -1,7 +1,9 @@
 //! Live reload: on SIGHUP the configuration file is read and checked again; if it is valid, the
 //! route table (routes, plugins and their settings, upstreams, consumers) is replaced at once for
-//! every request that starts afterwards. Requests in progress and open WebSocket sessions keep the
-//! table they started with until they end. An invalid file changes nothing and every problem is
+//! every request that starts afterwards. Requests in progress keep the table they started with
+//! until they end; open pub/sub sessions are re-checked against the new one (their caller's
+//! credentials and the topics they read: allowed, they go on under the new allow-lists; not,
+//! they are closed with 1008 and the reason). An invalid file changes nothing and every problem is
 //! logged. Listeners, threads, `[server.limits]` and `[admin]` are fixed at start-up: a change to
 //! them is reported as needing a restart (or Pingora's zero-downtime upgrade, see the README).
 //!
@@ -10,6 +12,7 @@
 //!
 //! Each table's HTTP health checks run as tasks of this service until the table is replaced.
 
+use crate::pubsub::PubSub;
 use crate::routes::TableInForce;
 use crate::sync::lock;
 use crate::upstream::HealthTask;
@@ -27,6 +30,7 @@ pub(crate) struct Reloader {
     fixed: String,
     watch: bool,
     routes: Arc<TableInForce>,
+    pubsub: Arc<PubSub>,
     first_health: Mutex<Vec<HealthTask>>,
 }
 
@@ -50,6 +54,7 @@ impl Reloader {
         file: PathBuf,
         config: &Config,
         routes: Arc<TableInForce>,
+        pubsub: Arc<PubSub>,
         health: Vec<HealthTask>,
     ) -> Self {
         Self {
@@ -57,6 +62,7 @@ impl Reloader {
             fixed: fixed_parts(config),
             watch: config.server.reload_on_change,
             routes,
+            pubsub,
             first_health: Mutex::new(health),
         }
     }
@@ -93,7 +99,8 @@ impl Reloader {
                 self.file.display()
             );
         }
-        self.routes.replace(table);
+        let table = self.routes.replace(table);
+        self.pubsub.recheck_sessions(table);
         metrics.reloads.with_label_values(&["applied"]).inc();
         tracing::info!(
             file = %self.file.display(),

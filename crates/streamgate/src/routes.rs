@@ -8,7 +8,7 @@
 
 use crate::error::StartupError;
 use crate::plugins::{self, Plugin};
-use crate::pubsub::{KafkaCluster, KafkaTarget};
+use crate::pubsub::{KafkaCluster, KafkaTarget, SessionCheck};
 use crate::upstream::{HealthTask, HttpUpstream};
 use pingora::http::RequestHeader;
 use std::collections::HashMap;
@@ -56,6 +56,8 @@ impl Route {
 pub(crate) struct RouteTable {
     routes: Vec<Arc<Route>>,
     secret_params: Arc<[String]>,
+    /// Consumers by username, for re-checking open sessions after a reload.
+    consumers: HashMap<String, Arc<model::Consumer>>,
 }
 
 impl RouteTable {
@@ -91,6 +93,43 @@ impl RouteTable {
     }
 }
 
+impl SessionCheck for RouteTable {
+    /// A session goes on while its route still serves Kafka and its caller is still known with
+    /// the same credentials (a route that now requires authentication ends anonymous sessions).
+    fn recheck(
+        &self,
+        route_id: &str,
+        consumer: Option<&model::Consumer>,
+    ) -> Result<(Arc<KafkaTarget>, Option<Arc<model::Consumer>>), String> {
+        let route = self
+            .routes
+            .iter()
+            .find(|r| r.config.id == route_id)
+            .ok_or("the route was removed by a configuration reload")?;
+        let Target::Kafka(target) = &route.target else {
+            return Err("the route no longer serves Kafka".into());
+        };
+        let plugins = &route.config.plugins;
+        let authenticates = plugins.key_auth.is_some() || plugins.jwt_auth.is_some();
+        let consumer = match consumer {
+            None if authenticates => {
+                return Err("the route now requires authentication".into());
+            }
+            None => None,
+            Some(old) => match self.consumers.get(&old.username) {
+                Some(new) if new.key == old.key && new.jwt == old.jwt => Some(Arc::clone(new)),
+                _ => {
+                    return Err(format!(
+                        "consumer {:?} or its credentials were removed or changed",
+                        old.username
+                    ))
+                }
+            },
+        };
+        Ok((Arc::clone(target), consumer))
+    }
+}
+
 /// The table in force. Requests take a reference at their start and keep it to their end, so a
 /// reload never changes a request (or an open WebSocket session) midway.
 #[derive(Debug)]
@@ -107,9 +146,11 @@ impl TableInForce {
         Arc::clone(&crate::sync::read(&self.0))
     }
 
-    /// Puts `table` in force for every request that starts from now on.
-    pub(crate) fn replace(&self, table: RouteTable) {
-        *crate::sync::write(&self.0) = Arc::new(table);
+    /// Puts `table` in force for every request that starts from now on, and returns it.
+    pub(crate) fn replace(&self, table: RouteTable) -> Arc<RouteTable> {
+        let table = Arc::new(table);
+        *crate::sync::write(&self.0) = Arc::clone(&table);
+        table
     }
 }
 
@@ -175,6 +216,11 @@ pub(crate) fn build(config: &Config) -> Result<(RouteTable, Vec<HealthTask>), St
     let table = RouteTable {
         routes,
         secret_params: secret_params.into(),
+        consumers: config
+            .consumers
+            .iter()
+            .map(|c| (c.username.clone(), Arc::clone(c)))
+            .collect(),
     };
     Ok((table, health))
 }

@@ -141,6 +141,7 @@ pub fn build(
         config_file.to_path_buf(),
         config,
         Arc::clone(&prepared.routes),
+        Arc::clone(&prepared.pubsub),
         prepared.health,
     );
     server.add_service(background_service("config reload", reloader));

@@ -11,8 +11,10 @@
 //!        ▼                              ▼
 //!  101 to the client, detach both   the answer and its body to the client
 //!  connections, relay bytes in a
-//!  task until either side closes
-//!  or both are idle for `timeouts.read`
+//!  task until either side closes,
+//!  both are idle for `timeouts.read`,
+//!  max_tunnel_seconds pass or the
+//!  credential (a JWT's exp) expires
 //! ```
 //!
 //! Why not Pingora's own upgrade path: Pingora 0.9 ends the tunnel right after the 101 when the
@@ -45,6 +47,9 @@ pub(crate) struct RelaySettings {
     /// Closes the tunnel when neither side sent a byte for this long (the upstream's `read`
     /// timeout).
     pub idle_timeout: Duration,
+    /// Closes the tunnel this long after it opened, traffic or not (`[server.limits]
+    /// max_tunnel_seconds`).
+    pub max_lifetime: Option<Duration>,
     /// The route id, for log lines.
     pub route: String,
 }
@@ -87,12 +92,27 @@ where
     crate::respond::header(session, ctx.as_mut(), answer, false).await?;
     let (client, client_early) = crate::detach::detach(session).await?;
     let node_early = early_bytes(&mut node);
+    // The tunnel ends at its lifetime cap, or when the credential it was opened with expires.
+    let expires = ctx.as_mut().credential_expires.map(|at| {
+        let left = at
+            .duration_since(std::time::SystemTime::now())
+            .unwrap_or_default();
+        (Instant::now() + left, "the credential expired")
+    });
+    let capped = settings
+        .max_lifetime
+        .map(|cap| (Instant::now() + cap, "max_tunnel_seconds reached"));
+    let deadline = match (expires, capped) {
+        (Some(a), Some(b)) => Some(if a.0 <= b.0 { a } else { b }),
+        (a, b) => a.or(b),
+    };
     let tunnel = Tunnel {
         client,
         client_early,
         node: node.into_inner(),
         node_early,
         idle_timeout: settings.idle_timeout,
+        deadline,
         slot: ctx.as_mut().slot.take(),
         route: settings.route,
     };
@@ -232,6 +252,8 @@ struct Tunnel {
     node_early: Vec<u8>,
     /// Closes the tunnel when neither side sent a byte for this long.
     idle_timeout: Duration,
+    /// Closes the tunnel then, whatever the traffic, and why.
+    deadline: Option<(Instant, &'static str)>,
     /// The request's place in the connection limits, held until the tunnel closes.
     slot: Option<Slot>,
     /// For log lines.
@@ -247,6 +269,7 @@ impl Tunnel {
             node,
             node_early,
             idle_timeout,
+            deadline,
             slot,
             route,
         } = self;
@@ -273,16 +296,23 @@ impl Tunnel {
                 client.write_all(&node_early).await?;
                 client.flush().await?;
             }
+            let until_deadline = async {
+                match deadline {
+                    Some((at, _)) => tokio::time::sleep_until(at.into()).await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 moved = tokio::io::copy_bidirectional_with_sizes(
                     &mut client, &mut node, RELAY_BUFFER, RELAY_BUFFER,
-                ) => moved.map(Some),
-                () = idle(epoch, &last_read, idle_timeout) => Ok(None),
+                ) => moved.map(Ended::Closed),
+                () = idle(epoch, &last_read, idle_timeout) => Ok(Ended::Idle),
+                () = until_deadline => Ok(Ended::Deadline),
             }
         }
         .await;
         match outcome {
-            Ok(Some((up, down))) => {
+            Ok(Ended::Closed((up, down))) => {
                 tracing::debug!(
                     route,
                     bytes_to_node = up,
@@ -290,7 +320,12 @@ impl Tunnel {
                     "tunnel closed"
                 )
             }
-            Ok(None) => tracing::debug!(route, ?idle_timeout, "tunnel idle, closed"),
+            Ok(Ended::Idle) => tracing::debug!(route, ?idle_timeout, "tunnel idle, closed"),
+            Ok(Ended::Deadline) => tracing::info!(
+                route,
+                why = deadline.map_or("", |(_, why)| why),
+                "tunnel closed at its deadline"
+            ),
             Err(e) => tracing::debug!(route, error = %e, "tunnel ended"),
         }
         // Close both sides (best effort), then give back the slot.
@@ -302,6 +337,16 @@ impl Tunnel {
         drop(slot);
         gauge.dec();
     }
+}
+
+/// Why a relay stopped.
+enum Ended {
+    /// A side closed: the bytes moved to the node and to the client.
+    Closed((u64, u64)),
+    /// Neither side sent anything for the idle timeout.
+    Idle,
+    /// The lifetime cap or the credential's expiry.
+    Deadline,
 }
 
 /// Resolves once nothing was read from either side for `timeout`.

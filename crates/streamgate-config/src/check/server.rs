@@ -163,5 +163,19 @@ pub(super) fn build_limits(c: &mut Checker<'_>, l: t::LimitsToml) -> Limits {
             i64::MAX,
             d.max_request_body_bytes as i64,
         ) as u64,
+        max_tunnel: match l.max_tunnel_seconds {
+            None => d.max_tunnel,
+            Some(0) => None,
+            Some(v) => in_range(
+                c,
+                None,
+                "server.limits.max_tunnel_seconds",
+                v,
+                0,
+                365 * 86400,
+            )
+            .map(|s| std::time::Duration::from_secs(s as u64))
+            .or(d.max_tunnel),
+        },
     }
 }

@@ -51,6 +51,9 @@ pub struct Limits {
     pub max_request_header_bytes: usize,
     /// Request body (HTTP routes).
     pub max_request_body_bytes: u64,
+    /// How long a WebSocket relayed to an HTTP node may stay open, traffic or not (`None`: no
+    /// cap), so that no connection outlives its credentials for ever.
+    pub max_tunnel: Option<std::time::Duration>,
 }
 
 impl Default for Limits {
@@ -61,6 +64,7 @@ impl Default for Limits {
             max_sessions_per_consumer: 1_000,
             max_request_header_bytes: 32 * 1024,
             max_request_body_bytes: 100 << 20,
+            max_tunnel: Some(std::time::Duration::from_secs(24 * 3600)),
         }
     }
 }

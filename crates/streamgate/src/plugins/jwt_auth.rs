@@ -3,7 +3,8 @@
 //! route opts in and lists the browser origins it trusts, a cookie. The
 //! token's `key` claim (or `iss`) names the consumer; its signature is checked with that
 //! consumer's secret (HS256/HS512) or public key (RS256/ES256), and `exp` (required) and `nbf`
-//! are enforced. Anything else is refused with 401 before upstreams, upgrades or Kafka.
+//! are enforced. A WebSocket (pub/sub session or relayed tunnel) opened with a token ends when the
+//! token's `exp` passes. Anything else is refused with 401 before upstreams, upgrades or Kafka.
 
 use super::Plugin;
 use crate::ctx::RequestCtx;
@@ -142,6 +143,13 @@ impl JwtAuthPlugin {
     }
 }
 
+/// When a verified token's `exp` claim (seconds since the epoch, required) passes.
+fn expiry(claims: &serde_json::Value) -> Option<std::time::SystemTime> {
+    let exp = claims.get("exp")?.as_f64()?;
+    let exp = std::time::Duration::try_from_secs_f64(exp).ok()?;
+    std::time::UNIX_EPOCH.checked_add(exp)
+}
+
 #[async_trait]
 impl Plugin for JwtAuthPlugin {
     fn name(&self) -> &'static str {
@@ -162,12 +170,13 @@ impl Plugin for JwtAuthPlugin {
             let mut validation = Validation::new(entry.algorithm);
             validation.validate_nbf = true;
             jsonwebtoken::decode::<serde_json::Value>(&token, &entry.key, &validation)
-                .map(|_| Arc::clone(&entry.consumer))
+                .map(|data| (Arc::clone(&entry.consumer), expiry(&data.claims)))
                 .map_err(|_| "failed to verify jwt")
         });
         match verdict {
-            Ok(consumer) => {
+            Ok((consumer, expires)) => {
                 ctx.consumer = Some(consumer);
+                ctx.credential_expires = expires;
                 Ok(false)
             }
             Err(message) => {

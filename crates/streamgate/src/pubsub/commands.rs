@@ -58,17 +58,8 @@ fn check_target(access: &KafkaAccess, topic: &str, partition: i32) -> Result<(),
     if topic.is_empty() {
         return Err(KafkaFailure::new(ErrorCode::BadRequest, "topic is empty"));
     }
-    if !access.target.settings.allows(topic) {
-        return Err(KafkaFailure::new(
-            ErrorCode::Forbidden,
-            "forbidden: the topic is not in this route's allow-list",
-        ));
-    }
-    if access.consumer.as_ref().is_some_and(|c| !c.allows(topic)) {
-        return Err(KafkaFailure::new(
-            ErrorCode::Forbidden,
-            "forbidden: the topic is not in this consumer's allow-list",
-        ));
+    if let Some(why) = access.refusal(topic) {
+        return Err(KafkaFailure::new(ErrorCode::Forbidden, why));
     }
     if partition < 0 {
         return Err(KafkaFailure::new(

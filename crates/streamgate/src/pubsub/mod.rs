@@ -31,7 +31,7 @@ mod target;
 mod upgrade;
 
 pub(crate) use kafka_pool::{KafkaCluster, KafkaPool};
-pub(crate) use target::KafkaTarget;
+pub(crate) use target::{KafkaTarget, SessionCheck};
 
 use crate::ctx::RequestCtx;
 use crate::limits::ConnectionLimits;
@@ -52,6 +52,8 @@ pub(crate) struct PubSub {
     /// Kafka clients shared across sessions and routes.
     pool: Arc<KafkaPool>,
     shutdown: Arc<watch::Sender<bool>>,
+    /// The configuration open sessions re-check themselves against after a reload.
+    recheck: watch::Sender<Option<Arc<dyn SessionCheck>>>,
     active: Arc<AtomicUsize>,
 }
 
@@ -60,6 +62,7 @@ impl Default for PubSub {
         Self {
             pool: Arc::default(),
             shutdown: Arc::new(watch::channel(false).0),
+            recheck: watch::channel(None).0,
             active: Arc::default(),
         }
     }
@@ -71,6 +74,13 @@ impl PubSub {
         ShutdownRelay {
             sessions: Arc::clone(&self.shutdown),
         }
+    }
+
+    /// Has every open session re-check its caller and the topics it read against `check` (the
+    /// route table a reload just put in force): allowed, it goes on under the new settings;
+    /// not, it is closed with 1008 and the reason.
+    pub(crate) fn recheck_sessions(&self, check: Arc<dyn SessionCheck>) {
+        self.recheck.send_replace(Some(check));
     }
 
     /// The Kafka clients shared across sessions and routes.
@@ -136,7 +146,11 @@ impl PubSub {
             pool: Arc::clone(&self.pool),
         };
         let config = session::websocket_config(settings.max_frame_bytes);
-        let shutdown = self.shutdown.subscribe();
+        let lifelines = session::Lifelines {
+            shutdown: self.shutdown.subscribe(),
+            recheck: self.recheck.subscribe(),
+            credential_expires: ctx.credential_expires,
+        };
         let active = Arc::clone(&self.active);
         active.fetch_add(1, Ordering::Relaxed);
         tokio::spawn(async move {
@@ -144,7 +158,7 @@ impl PubSub {
                 WebSocketStream::from_partially_read(stream, early, Role::Server, Some(config))
                     .await;
             let route_id = Arc::clone(&access.target.route_id);
-            session::run(ws, access, shutdown).await;
+            session::run(ws, access, lifelines).await;
             drop(slots);
             active.fetch_sub(1, Ordering::Relaxed);
             tracing::debug!(route = %route_id, "pub/sub session ended");

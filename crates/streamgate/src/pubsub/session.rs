@@ -13,10 +13,13 @@
 //! `max_in_flight` answers wait behind it, and after `send_timeout` the connection is dropped.
 
 use super::commands;
-use super::target::KafkaAccess;
+use super::target::{KafkaAccess, SessionCheck};
 use crate::rate::TokenBucket;
 use futures_util::{SinkExt, StreamExt};
 use prost::Message as _;
+use std::borrow::Cow;
+use std::collections::HashSet;
+use std::sync::Arc;
 use streamgate_protocol::{
     pub_sub_req::Req, pub_sub_resp::Resp, ErrorCode, PongResp, PubSubReq, PubSubResp,
 };
@@ -43,17 +46,47 @@ pub(crate) fn websocket_config(max_frame_bytes: usize) -> WebSocketConfig {
         .max_frame_size(Some(max_frame_bytes))
 }
 
-/// Runs a session until the client leaves or the gateway shuts down.
+/// What else ends a session, besides its client and its own limits.
+pub(crate) struct Lifelines {
+    /// Turns true when the gateway shuts down (Close 1001).
+    pub shutdown: watch::Receiver<bool>,
+    /// A new configuration to re-check the session against (Close 1008 when it no longer
+    /// allows the session's caller or a topic it read).
+    pub recheck: watch::Receiver<Option<Arc<dyn SessionCheck>>>,
+    /// When the caller's credential expires (a JWT's `exp`; Close 1008).
+    pub credential_expires: Option<std::time::SystemTime>,
+}
+
+/// Runs a session until the client leaves, the gateway shuts down, or the session may no
+/// longer run.
 pub(crate) async fn run<S>(
     mut ws: WebSocketStream<S>,
-    access: KafkaAccess,
-    mut shutdown: watch::Receiver<bool>,
+    mut access: KafkaAccess,
+    lifelines: Lifelines,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let Lifelines {
+        mut shutdown,
+        mut recheck,
+        credential_expires,
+    } = lifelines;
     let metrics = crate::metrics::metrics();
-    let target = std::sync::Arc::clone(&access.target);
+    // The session's own limits stay those it started with; allow-lists and credentials follow
+    // reloads (`access` is replaced on each re-check).
+    let target = Arc::clone(&access.target);
     let settings = &target.settings;
+    // The topics this session read, re-checked when the configuration changes.
+    let mut topics_read: HashSet<String> = HashSet::new();
+    let expiry = tokio::time::sleep(
+        credential_expires
+            .map(|at| {
+                at.duration_since(std::time::SystemTime::now())
+                    .unwrap_or_default()
+            })
+            .unwrap_or(Duration::from_secs(u32::MAX.into())),
+    );
+    tokio::pin!(expiry);
     let mut tasks: JoinSet<PubSubResp> = JoinSet::new();
     let mut rate = CommandRate::new(settings.max_commands_per_second);
     let mut last_heard = Instant::now();
@@ -69,12 +102,27 @@ pub(crate) async fn run<S>(
             .unwrap_or(Duration::from_secs(u32::MAX.into())),
     );
     tokio::pin!(lifetime);
-    let (close, why) = loop {
+    let (close, why): (Option<(CloseCode, Cow<'static, str>)>, &str) = loop {
         tokio::select! {
             biased;
             Ok(()) = shutdown.changed() => if *shutdown.borrow() {
-                break (Some((CloseCode::Away, "shutting down")), "shutdown");
+                break (Some((CloseCode::Away, "shutting down".into())), "shutdown");
             },
+            Ok(()) = recheck.changed() => {
+                let check = recheck.borrow_and_update().clone();
+                if let Some(check) = check {
+                    match renewed(&*check, &access, &topics_read) {
+                        Ok(renewed) => access = renewed,
+                        Err(why) => {
+                            tracing::info!(route = %target.route_id, why, "a reload revoked a pub/sub session");
+                            break (Some((CloseCode::Policy, why.into())), "revoked");
+                        }
+                    }
+                }
+            },
+            () = &mut expiry => {
+                break (Some((CloseCode::Policy, "credentials expired: reconnect with a fresh token".into())), "expired");
+            }
             Some(joined) = tasks.join_next(), if !tasks.is_empty() => match joined {
                 Ok(answer) => {
                     if let Err(why) = send_bounded(&mut ws, &answer, settings.send_timeout).await {
@@ -86,11 +134,11 @@ pub(crate) async fn run<S>(
                 }
             },
             () = &mut lifetime => {
-                break (Some((CloseCode::Away, "session lifetime reached: reconnect")), "lifetime");
+                break (Some((CloseCode::Away, "session lifetime reached: reconnect".into())), "lifetime");
             }
             _ = idle_check.tick() => {
                 if last_heard.elapsed() >= settings.idle_timeout {
-                    break (Some((CloseCode::Away, "idle timeout: no frame or pong")), "idle");
+                    break (Some((CloseCode::Away, "idle timeout: no frame or pong".into())), "idle");
                 }
                 if !pinged && last_heard.elapsed() >= settings.idle_timeout / 2 {
                     pinged = true;
@@ -109,7 +157,7 @@ pub(crate) async fn run<S>(
                     None => break (None, "client"),
                     Some(Err(WsError::Capacity(e))) => {
                         tracing::debug!(route = %target.route_id, error = %e, "frame over the route's limit");
-                        break (Some((CloseCode::Size, "frame larger than this route's max_frame_bytes")), "frame_too_large");
+                        break (Some((CloseCode::Size, "frame larger than this route's max_frame_bytes".into())), "frame_too_large");
                     }
                     Some(Err(e)) => {
                         tracing::debug!(route = %target.route_id, error = %e, "websocket read failed");
@@ -126,7 +174,7 @@ pub(crate) async fn run<S>(
                                     metrics.command(&target.route_id, "undecodable", &answer);
                                     Some(answer)
                                 }
-                                Ok(req) => dispatch(req, &access, &mut tasks),
+                                Ok(req) => dispatch(req, &access, &mut tasks, &mut topics_read),
                             }
                         };
                         if let Some(answer) = immediate {
@@ -160,7 +208,7 @@ pub(crate) async fn run<S>(
     if let Some((code, reason)) = close {
         let frame = CloseFrame {
             code,
-            reason: reason.into(),
+            reason: close_reason(reason).into(),
         };
         // Bounded: a client that reads nothing must not keep the session (and its slots) alive.
         let _ = tokio::time::timeout(CLOSE_WAIT, async {
@@ -173,11 +221,22 @@ pub(crate) async fn run<S>(
     }
 }
 
+/// A close frame carries at most 123 bytes of reason (RFC 6455 §5.5): longer ones are cut at a
+/// character boundary.
+fn close_reason(reason: Cow<'static, str>) -> String {
+    let mut end = reason.len().min(123);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    reason[..end].to_string()
+}
+
 /// Handles one request: returns an answer to send now, or starts a Kafka command task.
 fn dispatch(
     req: PubSubReq,
     access: &KafkaAccess,
     tasks: &mut JoinSet<PubSubResp>,
+    topics_read: &mut HashSet<String>,
 ) -> Option<PubSubResp> {
     let sequence = req.sequence;
     let metrics = crate::metrics::metrics();
@@ -197,11 +256,16 @@ fn dispatch(
         }
         Some(cmd) => cmd,
     };
-    let kind = match &cmd {
-        Req::CmdKafkaListOffset(_) => "list_offset",
-        Req::CmdKafkaFetch(_) => "fetch",
-        Req::CmdEmpty(_) | Req::CmdPing(_) => "unknown",
+    let (kind, topic) = match &cmd {
+        Req::CmdKafkaListOffset(c) => ("list_offset", c.topic.as_str()),
+        Req::CmdKafkaFetch(c) => ("fetch", c.topic.as_str()),
+        Req::CmdEmpty(_) | Req::CmdPing(_) => ("unknown", ""),
     };
+    // Remembered for re-checks after a reload: only topics it may read now (a refused one
+    // gets its FORBIDDEN answer and nothing more).
+    if !topic.is_empty() && !topics_read.contains(topic) && access.refusal(topic).is_none() {
+        topics_read.insert(topic.to_string());
+    }
     if tasks.len() >= access.target.settings.max_in_flight {
         metrics.limited.with_label_values(&["in_flight"]).inc();
         metrics.command(
@@ -232,6 +296,26 @@ fn dispatch(
         answer
     });
     None
+}
+
+/// The session's access under a new configuration, or why it must end.
+fn renewed(
+    check: &dyn SessionCheck,
+    access: &KafkaAccess,
+    topics_read: &HashSet<String>,
+) -> Result<KafkaAccess, String> {
+    let (target, consumer) = check.recheck(&access.target.route_id, access.consumer.as_deref())?;
+    let renewed = KafkaAccess {
+        target,
+        consumer,
+        pool: Arc::clone(&access.pool),
+    };
+    for topic in topics_read {
+        if let Some(why) = renewed.refusal(topic) {
+            return Err(format!("topic {topic:?} is no longer allowed ({why})"));
+        }
+    }
+    Ok(renewed)
 }
 
 /// A session's frame rate: `per_second` sustained, as many at once; 0 means no limit.

@@ -63,3 +63,30 @@ pub(crate) struct KafkaAccess {
     /// The process's Kafka clients.
     pub pool: Arc<KafkaPool>,
 }
+
+impl KafkaAccess {
+    /// Why this caller may not read `topic` on this route, if it may not: the route's
+    /// allow-list, then the consumer's.
+    pub(crate) fn refusal(&self, topic: &str) -> Option<&'static str> {
+        if !self.target.settings.allows(topic) {
+            return Some("forbidden: the topic is not in this route's allow-list");
+        }
+        if self.consumer.as_ref().is_some_and(|c| !c.allows(topic)) {
+            return Some("forbidden: the topic is not in this consumer's allow-list");
+        }
+        None
+    }
+}
+
+/// What a configuration reload says of an open session: the route table in force answers it
+/// (the session holds no reference to the table, only its route id and caller).
+pub(crate) trait SessionCheck: Send + Sync + std::fmt::Debug {
+    /// The session's route's Kafka side and caller under the new configuration, or why the
+    /// session must end (its route is gone, or its consumer or credentials were removed or
+    /// changed).
+    fn recheck(
+        &self,
+        route_id: &str,
+        consumer: Option<&Consumer>,
+    ) -> Result<(Arc<KafkaTarget>, Option<Arc<Consumer>>), String>;
+}
