@@ -61,6 +61,7 @@ async fn scram_users_connect_and_wrong_passwords_are_refused() {
         engine: Engine::Sqlite,
         users: vec![scram_user()],
         tls: None,
+        tap: false,
     })
     .await;
     let good = SaslConfig::ScramSha256(Credentials::new("alice".into(), "alice-secret".into()));
@@ -90,6 +91,7 @@ async fn plain_users_connect() {
         engine: Engine::Sqlite,
         users: vec![scram_user()],
         tls: None,
+        tap: false,
     })
     .await;
     let plain = SaslConfig::Plain(Credentials::new("admin".into(), "admin-secret".into()));
@@ -137,6 +139,7 @@ async fn tls_and_scram_together() {
         engine: Engine::Sqlite,
         users: vec![scram_user()],
         tls: Some(ca),
+        tap: false,
     })
     .await;
     let client = broker.client().await;

@@ -345,3 +345,72 @@ async fn sasl_plain_without_tls_is_named_at_start() {
     assert!(!tls.log().contains("SASL PLAIN"), "{}", tls.log());
     assert!(!scram.log().contains("SASL PLAIN"), "{}", scram.log());
 }
+
+/// rskafka asks the broker to auto-create any topic it names in a metadata request, and Kafka
+/// does by default: the gateway must never name a topic that does not exist, nor an invalid one.
+/// A recording tap in front of the broker sees every byte the gateway sends it.
+#[tokio::test]
+async fn clients_cannot_make_the_broker_create_topics() {
+    use streamgate_protocol::{ErrorCode, PubSubClient};
+    use streamgate_testkit::{fixtures, Broker, BrokerOptions};
+    let broker = Broker::start_with(BrokerOptions {
+        tap: true,
+        ..BrokerOptions::default()
+    })
+    .await;
+    let client = broker.client().await;
+    fixtures::create_topic(&client, "present", 1).await;
+    drop(client);
+    // No topics list: the route allows any name, the way auto-creation would be abused.
+    let gw = gateway_for(&broker, "", "").await;
+    let mut c = PubSubClient::connect(&gw.ws_url("/kafka")).await.unwrap();
+    assert_eq!(c.list_offset("present", 0, -2).await.unwrap(), 0);
+
+    for ghost in ["ghost-topic-4711", "ghost.topic_4712"] {
+        let e = c.list_offset(ghost, 0, -1).await.unwrap_err();
+        assert_eq!(e.code(), Some(ErrorCode::NotFound), "{e}");
+        assert!(e.to_string().contains("not found topic"), "{e}");
+        let e = c.fetch(ghost, 0, 0).await.unwrap_err();
+        assert_eq!(e.code(), Some(ErrorCode::NotFound), "{e}");
+    }
+    let e = c.list_offset("present", 7, -1).await.unwrap_err();
+    assert_eq!(e.code(), Some(ErrorCode::NotFound), "{e}");
+    assert!(e.to_string().contains("not found partition"), "{e}");
+
+    let long = "x".repeat(250);
+    for invalid in ["bad/name", "..", ".", "sp ace", "ünïcode", long.as_str()] {
+        let e = c.list_offset(invalid, 0, -1).await.unwrap_err();
+        assert_eq!(e.code(), Some(ErrorCode::BadRequest), "{invalid}: {e}");
+        assert!(
+            e.to_string().contains("invalid topic name"),
+            "{invalid}: {e}"
+        );
+    }
+    // A valid name at Kafka's length limit is only looked up.
+    let e = c.list_offset(&"y".repeat(249), 0, -1).await.unwrap_err();
+    assert_eq!(e.code(), Some(ErrorCode::NotFound), "{e}");
+
+    let sent = String::from_utf8_lossy(&broker.sent_to_broker()).into_owned();
+    assert!(
+        sent.contains("present"),
+        "the tap records the gateway's requests"
+    );
+    for never in [
+        "ghost-topic-4711",
+        "ghost.topic_4712",
+        "bad/name",
+        "sp ace",
+        &"y".repeat(249),
+    ] {
+        assert!(!sent.contains(never), "{never:?} was named to the broker");
+    }
+    let client = broker.client().await;
+    let topics: Vec<String> = client
+        .list_topics()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|t| t.name)
+        .collect();
+    assert_eq!(topics, ["present"], "nothing was created");
+}

@@ -225,6 +225,7 @@ async fn sasl_plain_route() {
             mechanism: "scram512",
         }],
         tls: None,
+        tap: false,
     })
     .await;
     fixtures::apisix_fixture(&broker.client().await).await;

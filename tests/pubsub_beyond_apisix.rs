@@ -236,6 +236,7 @@ async fn scram_credentials_are_never_shared_between_routes() {
             mechanism: "scram256",
         }],
         tls: None,
+        tap: false,
     })
     .await;
     fixtures::apisix_fixture(&broker.client().await).await;

@@ -650,10 +650,27 @@ fn the_admin_listener_stays_on_loopback_unless_allowed() {
 fn tunnels_are_capped_at_a_day_unless_configured() {
     use std::time::Duration;
     let day = Some(Duration::from_secs(24 * 3600));
-    assert_eq!(parse(UPSTREAM, "t").expect("valid").server.limits.max_tunnel, day);
+    assert_eq!(
+        parse(UPSTREAM, "t")
+            .expect("valid")
+            .server
+            .limits
+            .max_tunnel,
+        day
+    );
     let with = |v: &str| format!("[server.limits]\nmax_tunnel_seconds = {v}\n{UPSTREAM}");
     let one = parse(&with("60"), "t").expect("valid");
     assert_eq!(one.server.limits.max_tunnel, Some(Duration::from_secs(60)));
-    assert_eq!(parse(&with("0"), "t").expect("valid").server.limits.max_tunnel, None);
-    assert_eq!(one_problem(&with("-1")).key, "server.limits.max_tunnel_seconds");
+    assert_eq!(
+        parse(&with("0"), "t")
+            .expect("valid")
+            .server
+            .limits
+            .max_tunnel,
+        None
+    );
+    assert_eq!(
+        one_problem(&with("-1")).key,
+        "server.limits.max_tunnel_seconds"
+    );
 }

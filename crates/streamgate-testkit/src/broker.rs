@@ -1,5 +1,6 @@
 //! Real broker processes for tests.
 
+use crate::tap::Tap;
 use crate::tls::{TestCa, TlsTerminator};
 use crate::{free_port, wait_for_port};
 use rskafka::client::{Client, ClientBuilder, Credentials, SaslConfig};
@@ -39,6 +40,9 @@ pub struct BrokerOptions {
     pub users: Vec<SaslUser>,
     /// Put a TLS terminator in front, with a certificate from this CA.
     pub tls: Option<Arc<TestCa>>,
+    /// Put a recording [`Tap`] in front (plaintext only), advertised so that every client
+    /// connection passes through it: see [`Broker::sent_to_broker`].
+    pub tap: bool,
 }
 
 impl Default for BrokerOptions {
@@ -47,6 +51,7 @@ impl Default for BrokerOptions {
             engine: Engine::Memory,
             users: Vec::new(),
             tls: None,
+            tap: false,
         }
     }
 }
@@ -63,6 +68,7 @@ pub struct Broker {
     /// The address clients bootstrap from: the TLS port when TLS is on.
     pub bootstrap: String,
     tls: Option<TlsTerminator>,
+    tap: Option<Tap>,
 }
 
 /// The broker binary: `$STREAMGATE_TEST_BROKER`, or what `scripts/install-test-broker.sh`
@@ -98,12 +104,21 @@ impl Broker {
         let binary = broker_binary();
         let dir = tempfile::tempdir().expect("temp dir for the broker");
         let broker_port = free_port();
-        let (bootstrap, tls) = match &options.tls {
-            None => (format!("127.0.0.1:{broker_port}"), None),
-            Some(ca) => {
+        let (bootstrap, tls, tap) = match (&options.tls, options.tap) {
+            (None, false) => (format!("127.0.0.1:{broker_port}"), None, None),
+            (None, true) => {
+                let tap = Tap::start(broker_port).await;
+                // Clients reconnect to the advertised address, so advertise the tap's port.
+                (format!("127.0.0.1:{}", tap.port), None, Some(tap))
+            }
+            (Some(ca), _) => {
                 let terminator = TlsTerminator::start(ca, broker_port).await;
                 // Clients reconnect to the advertised address, so advertise the TLS port.
-                (format!("localhost:{}", terminator.port), Some(terminator))
+                (
+                    format!("localhost:{}", terminator.port),
+                    Some(terminator),
+                    None,
+                )
             }
         };
         let mut broker = Broker {
@@ -114,6 +129,7 @@ impl Broker {
             broker_port,
             bootstrap,
             tls,
+            tap,
         };
         if !broker.options.users.is_empty() {
             // Users can only be created while authentication is off.
@@ -217,6 +233,11 @@ impl Broker {
         self.stop();
         let auth = !self.options.users.is_empty();
         self.spawn(auth).await;
+    }
+
+    /// Every byte clients sent the broker so far (with [`BrokerOptions::tap`]; empty without).
+    pub fn sent_to_broker(&self) -> Vec<u8> {
+        self.tap.as_ref().map(Tap::recorded).unwrap_or_default()
     }
 
     /// The TLS port clients use, when TLS is on.

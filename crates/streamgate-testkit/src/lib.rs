@@ -17,11 +17,13 @@ pub mod fuzz;
 mod gateway;
 mod http_upstream;
 pub mod sessions;
+mod tap;
 mod tls;
 
 pub use broker::{Broker, BrokerOptions, Engine, SaslUser};
 pub use gateway::GatewayProcess;
 pub use http_upstream::Upstream;
+pub use tap::Tap;
 pub use tls::{TestCa, TlsTerminator};
 
 use std::net::{SocketAddr, TcpListener};

@@ -1,7 +1,7 @@
 //! The Kafka commands: list offset and fetch, with Kafka's semantics even where a broker is
 //! sloppy (a fetch beyond the high watermark is `OFFSET_OUT_OF_RANGE`; a timestamp later than
-//! every record is -1), the route's allow-list applied before Kafka is asked, and fetch answers
-//! that never exceed the route's frame limit.
+//! every record is -1), topic names and the route's allow-list checked before Kafka is asked,
+//! and fetch answers that never exceed the route's frame limit.
 
 use super::failure::KafkaFailure;
 use super::target::KafkaAccess;
@@ -23,7 +23,9 @@ pub(crate) async fn list_offset(
     sequence: i64,
     cmd: CmdKafkaListOffset,
 ) -> PubSubResp {
-    match list_offset_inner(access, &cmd).await {
+    let answer = list_offset_inner(access, &cmd).await;
+    forget_if_gone(access, &cmd.topic, cmd.partition, &answer);
+    match answer {
         Ok(offset) => PubSubResp {
             sequence,
             resp: Some(Resp::KafkaListOffsetResp(KafkaListOffsetResp { offset })),
@@ -34,7 +36,9 @@ pub(crate) async fn list_offset(
 
 /// Answers a fetch command.
 pub(crate) async fn fetch(access: &KafkaAccess, sequence: i64, cmd: CmdKafkaFetch) -> PubSubResp {
-    match fetch_inner(access, &cmd).await {
+    let answer = fetch_inner(access, &cmd).await;
+    forget_if_gone(access, &cmd.topic, cmd.partition, &answer);
+    match answer {
         Ok(resp) => PubSubResp {
             sequence,
             resp: Some(Resp::KafkaFetchResp(resp)),
@@ -54,9 +58,42 @@ fn failed(sequence: i64, what: &str, topic: &str, partition: i32, f: KafkaFailur
     )
 }
 
-fn check_target(access: &KafkaAccess, topic: &str, partition: i32) -> Result<(), KafkaFailure> {
+/// A topic or partition the broker says does not exist is not asked for again by name.
+fn forget_if_gone<T>(
+    access: &KafkaAccess,
+    topic: &str,
+    partition: i32,
+    answer: &Result<T, KafkaFailure>,
+) {
+    if matches!(answer, Err(f) if f.code == ErrorCode::NotFound) {
+        access
+            .pool
+            .forget(&access.target.identity, topic, partition);
+    }
+}
+
+/// Why `topic` is not a name Kafka accepts (1 to 249 of `[A-Za-z0-9._-]`, not `.` or `..`),
+/// if it is not. Checked before anything reaches the broker.
+fn invalid_topic(topic: &str) -> Option<&'static str> {
     if topic.is_empty() {
-        return Err(KafkaFailure::new(ErrorCode::BadRequest, "topic is empty"));
+        Some("topic is empty")
+    } else if topic.len() > 249 {
+        Some("invalid topic name: longer than 249 characters")
+    } else if topic == "." || topic == ".." {
+        Some("invalid topic name: `.` and `..` are not topics")
+    } else if !topic
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+    {
+        Some("invalid topic name: use only letters, digits, `.`, `_` and `-`")
+    } else {
+        None
+    }
+}
+
+fn check_target(access: &KafkaAccess, topic: &str, partition: i32) -> Result<(), KafkaFailure> {
+    if let Some(why) = invalid_topic(topic) {
+        return Err(KafkaFailure::new(ErrorCode::BadRequest, why));
     }
     if let Some(why) = access.refusal(topic) {
         return Err(KafkaFailure::new(ErrorCode::Forbidden, why));

@@ -19,6 +19,7 @@ use std::fmt;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use streamgate_config::model::{Sasl, SaslMechanism, Upstream, UpstreamTls};
+use streamgate_protocol::ErrorCode;
 use tokio::sync::OnceCell;
 
 /// Extra time past rskafka's own deadline before a connect attempt counts as hung.
@@ -122,8 +123,18 @@ type PartitionKey = (String, i32);
 struct ClientSlot {
     client: OnceCell<Arc<Client>>,
     partitions: Mutex<HashMap<PartitionKey, Arc<OnceCell<Arc<PartitionReader>>>>>,
+    /// The cluster's topics and their partitions, as last listed, and when.
+    topics: Mutex<Option<(Instant, Arc<TopicList>)>>,
     last_used: Mutex<Instant>,
 }
+
+/// Topic names and their partition numbers.
+type TopicList = HashMap<String, std::collections::BTreeSet<i32>>;
+
+/// How long a listing of the cluster's topics answers "does this topic exist?". Clients choose
+/// topic names, so a stream of names that do not exist costs at most one listing per client in
+/// this time.
+const TOPIC_LIST_TTL: Duration = Duration::from_millis(250);
 
 /// The process-wide pool of Kafka clients.
 #[derive(Default)]
@@ -178,6 +189,12 @@ impl KafkaPool {
         };
         bounded(timeout, async {
             cell.get_or_try_init(|| async {
+                // rskafka's metadata request for one topic asks the broker to create it when
+                // missing (allow_auto_topic_creation is written as true, with no setting), and
+                // Kafka's default auto.create.topics.enable honours that. So a topic is looked
+                // up in the listing of all topics (a request that creates nothing) first, and
+                // only one that exists is ever named to the broker.
+                exists(&slot, &client, topic, partition).await?;
                 client
                     .partition_client(topic, partition, UnknownTopicHandling::Error)
                     .await
@@ -199,6 +216,16 @@ impl KafkaPool {
         })
     }
 
+    /// Drops the reader of a topic the broker no longer knows (deleted since it was cached), so
+    /// the next command checks the topic list again rather than naming it to the broker.
+    pub(crate) fn forget(&self, identity: &KafkaIdentity, topic: &str, partition: i32) {
+        let Some(slot) = lock(&self.slots).get(&identity.key).cloned() else {
+            return;
+        };
+        lock(&slot.partitions).remove(&(topic.to_string(), partition));
+        *lock(&slot.topics) = None;
+    }
+
     fn slot(&self, key: &ClientKey) -> Arc<ClientSlot> {
         self.sweep_idle();
         let mut slots = lock(&self.slots);
@@ -208,6 +235,7 @@ impl KafkaPool {
                 Arc::new(ClientSlot {
                     client: OnceCell::new(),
                     partitions: Mutex::default(),
+                    topics: Mutex::default(),
                     last_used: Mutex::new(Instant::now()),
                 })
             }),
@@ -230,6 +258,41 @@ impl KafkaPool {
             Arc::strong_count(slot) > 1
                 || now.duration_since(*lock(&slot.last_used)) < IDLE_CLIENT_TTL
         });
+    }
+}
+
+/// Whether `topic` and `partition` exist, from a listing of the cluster's topics no older than
+/// [`TOPIC_LIST_TTL`].
+async fn exists(
+    slot: &ClientSlot,
+    client: &Client,
+    topic: &str,
+    partition: i32,
+) -> Result<(), KafkaFailure> {
+    let fresh = lock(&slot.topics)
+        .as_ref()
+        .filter(|(at, _)| at.elapsed() < TOPIC_LIST_TTL)
+        .map(|(_, list)| Arc::clone(list));
+    let list = match fresh {
+        Some(list) => list,
+        None => {
+            let listed = client
+                .list_topics()
+                .await
+                .map_err(|e| KafkaFailure::from_kafka(&e))?;
+            let list: Arc<TopicList> =
+                Arc::new(listed.into_iter().map(|t| (t.name, t.partitions)).collect());
+            *lock(&slot.topics) = Some((Instant::now(), Arc::clone(&list)));
+            list
+        }
+    };
+    match list.get(topic) {
+        None => Err(KafkaFailure::new(ErrorCode::NotFound, "not found topic")),
+        Some(partitions) if !partitions.contains(&partition) => Err(KafkaFailure::new(
+            ErrorCode::NotFound,
+            "not found partition",
+        )),
+        Some(_) => Ok(()),
     }
 }
 
