@@ -10,6 +10,7 @@
 use super::failure::KafkaFailure;
 use super::reader::PartitionReader;
 use crate::error::StartupError;
+use crate::rate::TokenBucket;
 use crate::sync::lock;
 use rskafka::client::partition::UnknownTopicHandling;
 use rskafka::client::{Client, ClientBuilder, Credentials, SaslConfig};
@@ -125,16 +126,22 @@ struct ClientSlot {
     partitions: Mutex<HashMap<PartitionKey, Arc<OnceCell<Arc<PartitionReader>>>>>,
     /// The cluster's topics and their partitions, as last listed, and when.
     topics: Mutex<Option<(Instant, Arc<TopicList>)>>,
+    /// Listings asked for by names not in a fresh listing (a topic created a moment ago, or a
+    /// name that does not exist).
+    relists: Mutex<TokenBucket>,
     last_used: Mutex<Instant>,
 }
 
 /// Topic names and their partition numbers.
 type TopicList = HashMap<String, std::collections::BTreeSet<i32>>;
 
-/// How long a listing of the cluster's topics answers "does this topic exist?". Clients choose
-/// topic names, so a stream of names that do not exist costs at most one listing per client in
-/// this time.
-const TOPIC_LIST_TTL: Duration = Duration::from_millis(250);
+/// How long a listing of the cluster's topics answers "does this topic exist?" for a name it
+/// holds.
+const TOPIC_LIST_TTL: Duration = Duration::from_secs(1);
+
+/// A name missing from a fresh listing lists again (it may have been created a moment ago), at
+/// most this often per second per client: clients choose names, and a listing names every topic.
+const RELISTS_PER_SECOND: f64 = 10.0;
 
 /// The process-wide pool of Kafka clients.
 #[derive(Default)]
@@ -236,6 +243,10 @@ impl KafkaPool {
                     client: OnceCell::new(),
                     partitions: Mutex::default(),
                     topics: Mutex::default(),
+                    relists: Mutex::new(TokenBucket::full(
+                        RELISTS_PER_SECOND,
+                        std::time::Instant::now(),
+                    )),
                     last_used: Mutex::new(Instant::now()),
                 })
             }),
@@ -261,8 +272,9 @@ impl KafkaPool {
     }
 }
 
-/// Whether `topic` and `partition` exist, from a listing of the cluster's topics no older than
-/// [`TOPIC_LIST_TTL`].
+/// Whether `topic` and `partition` exist, from a listing of the cluster's topics: the last one
+/// when it is fresh and holds the name, else a new one (for missing names at most
+/// [`RELISTS_PER_SECOND`]).
 async fn exists(
     slot: &ClientSlot,
     client: &Client,
@@ -274,8 +286,19 @@ async fn exists(
         .filter(|(at, _)| at.elapsed() < TOPIC_LIST_TTL)
         .map(|(_, list)| Arc::clone(list));
     let list = match fresh {
-        Some(list) => list,
-        None => {
+        Some(list)
+            if list.contains_key(topic)
+                || lock(&slot.relists)
+                    .take(
+                        RELISTS_PER_SECOND,
+                        RELISTS_PER_SECOND,
+                        std::time::Instant::now(),
+                    )
+                    .is_err() =>
+        {
+            list
+        }
+        _ => {
             let listed = client
                 .list_topics()
                 .await
