@@ -414,3 +414,24 @@ async fn clients_cannot_make_the_broker_create_topics() {
         .collect();
     assert_eq!(topics, ["present"], "nothing was created");
 }
+
+#[tokio::test]
+async fn unauthenticated_callers_are_not_told_where_the_brokers_are() {
+    use streamgate_protocol::PubSubClient;
+    let gw = gateway_for_dead_broker("/kafka", "").await;
+    let mut c = PubSubClient::connect(&gw.ws_url("/kafka")).await.unwrap();
+    let message = c
+        .list_offset("orders", 0, -1)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        message.contains("failed to list offset, topic: orders"),
+        "{message}"
+    );
+    assert!(!message.contains("127.0.0.1"), "{message}");
+    assert!(
+        message.contains("<broker>"),
+        "the cause is still named: {message}"
+    );
+}

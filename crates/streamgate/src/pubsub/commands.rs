@@ -30,7 +30,14 @@ pub(crate) async fn list_offset(
             sequence,
             resp: Some(Resp::KafkaListOffsetResp(KafkaListOffsetResp { offset })),
         },
-        Err(f) => failed(sequence, "list offset", &cmd.topic, cmd.partition, f),
+        Err(f) => failed(
+            access,
+            sequence,
+            "list offset",
+            &cmd.topic,
+            cmd.partition,
+            f,
+        ),
     }
 }
 
@@ -43,19 +50,79 @@ pub(crate) async fn fetch(access: &KafkaAccess, sequence: i64, cmd: CmdKafkaFetc
             sequence,
             resp: Some(Resp::KafkaFetchResp(resp)),
         },
-        Err(f) => failed(sequence, "fetch message", &cmd.topic, cmd.partition, f),
+        Err(f) => failed(
+            access,
+            sequence,
+            "fetch message",
+            &cmd.topic,
+            cmd.partition,
+            f,
+        ),
     }
 }
 
-fn failed(sequence: i64, what: &str, topic: &str, partition: i32, f: KafkaFailure) -> PubSubResp {
+fn failed(
+    access: &KafkaAccess,
+    sequence: i64,
+    what: &str,
+    topic: &str,
+    partition: i32,
+    f: KafkaFailure,
+) -> PubSubResp {
+    // Broker addresses are the operator's business: a caller nobody authenticated is not told
+    // where the brokers are (the gateway's log is).
+    let reason = if access.consumer.is_none() {
+        let scrubbed = without_addresses(&f.reason);
+        if scrubbed != f.reason {
+            tracing::debug!(route = %access.target.route_id, reason = %f.reason, "Kafka failure (addresses left out of the answer)");
+        }
+        scrubbed
+    } else {
+        f.reason
+    };
     PubSubResp::error(
         sequence,
         f.code,
-        format!(
-            "failed to {what}, topic: {topic}, partition: {partition}, err: {}",
-            f.reason
-        ),
+        format!("failed to {what}, topic: {topic}, partition: {partition}, err: {reason}"),
     )
+}
+
+/// `text` with every `host:port` (and `[v6]:port`) written as `<broker>`.
+fn without_addresses(text: &str) -> String {
+    let is_host =
+        |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | '[' | ']' | ':');
+    let chars: Vec<char> = text.chars().collect();
+    let mut out = String::with_capacity(text.len());
+    let mut i = 0;
+    while i < chars.len() {
+        if !is_host(chars[i]) {
+            out.push(chars[i]);
+            i += 1;
+            continue;
+        }
+        // A run of host-like characters: an address when it ends in `:digits` after a host
+        // with a letter, digit or bracket before the colon.
+        let start = i;
+        while i < chars.len() && is_host(chars[i]) {
+            i += 1;
+        }
+        let whole: String = chars[start..i].iter().collect();
+        // A sentence's full stop is not part of the address.
+        let token = whole.trim_end_matches('.');
+        let stop = &whole[token.len()..];
+        let address = token.rsplit_once(':').is_some_and(|(host, port)| {
+            !host.is_empty()
+                && !port.is_empty()
+                && port.len() <= 5
+                && port.chars().all(|c| c.is_ascii_digit())
+                && host
+                    .chars()
+                    .any(|c| c.is_ascii_alphabetic() || c == '.' || c == '[')
+        });
+        out.push_str(if address { "<broker>" } else { token });
+        out.push_str(stop);
+    }
+    out
 }
 
 /// A topic or partition the broker says does not exist is not asked for again by name.
@@ -249,4 +316,29 @@ async fn fetch_inner(
         messages,
         high_watermark,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::without_addresses;
+
+    #[test]
+    fn addresses_are_left_out() {
+        assert_eq!(
+            without_addresses("Connection error: error connecting to broker \"127.0.0.1:9092\": Connection refused (os error 111)"),
+            "Connection error: error connecting to broker \"<broker>\": Connection refused (os error 111)"
+        );
+        assert_eq!(
+            without_addresses("kafka-1.internal:9093 and [::1]:9092, then b-2.example.com:19092."),
+            "<broker> and <broker>, then <broker>."
+        );
+        assert_eq!(
+            without_addresses("OFFSET_OUT_OF_RANGE"),
+            "OFFSET_OUT_OF_RANGE"
+        );
+        assert_eq!(
+            without_addresses("no answer within 2000 ms: at 12:30"),
+            "no answer within 2000 ms: at 12:30"
+        );
+    }
 }
