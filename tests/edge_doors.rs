@@ -435,3 +435,56 @@ async fn unauthenticated_callers_are_not_told_where_the_brokers_are() {
         "the cause is still named: {message}"
     );
 }
+
+/// Whoever connects to the upgrade socket receives the listening sockets: it lives in a
+/// private directory, never in a world-writable one such as /tmp.
+#[tokio::test]
+async fn the_upgrade_socket_lives_in_a_private_directory() {
+    use std::os::unix::fs::PermissionsExt;
+    let web = Upstream::start("web").await;
+    let runtime = tempfile::tempdir().unwrap();
+    let addr = listen_addr();
+    let body = format!(
+        "[[upstreams]]\nid = \"web\"\nnodes = {{ \"{}\" = 1 }}\n\n[[routes]]\nid = \"r\"\nuri = \"/*\"\nupstream_id = \"web\"\n",
+        web.addr
+    );
+    let xdg = runtime.path().to_str().unwrap();
+    let gw = GatewayProcess::start_with_env(
+        binary(),
+        &format!("{}{body}", server_toml(addr)),
+        addr,
+        &[("XDG_RUNTIME_DIR", xdg), ("RUNTIME_DIRECTORY", "")],
+    )
+    .await;
+    let dir = runtime.path().join("streamgate");
+    let mode = std::fs::metadata(&dir)
+        .expect("created")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o700, "{mode:o}");
+    drop(gw);
+
+    // A configured socket in a directory others can write to is refused at start.
+    let open = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(open.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let config = format!(
+        "{}upgrade_sock = \"{}\"\n\n{body}",
+        server_toml(addr),
+        open.path().join("up.sock").display()
+    );
+    let file = open.path().join("streamgate.toml");
+    std::fs::write(&file, config).unwrap();
+    let out = tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio::process::Command::new(binary())
+            .arg("-c")
+            .arg(&file)
+            .output(),
+    )
+    .await
+    .expect("exits at once")
+    .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("others can write to it"), "{err}");
+}

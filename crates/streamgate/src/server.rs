@@ -63,6 +63,62 @@ pub fn prepare(config: &Config) -> Result<Prepared, StartupError> {
     })
 }
 
+/// The Unix socket for Pingora's zero-downtime upgrade. Whoever can connect to it receives the
+/// listening sockets, so it lives in a directory only this user can enter: the configured
+/// path's directory, or by default `upgrade.sock` in `$RUNTIME_DIRECTORY` (systemd's
+/// `RuntimeDirectory=`), else `$XDG_RUNTIME_DIR/streamgate`, else `/run/streamgate` for root,
+/// else `streamgate-UID` in the temporary directory. A default directory is created with mode
+/// 0700; any directory that others can write to, or that another user owns, is refused.
+fn upgrade_socket(
+    configured: Option<&std::path::Path>,
+) -> Result<std::path::PathBuf, StartupError> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+    let refuse = |dir: &std::path::Path, why: String| StartupError::Listener {
+        address: format!("upgrade socket in {}", dir.display()),
+        why,
+    };
+    // The owner of /proc/self is this process's effective user.
+    let me = std::fs::metadata("/proc/self").map(|m| m.uid()).ok();
+    let path = match configured {
+        Some(path) => path.to_path_buf(),
+        None => {
+            let env_dir = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty());
+            let dir = if let Some(dir) = env_dir("RUNTIME_DIRECTORY") {
+                std::path::PathBuf::from(dir)
+            } else if let Some(dir) = env_dir("XDG_RUNTIME_DIR") {
+                std::path::PathBuf::from(dir).join("streamgate")
+            } else if me == Some(0) {
+                std::path::PathBuf::from("/run/streamgate")
+            } else {
+                std::env::temp_dir().join(format!("streamgate-{}", me.unwrap_or(0)))
+            };
+            if !dir.exists() {
+                std::fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o700)
+                    .create(&dir)
+                    .map_err(|e| refuse(&dir, format!("cannot create it: {e}")))?;
+            }
+            dir.join("upgrade.sock")
+        }
+    };
+    let dir = path.parent().unwrap_or(std::path::Path::new("/"));
+    let meta = std::fs::metadata(dir).map_err(|e| refuse(dir, format!("cannot read it: {e}")))?;
+    if meta.permissions().mode() & 0o022 != 0 {
+        return Err(refuse(
+            dir,
+            "others can write to it, so another user could take the socket over and receive the listening sockets: use a private directory (mode 0700)".into(),
+        ));
+    }
+    if me.is_some_and(|me| meta.uid() != me && meta.uid() != 0) {
+        return Err(refuse(
+            dir,
+            format!("it belongs to user {}, not to this one", meta.uid()),
+        ));
+    }
+    Ok(path)
+}
+
 /// Checks that every listener address can be bound now, so a taken port is a clear error at
 /// start-up rather than a failure inside Pingora's threads.
 fn check_bindable(config: &Config) -> Result<(), StartupError> {
@@ -91,7 +147,9 @@ pub fn build(
         check_bindable(config)?;
     }
     let conf = ServerConf {
-        upgrade_sock: config.server.upgrade_sock.to_string_lossy().into_owned(),
+        upgrade_sock: upgrade_socket(config.server.upgrade_sock.as_deref())?
+            .to_string_lossy()
+            .into_owned(),
         threads: config.server.threads,
         grace_period_seconds: Some(config.server.grace_period.as_secs()),
         graceful_shutdown_timeout_seconds: Some(config.server.graceful_shutdown_timeout.as_secs()),

@@ -77,11 +77,7 @@ pub(super) fn build_server(c: &mut Checker<'_>, s: t::ServerToml) -> Server {
         .and_then(|v| in_range(c, None, "server.l4_read_buffer_bytes", v, 0, 1 << 20))
         .unwrap_or(0) as usize;
     let limits = build_limits(c, s.limits.unwrap_or_default());
-    let upgrade_sock = PathBuf::from(
-        s.upgrade_sock
-            .map(|t| t.0)
-            .unwrap_or_else(|| "/tmp/streamgate_upgrade.sock".into()),
-    );
+    let upgrade_sock = s.upgrade_sock.map(|t| PathBuf::from(t.0));
     Server {
         listen,
         tls_listen,

@@ -23,8 +23,9 @@ pub struct Server {
     /// idle WebSocket).
     pub l4_read_buffer_bytes: usize,
     /// The Unix socket over which a new process takes the listening sockets over from this
-    /// one (`streamgate --upgrade`, then SIGQUIT to the old process).
-    pub upgrade_sock: PathBuf,
+    /// one (`streamgate --upgrade`, then SIGQUIT to the old process). `None`: `upgrade.sock` in
+    /// the process's private runtime directory, chosen at start (see the README).
+    pub upgrade_sock: Option<PathBuf>,
     /// Reload when the configuration file changes (checked every second), not only on SIGHUP.
     pub reload_on_change: bool,
     /// Drop `;` path parameters (`/admin;x/y` → `/admin/y`) before matching routes, as Java
