@@ -130,6 +130,7 @@ impl ConnectionLimits {
 
     /// Takes a slot for a request from `ip`, or says which limit is full.
     pub(crate) fn acquire(self: &Arc<Self>, ip: Option<IpAddr>) -> Result<Slot, Refusal> {
+        let ip = ip.map(client_key);
         if self.total.fetch_add(1, Ordering::AcqRel) >= self.config.max_connections {
             self.total.fetch_sub(1, Ordering::AcqRel);
             return Err(Refusal::Total);
@@ -169,6 +170,19 @@ impl ConnectionLimits {
             limits: Arc::clone(self),
             consumer,
         })
+    }
+}
+
+/// What one client is counted as: its IPv4 address, or the /64 network of its IPv6 address (one
+/// host usually holds a whole /64, and could otherwise take a fresh address per connection).
+/// An IPv4-mapped IPv6 address counts as the IPv4 address.
+pub(crate) fn client_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6((u128::from(v6) & !((1u128 << 64) - 1)).into()),
+        },
     }
 }
 
@@ -259,6 +273,24 @@ mod tests {
         let _s4 = l.acquire(Some(a)).expect("a slot came back");
         drop((s2, s3));
         assert_eq!(l.total.load(Ordering::Acquire), 1);
+
+        // IPv6 clients count per /64; IPv4-mapped addresses as the IPv4 address.
+        let v6 = |s: &str| -> IpAddr { s.parse().expect("address") };
+        let l6 = limits(10, 2, 1);
+        let _a = l6.acquire(Some(v6("2001:db8:1:2::1"))).expect("first");
+        let _b = l6
+            .acquire(Some(v6("2001:db8:1:2:ffff::9")))
+            .expect("same /64");
+        assert_eq!(
+            l6.acquire(Some(v6("2001:db8:1:2:abcd::1"))).unwrap_err(),
+            Refusal::PerIp,
+            "a third address in the same /64 is the same client"
+        );
+        assert!(
+            l6.acquire(Some(v6("2001:db8:1:3::1"))).is_ok(),
+            "another /64"
+        );
+        assert_eq!(client_key(v6("::ffff:10.0.0.1")), v6("10.0.0.1"));
 
         let c = l.acquire_consumer("app").expect("consumer");
         assert_eq!(l.acquire_consumer("app").unwrap_err(), Refusal::PerConsumer);

@@ -7,6 +7,7 @@
 
 use super::Plugin;
 use crate::ctx::RequestCtx;
+use crate::limits::client_key;
 use crate::rate::TokenBucket;
 use crate::respond::{self, Answer};
 use crate::sync::lock;
@@ -67,10 +68,10 @@ impl Plugin for LimitReqPlugin {
 
     async fn access(&self, session: &mut Session, ctx: &mut RequestCtx) -> pingora::Result<bool> {
         let key = match self.settings.key {
-            LimitKey::RemoteAddr => BucketKey::Ip(ctx.client),
+            LimitKey::RemoteAddr => BucketKey::Ip(ctx.client.map(client_key)),
             LimitKey::Consumer => match &ctx.consumer {
                 Some(c) => BucketKey::Consumer(c.username.as_str().into()),
-                None => BucketKey::Ip(ctx.client),
+                None => BucketKey::Ip(ctx.client.map(client_key)),
             },
             LimitKey::Route => BucketKey::Route,
         };
