@@ -488,3 +488,53 @@ async fn the_upgrade_socket_lives_in_a_private_directory() {
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("others can write to it"), "{err}");
 }
+
+#[tokio::test]
+async fn guessing_credentials_is_throttled_per_address() {
+    let web = Upstream::start("web").await;
+    let addr = listen_addr();
+    let config = format!(
+        "{}[[upstreams]]\nid = \"web\"\nnodes = {{ \"{}\" = 1 }}\n\n\
+         [[routes]]\nid = \"k\"\nuri = \"/k/*\"\nupstream_id = \"web\"\n[routes.plugins.key-auth]\n\n\
+         [[routes]]\nid = \"open\"\nuri = \"/open/*\"\nupstream_id = \"web\"\n\n\
+         [[consumers]]\nusername = \"ops\"\n[consumers.plugins.key-auth]\nkey = \"{KEY}\"\n",
+        server_toml(addr).replace(
+            "\n\n",
+            "\n[server.limits]\nmax_auth_failures_per_minute = 3\n\n"
+        ),
+        web.addr
+    );
+    let gw = GatewayProcess::start(binary(), &config, addr).await;
+    let (status, _) = get(&gw, "/k/x", &format!("\r\napikey: {KEY}")).await;
+    assert_eq!(status, 200, "a right key costs nothing");
+    for guess in 0..3 {
+        let (status, _) = get(&gw, "/k/x", &format!("\r\napikey: guess-{guess}")).await;
+        assert_eq!(status, 401);
+    }
+    // Out of attempts: refused before any check, even with the right key, until one refills
+    // (one every 20 s at 3 a minute).
+    let head = format!("GET /k/x HTTP/1.1\r\nHost: gw.test\r\napikey: {KEY}\r\n\r\n");
+    let mut stream = TcpStream::connect(gw.addr).await.unwrap();
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let mut answer = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut answer))
+        .await
+        .unwrap()
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer[..n]).to_lowercase();
+    assert!(answer.starts_with("http/1.1 429"), "{answer}");
+    assert!(
+        answer.contains("too many failed authentications"),
+        "{answer}"
+    );
+    let retry: u64 = answer
+        .lines()
+        .find_map(|l| l.strip_prefix("retry-after: "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("Retry-After");
+    assert!((1..=20).contains(&retry), "{retry}");
+    // Routes that do not authenticate are not affected.
+    let (status, _) = get(&gw, "/open/x", "").await;
+    assert_eq!(status, 200);
+    assert_eq!(web.hits(), 2);
+}

@@ -674,3 +674,28 @@ fn tunnels_are_capped_at_a_day_unless_configured() {
         "server.limits.max_tunnel_seconds"
     );
 }
+
+#[test]
+fn auth_failures_per_minute_are_checked() {
+    assert_eq!(
+        parse(UPSTREAM, "t")
+            .expect("valid")
+            .server
+            .limits
+            .max_auth_failures_per_minute,
+        100
+    );
+    let with = |v: &str| format!("[server.limits]\nmax_auth_failures_per_minute = {v}\n{UPSTREAM}");
+    assert_eq!(
+        parse(&with("5"), "t")
+            .expect("valid")
+            .server
+            .limits
+            .max_auth_failures_per_minute,
+        5
+    );
+    assert_eq!(
+        one_problem(&with("0")).key,
+        "server.limits.max_auth_failures_per_minute"
+    );
+}

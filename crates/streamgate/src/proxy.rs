@@ -171,9 +171,24 @@ impl ProxyHttp for Gateway {
             return Ok(true);
         };
         ctx.route = Some(Arc::clone(&route));
+        let authenticates =
+            route.config.plugins.key_auth.is_some() || route.config.plugins.jwt_auth.is_some();
+        if authenticates {
+            // Guessing credentials costs the guesser: past its failed attempts an address is
+            // refused before any check runs.
+            if let Some(seconds) = self.limits.auth_blocked(ctx.req.client) {
+                let message = format!("429 Too Many Requests: too many failed authentications from this address; retry after {seconds} s");
+                let answer = Answer::error(429, &message).retry_after(seconds);
+                respond::send(session, &mut ctx.req, answer).await?;
+                return Ok(true);
+            }
+        }
         for plugin in &route.plugins {
             if plugin.access(session, &mut ctx.req).await? {
                 tracing::debug!(route = %route.config.id, plugin = plugin.name(), "a plugin answered the request");
+                if ctx.req.status == Some(401) {
+                    self.limits.auth_failed(ctx.req.client);
+                }
                 return Ok(true);
             }
         }

@@ -31,6 +31,12 @@ impl TokenBucket {
         }
     }
 
+    /// Without taking one: the seconds until a token is there, when none is at `now`.
+    pub(crate) fn wait_at(&self, rate: f64, burst: f64, now: Instant) -> Option<f64> {
+        let tokens = self.tokens_at(rate, burst, now);
+        (tokens < 1.0).then(|| (1.0 - tokens) / rate)
+    }
+
     /// Whether the bucket will be full again at `now` (and so can be forgotten).
     pub(crate) fn is_full_at(&self, rate: f64, burst: f64, now: Instant) -> bool {
         self.tokens_at(rate, burst, now) >= burst
@@ -60,6 +66,11 @@ mod tests {
         assert!(bucket.take(2.0, 3.0, later).is_ok());
         assert!(bucket.take(2.0, 3.0, later).is_err());
         assert!(!bucket.is_full_at(2.0, 3.0, later));
+        assert_eq!(bucket.wait_at(2.0, 3.0, later), Some(0.5));
+        assert_eq!(
+            bucket.wait_at(2.0, 3.0, later + Duration::from_millis(500)),
+            None
+        );
         assert!(bucket.is_full_at(2.0, 3.0, later + Duration::from_secs(2)));
     }
 }

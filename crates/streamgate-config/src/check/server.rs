@@ -159,6 +159,13 @@ pub(super) fn build_limits(c: &mut Checker<'_>, l: t::LimitsToml) -> Limits {
             i64::MAX,
             d.max_request_body_bytes as i64,
         ) as u64,
+        max_auth_failures_per_minute: num(
+            "max_auth_failures_per_minute",
+            l.max_auth_failures_per_minute,
+            1,
+            1_000_000,
+            d.max_auth_failures_per_minute as i64,
+        ) as u32,
         max_tunnel: match l.max_tunnel_seconds {
             None => d.max_tunnel,
             Some(0) => None,

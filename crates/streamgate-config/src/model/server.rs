@@ -55,6 +55,9 @@ pub struct Limits {
     /// How long a WebSocket relayed to an HTTP node may stay open, traffic or not (`None`: no
     /// cap), so that no connection outlives its credentials for ever.
     pub max_tunnel: Option<std::time::Duration>,
+    /// Failed authentications (401) one client address may cause per minute, in bursts of as
+    /// many; past it, requests to routes that authenticate get 429 before any check runs.
+    pub max_auth_failures_per_minute: u32,
 }
 
 impl Default for Limits {
@@ -66,6 +69,7 @@ impl Default for Limits {
             max_request_header_bytes: 32 * 1024,
             max_request_body_bytes: 100 << 20,
             max_tunnel: Some(std::time::Duration::from_secs(24 * 3600)),
+            max_auth_failures_per_minute: 100,
         }
     }
 }
