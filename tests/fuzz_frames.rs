@@ -113,9 +113,15 @@ async fn every_random_or_mutated_frame_is_answered_and_nothing_crashes() {
                 .expect("connect");
             let (mut tx, mut rx) = ws.split();
             let (mut sent, mut answered) = (0u64, 0u64);
+            // The sequences owed: each frame's own when it decodes, else 0. Every answer must
+            // pay one off: a stray or duplicate answer, or a missing one, fails the test.
+            let mut owed: std::collections::HashMap<i64, u64> = Default::default();
             while answered < per_connection {
                 while sent < per_connection && sent - answered < WINDOW as u64 {
-                    tx.feed(Message::Binary(frame(&mut rng).into()))
+                    let bytes = frame(&mut rng);
+                    let sequence = PubSubReq::decode(&bytes[..]).map_or(0, |r| r.sequence);
+                    *owed.entry(sequence).or_default() += 1;
+                    tx.feed(Message::Binary(bytes.into()))
                         .await
                         .expect("send a frame");
                     sent += 1;
@@ -126,7 +132,14 @@ async fn every_random_or_mutated_frame_is_answered_and_nothing_crashes() {
                     .unwrap_or_else(|_| panic!("no answer within 20 s after {answered} answers"));
                 match next {
                     Some(Ok(Message::Binary(data))) => {
-                        PubSubResp::decode(data).expect("every answer decodes");
+                        let answer = PubSubResp::decode(data).expect("every answer decodes");
+                        match owed.get_mut(&answer.sequence) {
+                            Some(n) if *n > 0 => *n -= 1,
+                            _ => panic!(
+                                "an answer under sequence {} that no frame was owed",
+                                answer.sequence
+                            ),
+                        }
                         answered += 1;
                     }
                     Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
@@ -135,6 +148,7 @@ async fn every_random_or_mutated_frame_is_answered_and_nothing_crashes() {
                     }
                 }
             }
+            assert!(owed.values().all(|n| *n == 0), "every frame answered once");
             answered
         });
     }

@@ -45,6 +45,15 @@ pub enum ClientError {
         /// The gateway's message, in APISIX's wording.
         message: String,
     },
+    /// The gateway answered under another sequence than the command's while it was the only
+    /// one outstanding: a stray or duplicate answer, which the protocol does not allow.
+    #[error("an answer under sequence {got} while waiting for {expected}")]
+    WrongSequence {
+        /// The command's sequence.
+        expected: i64,
+        /// The answer's.
+        got: i64,
+    },
     /// The gateway answered with a response of another kind than the command asks for.
     #[error("unexpected response: {0:?}")]
     Unexpected(Box<PubSubResp>),
@@ -130,17 +139,21 @@ impl PubSubClient {
         }
     }
 
-    /// Sends `command` under a fresh sequence and returns the response that carries it.
+    /// Sends `command` under a fresh sequence and returns the response that carries it. The
+    /// next answer must be that one: anything else is [`ClientError::WrongSequence`] (use
+    /// [`send`](Self::send) and [`recv`](Self::recv) to pipeline).
     pub async fn call(&mut self, command: Req) -> Result<PubSubResp, ClientError> {
         let sequence = self.next_sequence;
         self.next_sequence = self.next_sequence.wrapping_add(1);
         self.send(&PubSubReq::new(sequence, command)).await?;
-        loop {
-            let response = self.recv().await?;
-            if response.sequence == sequence {
-                return Ok(response);
-            }
+        let response = self.recv().await?;
+        if response.sequence != sequence {
+            return Err(ClientError::WrongSequence {
+                expected: sequence,
+                got: response.sequence,
+            });
         }
+        Ok(response)
     }
 
     /// Round-trips `state` through the gateway.
