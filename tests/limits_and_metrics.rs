@@ -555,3 +555,95 @@ async fn sessions_end_at_their_lifetime_and_slow_readers_are_cut_off() {
     );
     drop(sender);
 }
+
+#[tokio::test]
+async fn the_admin_listener_answers_health_and_names_its_paths() {
+    let broker = Broker::start().await;
+    let web = Upstream::start("web").await;
+    let (_gw, admin) = gateway(&broker, &web, "", "").await;
+    let get = |path: &str| {
+        let url = format!("http://{admin}{path}");
+        async move {
+            let resp = http().get(url).send().await.unwrap();
+            (resp.status().as_u16(), resp.text().await.unwrap())
+        }
+    };
+    assert_eq!(get("/healthz").await, (200, "ok\n".to_string()));
+    let (status, body) = get("/readyz").await;
+    assert_eq!(status, 200);
+    assert!(body.starts_with("ready\npubsub_sessions 0\n"), "{body}");
+    let (status, body) = get("/nope").await;
+    assert_eq!(status, 404);
+    assert!(body.contains("/healthz, /readyz or /metrics"), "{body}");
+}
+
+#[tokio::test]
+async fn a_client_frame_over_max_frame_bytes_closes_with_1009() {
+    let broker = Broker::start().await;
+    let web = Upstream::start("web").await;
+    let (gw, admin) = gateway(&broker, &web, "max_frame_bytes = 4096", "").await;
+    let (mut ws, _) = tokio_tungstenite::connect_async(gw.ws_url("/kafka"))
+        .await
+        .unwrap();
+    ws.send(Message::Binary(vec![0u8; 8192].into()))
+        .await
+        .unwrap();
+    let close = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Close(frame))) => return frame,
+                Some(Ok(_)) => continue,
+                other => panic!("expected a close frame: {other:?}"),
+            }
+        }
+    })
+    .await
+    .expect("closed within 5 s")
+    .expect("a close code");
+    assert_eq!(u16::from(close.code), 1009, "{close:?}");
+    assert!(close.reason.contains("max_frame_bytes"), "{close:?}");
+    let metrics = http()
+        .get(format!("http://{admin}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("streamgate_pubsub_sessions_closed_total{reason=\"frame_too_large\"} 1"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn the_gateway_as_a_whole_holds_at_most_max_connections() {
+    let broker = Broker::start().await;
+    let web = Upstream::start("web").await;
+    let (gw, _) = gateway(&broker, &web, "", "[server.limits]\nmax_connections = 2\n").await;
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut c = PubSubClient::connect(&gw.ws_url("/kafka")).await.unwrap();
+        c.ping("x").await.unwrap();
+        held.push(c);
+    }
+    let resp = http().get(gw.http_url("/web/x")).send().await.unwrap();
+    assert_eq!(resp.status(), 503);
+    assert_eq!(resp.headers()["retry-after"], "1");
+    assert!(resp.text().await.unwrap().contains("connection limit"));
+    drop(held);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let status = http()
+            .get(gw.http_url("/web/x"))
+            .send()
+            .await
+            .unwrap()
+            .status();
+        if status == 200 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the slots came back");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
