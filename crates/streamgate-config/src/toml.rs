@@ -121,6 +121,7 @@ pub(crate) struct UpstreamToml {
     pub upstream_host: Option<Text>,
     pub tls: Option<UpstreamTlsToml>,
     pub health_check: Option<HealthCheckToml>,
+    pub broker_fetch_wait_ms: Option<i64>,
 }
 
 #[derive(Debug, Deserialize)]

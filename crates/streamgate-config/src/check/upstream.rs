@@ -263,6 +263,21 @@ pub(super) fn build_upstream(
         }),
         (_, tls) => tls,
     };
+    let broker_fetch_wait = match u.broker_fetch_wait_ms {
+        None => Duration::ZERO,
+        Some(ms) => {
+            if scheme != Scheme::Kafka {
+                c.at(
+                    span,
+                    format!("{key}.broker_fetch_wait_ms"),
+                    "only a kafka upstream fetches from brokers".into(),
+                    "remove broker_fetch_wait_ms from this upstream",
+                );
+            }
+            in_range(c, span, &format!("{key}.broker_fetch_wait_ms"), ms, 0, 100)
+                .map_or(Duration::ZERO, |ms| Duration::from_millis(ms as u64))
+        }
+    };
     let health_check = u.health_check.map(|h| {
         if scheme == Scheme::Kafka {
             c.at(
@@ -315,5 +330,6 @@ pub(super) fn build_upstream(
         host_policy,
         tls,
         health_check,
+        broker_fetch_wait,
     })
 }

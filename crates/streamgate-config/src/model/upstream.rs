@@ -36,6 +36,9 @@ pub struct Upstream {
     pub tls: Option<UpstreamTls>,
     /// Active health checking (HTTP and HTTPS).
     pub health_check: Option<HealthCheck>,
+    /// Kafka: how long a fetch may wait at the broker for records (0: never, the gateway waits
+    /// itself; see the README before raising it).
+    pub broker_fetch_wait: Duration,
 }
 
 /// A `host:port` node with its weight.

@@ -40,6 +40,8 @@ pub(crate) struct KafkaCluster {
     /// The upstream's `timeout.connect`: bounds connecting (and SASL) to the brokers, within
     /// the route's socket timeout.
     pub connect_timeout: Duration,
+    /// The upstream's `broker_fetch_wait_ms`.
+    pub broker_fetch_wait: Duration,
 }
 
 impl KafkaCluster {
@@ -69,6 +71,7 @@ impl KafkaCluster {
             brokers,
             tls,
             connect_timeout: upstream.timeouts.connect,
+            broker_fetch_wait: upstream.broker_fetch_wait,
         })
     }
 }
@@ -98,6 +101,7 @@ impl KafkaIdentity {
             brokers: cluster.brokers.clone(),
             tls: cluster.tls.as_ref().map(|(t, _)| t.clone()),
             sasl: sasl.clone(),
+            broker_fetch_wait: cluster.broker_fetch_wait,
         };
         Self { cluster, sasl, key }
     }
@@ -117,6 +121,8 @@ struct ClientKey {
     brokers: Vec<String>,
     tls: Option<UpstreamTls>,
     sasl: Option<Sasl>,
+    /// Readers of the client fetch with it, so upstreams that differ in it share nothing.
+    broker_fetch_wait: Duration,
 }
 
 type PartitionKey = (String, i32);
@@ -205,7 +211,7 @@ impl KafkaPool {
                 client
                     .partition_client(topic, partition, UnknownTopicHandling::Error)
                     .await
-                    .map(|pc| Arc::new(PartitionReader::new(pc)))
+                    .map(|pc| Arc::new(PartitionReader::new(pc, cluster.broker_fetch_wait)))
                     .map_err(|e| KafkaFailure::from_kafka(&e))
             })
             .await

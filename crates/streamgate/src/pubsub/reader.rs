@@ -37,6 +37,8 @@ type SharedFetch = Shared<BoxFuture<'static, Result<Arc<Fetched>, KafkaFailure>>
 /// One partition of one shared client.
 pub(crate) struct PartitionReader {
     client: Arc<PartitionClient>,
+    /// How long a fetch may wait at the broker, in ms (the upstream's `broker_fetch_wait_ms`).
+    broker_wait_ms: i32,
     high_watermark: watch::Sender<i64>,
     poller_running: Mutex<bool>,
     in_flight: Mutex<HashMap<(i64, i32), SharedFetch>>,
@@ -55,9 +57,10 @@ impl std::fmt::Debug for PartitionReader {
 impl PartitionReader {
     /// A reader over `client`; every broker fetch it sends is counted in the process's
     /// `streamgate_kafka_broker_fetches_total`.
-    pub(crate) fn new(client: PartitionClient) -> Self {
+    pub(crate) fn new(client: PartitionClient, broker_wait: Duration) -> Self {
         Self {
             client: Arc::new(client),
+            broker_wait_ms: i32::try_from(broker_wait.as_millis()).unwrap_or(i32::MAX),
             high_watermark: watch::channel(-1).0,
             poller_running: Mutex::new(false),
             in_flight: Mutex::default(),
@@ -114,10 +117,15 @@ impl PartitionReader {
                 None => {
                     // Entries whose every waiter went away are never polled again: drop them.
                     in_flight.retain(|_, f| f.strong_count().is_some_and(|n| n > 1));
-                    let request =
-                        broker_fetch(Arc::clone(&self.client), offset, max_bytes, timeout)
-                            .boxed()
-                            .shared();
+                    let request = broker_fetch(
+                        Arc::clone(&self.client),
+                        offset,
+                        max_bytes,
+                        self.broker_wait_ms,
+                        timeout,
+                    )
+                    .boxed()
+                    .shared();
                     in_flight.insert(key, request.clone());
                     request
                 }
@@ -176,6 +184,7 @@ async fn broker_fetch(
     client: Arc<PartitionClient>,
     offset: i64,
     max_bytes: i32,
+    broker_wait_ms: i32,
     timeout: Duration,
 ) -> Result<Arc<Fetched>, KafkaFailure> {
     let metrics = crate::metrics::metrics();
@@ -183,7 +192,7 @@ async fn broker_fetch(
     let started = std::time::Instant::now();
     let result = tokio::time::timeout(
         timeout,
-        client.fetch_records(offset, 1..max_bytes.max(2), 0),
+        client.fetch_records(offset, 1..max_bytes.max(2), broker_wait_ms),
     )
     .await;
     metrics.kafka_call("fetch", started.elapsed());
