@@ -19,8 +19,9 @@ run_cmd=$(awk '/^```sh$/ {inblock=1; next} inblock {print; exit}' "$readme" | se
 
 # 1. The demo as a job of its own (job control on: its own process group, SIGINT not ignored as
 # it would be for a plain background command), so that Ctrl-C reaches all of it as a terminal's.
+# The demo broker as a newcomer gets it (prebuilt), not the test broker this machine has cached.
 set -m
-bash -c "$run_cmd" >"$log" 2>&1 </dev/null &
+STREAMGATE_DEMO_BROKER=prebuilt bash -c "$run_cmd" >"$log" 2>&1 </dev/null &
 demo=$!
 set +m
 stop_demo() { kill -INT -- "-$demo" 2>/dev/null || true; }

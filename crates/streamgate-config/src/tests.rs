@@ -699,3 +699,25 @@ fn auth_failures_per_minute_are_checked() {
         "server.limits.max_auth_failures_per_minute"
     );
 }
+
+#[test]
+fn broker_fetch_wait_is_for_kafka_upstreams() {
+    let kafka = |v: &str| {
+        format!("[[upstreams]]\nid = \"k\"\nscheme = \"kafka\"\nnodes = {{ \"127.0.0.1:9092\" = 1 }}\nbroker_fetch_wait_ms = {v}\n")
+    };
+    let ok = parse(&kafka("5"), "t").expect("valid");
+    assert_eq!(
+        ok.upstreams[0].broker_fetch_wait,
+        std::time::Duration::from_millis(5)
+    );
+    assert_eq!(
+        one_problem(&kafka("101")).key,
+        "upstreams[0].broker_fetch_wait_ms"
+    );
+    let p = one_problem(&format!("{UPSTREAM}broker_fetch_wait_ms = 1\n"));
+    assert!(p.message.contains("only a kafka upstream"), "{p:?}");
+    assert_eq!(
+        parse(UPSTREAM, "t").expect("valid").upstreams[0].broker_fetch_wait,
+        std::time::Duration::ZERO
+    );
+}
