@@ -602,18 +602,8 @@ async fn a_client_frame_over_max_frame_bytes_closes_with_1009() {
     .expect("a close code");
     assert_eq!(u16::from(close.code), 1009, "{close:?}");
     assert!(close.reason.contains("max_frame_bytes"), "{close:?}");
-    let metrics = http()
-        .get(format!("http://{admin}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    assert!(
-        metrics.contains("streamgate_pubsub_sessions_closed_total{reason=\"frame_too_large\"} 1"),
-        "{metrics}"
-    );
+    let closed = "streamgate_pubsub_sessions_closed_total{reason=\"frame_too_large\"}";
+    assert_eq!(settled(admin, closed, 1.0).await, 1.0);
 }
 
 #[tokio::test]
