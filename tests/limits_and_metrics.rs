@@ -637,3 +637,62 @@ async fn the_gateway_as_a_whole_holds_at_most_max_connections() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// Answers waiting to be written share one process-wide budget: past it a command is answered
+/// LIMIT_EXCEEDED instead of holding its records (here one answer is larger than the budget).
+#[tokio::test]
+async fn answers_waiting_to_be_written_share_one_budget() {
+    let broker = Broker::start().await;
+    let topic = unique_topic("budget");
+    let client = broker.client().await;
+    fixtures::create_topic(&client, &topic, 1).await;
+    let big = vec![b'b'; 100 * 1024];
+    let records = vec![
+        fixtures::record(None, Some(&big), &[], None),
+        fixtures::record(None, Some(b"small"), &[], None),
+    ];
+    fixtures::produce_each(&client, &topic, 0, records).await;
+    let web = Upstream::start("web").await;
+    let (gw, admin) = gateway(
+        &broker,
+        &web,
+        "",
+        "[server.limits]\nmax_queued_answer_bytes = 65536\n",
+    )
+    .await;
+    let mut c = PubSubClient::connect(&gw.ws_url("/kafka")).await.unwrap();
+    let small = c
+        .fetch_with(CmdKafkaFetch {
+            topic: topic.clone(),
+            partition: 0,
+            offset: 1,
+            max_bytes: 1024,
+            max_wait_ms: 0,
+        })
+        .await
+        .unwrap();
+    assert_eq!(small.messages.len(), 1, "a small answer fits");
+    let e = c.fetch(&topic, 0, 0).await.unwrap_err();
+    assert_eq!(e.code(), Some(ErrorCode::LimitExceeded), "{e}");
+    assert!(
+        e.to_string().contains("max_queued_answer_bytes = 65536"),
+        "{e}"
+    );
+    let limited = "streamgate_limited_total{limit=\"max_queued_answer_bytes\"}";
+    assert_eq!(settled(admin, limited, 1.0).await, 1.0);
+    // The session goes on, and written answers gave their bytes back.
+    assert_eq!(&c.ping("p").await.unwrap()[..], b"p");
+    for _ in 0..3 {
+        let again = c
+            .fetch_with(CmdKafkaFetch {
+                topic: topic.clone(),
+                partition: 0,
+                offset: 1,
+                max_bytes: 1024,
+                max_wait_ms: 0,
+            })
+            .await
+            .unwrap();
+        assert_eq!(again.messages.len(), 1);
+    }
+}

@@ -721,3 +721,21 @@ fn broker_fetch_wait_is_for_kafka_upstreams() {
         std::time::Duration::ZERO
     );
 }
+
+#[test]
+fn queued_answer_bytes_have_a_floor() {
+    assert_eq!(
+        parse(UPSTREAM, "t")
+            .expect("valid")
+            .server
+            .limits
+            .max_queued_answer_bytes,
+        1 << 30
+    );
+    let with = |v: &str| format!("[server.limits]\nmax_queued_answer_bytes = {v}\n{UPSTREAM}");
+    assert_eq!(
+        one_problem(&with("1000")).key,
+        "server.limits.max_queued_answer_bytes"
+    );
+    parse(&with("65536"), "t").expect("valid");
+}

@@ -87,6 +87,7 @@ pub(crate) struct LimitsToml {
     pub max_request_body_bytes: Option<i64>,
     pub max_tunnel_seconds: Option<i64>,
     pub max_auth_failures_per_minute: Option<i64>,
+    pub max_queued_answer_bytes: Option<i64>,
 }
 
 #[derive(Debug, Deserialize)]

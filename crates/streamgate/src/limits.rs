@@ -46,6 +46,23 @@ pub(crate) struct ConnectionLimits {
     per_consumer: Mutex<HashMap<Arc<str>, usize>>,
     /// Failed authentications per client address: a token taken per 401.
     auth_failures: Mutex<HashMap<IpAddr, TokenBucket>>,
+    /// Bytes of pub/sub answers ready and not yet written, all sessions together.
+    queued_answers: AtomicUsize,
+}
+
+/// An answer's place in `max_queued_answer_bytes`, given back when it is written (dropped).
+#[derive(Debug)]
+pub(crate) struct AnswerHold {
+    limits: Arc<ConnectionLimits>,
+    bytes: usize,
+}
+
+impl Drop for AnswerHold {
+    fn drop(&mut self) {
+        self.limits
+            .queued_answers
+            .fetch_sub(self.bytes, Ordering::AcqRel);
+    }
 }
 
 /// Auth-failure buckets kept before full ones are swept.
@@ -92,6 +109,7 @@ impl ConnectionLimits {
             per_ip: Mutex::default(),
             per_consumer: Mutex::default(),
             auth_failures: Mutex::default(),
+            queued_answers: AtomicUsize::new(0),
         })
     }
 
@@ -133,6 +151,30 @@ impl ConnectionLimits {
                 .inc();
         }
         admitted
+    }
+
+    /// Holds `bytes` of an answer until it is written, or refuses when the answers of all
+    /// sessions together would pass `max_queued_answer_bytes` (counted in
+    /// `streamgate_limited_total`): slow readers cannot make the gateway buffer without bound.
+    pub(crate) fn hold_answer(self: &Arc<Self>, bytes: usize) -> Option<AnswerHold> {
+        let limit = self.config.max_queued_answer_bytes;
+        let admitted = self
+            .queued_answers
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |held| {
+                held.checked_add(bytes).filter(|total| *total <= limit)
+            })
+            .is_ok();
+        if !admitted {
+            crate::metrics::metrics()
+                .limited
+                .with_label_values(&["max_queued_answer_bytes"])
+                .inc();
+            return None;
+        }
+        Some(AnswerHold {
+            limits: Arc::clone(self),
+            bytes,
+        })
     }
 
     /// Counts a failed authentication (a 401) from `client`.
@@ -336,6 +378,19 @@ mod tests {
             "another /64"
         );
         assert_eq!(client_key(v6("::ffff:10.0.0.1")), v6("10.0.0.1"));
+
+        // Answers waiting to be written share one budget, given back as each is written.
+        let budget = ConnectionLimits::new(Limits {
+            max_queued_answer_bytes: 100,
+            ..Limits::default()
+        });
+        let first = budget.hold_answer(60).expect("within the budget");
+        assert!(budget.hold_answer(50).is_none(), "60 + 50 > 100");
+        let second = budget.hold_answer(40).expect("exactly the budget");
+        drop(first);
+        assert!(budget.hold_answer(50).is_some(), "the first was given back");
+        drop(second);
+        assert_eq!(budget.queued_answers.load(Ordering::Acquire), 0);
 
         let c = l.acquire_consumer("app").expect("consumer");
         assert_eq!(l.acquire_consumer("app").unwrap_err(), Refusal::PerConsumer);

@@ -166,6 +166,13 @@ pub(super) fn build_limits(c: &mut Checker<'_>, l: t::LimitsToml) -> Limits {
             1_000_000,
             d.max_auth_failures_per_minute as i64,
         ) as u32,
+        max_queued_answer_bytes: num(
+            "max_queued_answer_bytes",
+            l.max_queued_answer_bytes,
+            64 * 1024,
+            1 << 40,
+            d.max_queued_answer_bytes as i64,
+        ) as usize,
         max_tunnel: match l.max_tunnel_seconds {
             None => d.max_tunnel,
             Some(0) => None,

@@ -58,6 +58,9 @@ pub struct Limits {
     /// Failed authentications (401) one client address may cause per minute, in bursts of as
     /// many; past it, requests to routes that authenticate get 429 before any check runs.
     pub max_auth_failures_per_minute: u32,
+    /// Bytes of pub/sub answers ready but not yet written, all sessions together: past it a
+    /// finished command is answered LIMIT_EXCEEDED instead of holding its records.
+    pub max_queued_answer_bytes: usize,
 }
 
 impl Default for Limits {
@@ -70,6 +73,7 @@ impl Default for Limits {
             max_request_body_bytes: 100 << 20,
             max_tunnel: Some(std::time::Duration::from_secs(24 * 3600)),
             max_auth_failures_per_minute: 100,
+            max_queued_answer_bytes: 1 << 30,
         }
     }
 }

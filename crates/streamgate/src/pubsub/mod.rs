@@ -144,6 +144,7 @@ impl PubSub {
             target: Arc::clone(target),
             consumer: ctx.consumer.clone(),
             pool: Arc::clone(&self.pool),
+            limits: Arc::clone(limits),
         };
         let config = session::websocket_config(settings.max_frame_bytes);
         let lifelines = session::Lifelines {

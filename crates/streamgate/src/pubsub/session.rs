@@ -14,6 +14,7 @@
 
 use super::commands;
 use super::target::{KafkaAccess, SessionCheck};
+use crate::limits::AnswerHold;
 use crate::rate::TokenBucket;
 use futures_util::{SinkExt, StreamExt};
 use prost::Message as _;
@@ -87,7 +88,7 @@ pub(crate) async fn run<S>(
             .unwrap_or(Duration::from_secs(u32::MAX.into())),
     );
     tokio::pin!(expiry);
-    let mut tasks: JoinSet<PubSubResp> = JoinSet::new();
+    let mut tasks: JoinSet<(PubSubResp, Option<AnswerHold>)> = JoinSet::new();
     let mut rate = CommandRate::new(settings.max_commands_per_second);
     let mut last_heard = Instant::now();
     let mut pinged = false;
@@ -124,8 +125,10 @@ pub(crate) async fn run<S>(
                 break (Some((CloseCode::Policy, "credentials expired: reconnect with a fresh token".into())), "expired");
             }
             Some(joined) = tasks.join_next(), if !tasks.is_empty() => match joined {
-                Ok(answer) => {
-                    if let Err(why) = send_bounded(&mut ws, &answer, settings.send_timeout).await {
+                Ok((answer, hold)) => {
+                    let sent = send_bounded(&mut ws, &answer, settings.send_timeout).await;
+                    drop(hold);
+                    if let Err(why) = sent {
                         break (None, why);
                     }
                 }
@@ -235,7 +238,7 @@ fn close_reason(reason: Cow<'static, str>) -> String {
 fn dispatch(
     req: PubSubReq,
     access: &KafkaAccess,
-    tasks: &mut JoinSet<PubSubResp>,
+    tasks: &mut JoinSet<(PubSubResp, Option<AnswerHold>)>,
     topics_read: &mut HashSet<String>,
 ) -> Option<PubSubResp> {
     let sequence = req.sequence;
@@ -292,8 +295,22 @@ fn dispatch(
                 PubSubResp::error(sequence, ErrorCode::Internal, "command dispatched twice")
             }
         };
+        // Held until written: a reader that does not read keeps it, and the process's budget
+        // for such answers is shared by every session.
+        let (answer, hold) = match access.limits.hold_answer(answer.encoded_len()) {
+            Some(hold) => (answer, Some(hold)),
+            None => {
+                let limit = access.limits.config().max_queued_answer_bytes;
+                let refused = PubSubResp::error(
+                    sequence,
+                    ErrorCode::LimitExceeded,
+                    format!("the gateway holds its maximum of answers not yet read by their clients (max_queued_answer_bytes = {limit}): retry shortly"),
+                );
+                (refused, None)
+            }
+        };
         crate::metrics::metrics().command(&access.target.route_id, kind, &answer);
-        answer
+        (answer, hold)
     });
     None
 }
@@ -309,6 +326,7 @@ fn renewed(
         target,
         consumer,
         pool: Arc::clone(&access.pool),
+        limits: Arc::clone(&access.limits),
     };
     for topic in topics_read {
         if let Some(why) = renewed.refusal(topic) {

@@ -4,6 +4,7 @@
 
 use super::kafka_pool::{KafkaCluster, KafkaIdentity, KafkaPool};
 use crate::error::StartupError;
+use crate::limits::ConnectionLimits;
 use std::sync::Arc;
 use streamgate_config::model::{Consumer, KafkaProxy, Route, SaslMechanism};
 
@@ -62,6 +63,8 @@ pub(crate) struct KafkaAccess {
     pub consumer: Option<Arc<Consumer>>,
     /// The process's Kafka clients.
     pub pool: Arc<KafkaPool>,
+    /// The process's limits (the budget for answers waiting to be written).
+    pub limits: Arc<ConnectionLimits>,
 }
 
 impl KafkaAccess {
