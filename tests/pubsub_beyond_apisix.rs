@@ -655,3 +655,50 @@ async fn many_sessions_tailing_a_partition_share_broker_fetches_and_block_nobody
         "300 tailing sessions caused {fetches} broker fetches"
     );
 }
+
+/// SCRAM-SHA-512 over TLS, through the gateway: both at once, and a wrong password refused.
+#[tokio::test]
+async fn scram_sha_512_over_tls_with_a_wrong_password_refused() {
+    let ca = streamgate_testkit::TestCa::new();
+    let broker = Broker::start_with(BrokerOptions {
+        engine: Engine::Sqlite,
+        users: vec![SaslUser {
+            name: "bob".into(),
+            password: "bob-secret-512".into(),
+            mechanism: "scram512",
+        }],
+        tls: Some(ca.clone()),
+        tap: false,
+    })
+    .await;
+    fixtures::apisix_fixture(&broker.client().await).await;
+    let addr = listen_addr();
+    let tls = format!(
+        "[upstreams.tls]\nca_file = \"{}\"\n",
+        ca.ca_file().display()
+    );
+    let sasl = |password: &str| {
+        format!("sasl = {{ mechanism = \"SCRAM-SHA-512\", username = \"bob\", password = \"{password}\" }}")
+    };
+    let config = format!(
+        "{}{}{}{}",
+        server_toml(addr),
+        kafka_upstream("secure", &broker.bootstrap, &tls),
+        kafka_route("good", "/good", "secure", &sasl("bob-secret-512")),
+        kafka_route("bad", "/bad", "secure", &sasl("not-bobs")),
+    );
+    let gw = GatewayProcess::start(binary(), &config, addr).await;
+    let mut good = PubSubClient::connect(&gw.ws_url("/good")).await.unwrap();
+    assert_eq!(good.list_offset("test-consumer", 0, -1).await.unwrap(), 30);
+    assert_eq!(
+        good.fetch("test-consumer", 0, 29)
+            .await
+            .unwrap()
+            .messages
+            .len(),
+        1
+    );
+    let mut bad = PubSubClient::connect(&gw.ws_url("/bad")).await.unwrap();
+    let (code, message) = code_of(bad.list_offset("test-consumer", 0, -1).await);
+    assert_eq!(code, ErrorCode::AuthFailed, "{message}");
+}
