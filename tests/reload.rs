@@ -240,9 +240,21 @@ async fn a_binary_upgrade_hands_the_listener_over_without_failing_a_request() {
     });
     tokio::time::sleep(Duration::from_millis(300)).await;
 
+    // A WebSocket relayed by the old process, open across the upgrade.
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let (mut ws, _) = tokio_tungstenite::connect_async(old.ws_url("/ws/echo"))
+        .await
+        .unwrap();
+    ws.send(Message::text("before")).await.unwrap();
+    assert!(matches!(ws.next().await, Some(Ok(Message::Text(_)))));
+
     let new = GatewayProcess::start_upgrade(binary(), &config, addr);
     tokio::time::sleep(Duration::from_millis(500)).await;
     old.signal("QUIT");
+    // The old process keeps relaying while it drains...
+    ws.send(Message::text("draining")).await.unwrap();
+    assert!(matches!(ws.next().await, Some(Ok(Message::Text(_)))));
     assert!(
         new.wait_log("started", Duration::from_secs(15)).await,
         "the new process took the listener over:\n{}",
@@ -254,6 +266,17 @@ async fn a_binary_upgrade_hands_the_listener_over_without_failing_a_request() {
         "the old process leaves:\n{}",
         old.log()
     );
+    // ...and its WebSocket ends with it (the client reconnects), while a new one opens on the
+    // new process.
+    let end = tokio::time::timeout(Duration::from_secs(5), ws.next())
+        .await
+        .expect("the old WebSocket ends when its process does");
+    assert!(!matches!(end, Some(Ok(Message::Text(_)))), "{end:?}");
+    let (mut fresh, _) = tokio_tungstenite::connect_async(new.ws_url("/ws/echo"))
+        .await
+        .expect("a WebSocket opens on the new process");
+    fresh.send(Message::text("after")).await.unwrap();
+    assert!(matches!(fresh.next().await, Some(Ok(Message::Text(_)))));
     tokio::time::sleep(Duration::from_millis(300)).await;
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
     let (ok, failed) = flow.await.unwrap();
