@@ -41,23 +41,35 @@ pub(crate) async fn list_offset(
     }
 }
 
-/// Answers a fetch command.
-pub(crate) async fn fetch(access: &KafkaAccess, sequence: i64, cmd: CmdKafkaFetch) -> PubSubResp {
+/// Answers a fetch command; also returns the answer's encoded size, known from assembling it
+/// (a second pass over the records to measure it would cost per record).
+pub(crate) async fn fetch(
+    access: &KafkaAccess,
+    sequence: i64,
+    cmd: CmdKafkaFetch,
+) -> (PubSubResp, usize) {
     let answer = fetch_inner(access, &cmd).await;
     forget_if_gone(access, &cmd.topic, cmd.partition, &answer);
     match answer {
-        Ok(resp) => PubSubResp {
-            sequence,
-            resp: Some(Resp::KafkaFetchResp(resp)),
-        },
-        Err(f) => failed(
-            access,
-            sequence,
-            "fetch message",
-            &cmd.topic,
-            cmd.partition,
-            f,
+        Ok((resp, records_bytes)) => (
+            PubSubResp {
+                sequence,
+                resp: Some(Resp::KafkaFetchResp(resp)),
+            },
+            records_bytes + ENVELOPE_BYTES,
         ),
+        Err(f) => {
+            let resp = failed(
+                access,
+                sequence,
+                "fetch message",
+                &cmd.topic,
+                cmd.partition,
+                f,
+            );
+            let size = resp.encoded_len();
+            (resp, size)
+        }
     }
 }
 
@@ -243,7 +255,7 @@ fn out_of_range() -> KafkaFailure {
 async fn fetch_inner(
     access: &KafkaAccess,
     cmd: &CmdKafkaFetch,
-) -> Result<KafkaFetchResp, KafkaFailure> {
+) -> Result<(KafkaFetchResp, usize), KafkaFailure> {
     check_target(access, &cmd.topic, cmd.partition)?;
     let s = &access.target.settings;
     if cmd.offset < 0 {
@@ -312,10 +324,13 @@ async fn fetch_inner(
         .record_bytes_delivered
         .with_label_values(&[&*access.target.route_id])
         .inc_by(used as u64);
-    Ok(KafkaFetchResp {
-        messages,
-        high_watermark,
-    })
+    Ok((
+        KafkaFetchResp {
+            messages,
+            high_watermark,
+        },
+        used,
+    ))
 }
 
 #[cfg(test)]

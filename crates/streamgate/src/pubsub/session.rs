@@ -287,17 +287,23 @@ fn dispatch(
     }
     let access = access.clone();
     tasks.spawn(async move {
-        let answer = match cmd {
-            Req::CmdKafkaListOffset(c) => commands::list_offset(&access, sequence, c).await,
+        let (answer, size) = match cmd {
+            Req::CmdKafkaListOffset(c) => {
+                let answer = commands::list_offset(&access, sequence, c).await;
+                let size = answer.encoded_len();
+                (answer, size)
+            }
             Req::CmdKafkaFetch(c) => commands::fetch(&access, sequence, c).await,
             // Answered inline above; never spawned.
             Req::CmdEmpty(_) | Req::CmdPing(_) => {
-                PubSubResp::error(sequence, ErrorCode::Internal, "command dispatched twice")
+                let answer =
+                    PubSubResp::error(sequence, ErrorCode::Internal, "command dispatched twice");
+                (answer, 0)
             }
         };
         // Held until written: a reader that does not read keeps it, and the process's budget
         // for such answers is shared by every session.
-        let (answer, hold) = match access.limits.hold_answer(answer.encoded_len()) {
+        let (answer, hold) = match access.limits.hold_answer(size) {
             Some(hold) => (answer, Some(hold)),
             None => {
                 let limit = access.limits.config().max_queued_answer_bytes;
