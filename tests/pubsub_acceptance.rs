@@ -217,6 +217,7 @@ async fn tls_verification_against_an_untrusted_certificate_names_the_failure() {
 
 #[tokio::test]
 async fn sasl_plain_route() {
+    // tansu accepts any PLAIN password; the tap in front checks it, as Kafka would.
     let broker = Broker::start_with(BrokerOptions {
         engine: Engine::Sqlite,
         users: vec![SaslUser {
@@ -225,25 +226,29 @@ async fn sasl_plain_route() {
             mechanism: "scram512",
         }],
         tls: None,
-        tap: false,
+        tap: true,
     })
     .await;
     fixtures::apisix_fixture(&broker.client().await).await;
     let addr = listen_addr();
+    let plain = |password: &str| {
+        format!(
+            "sasl = {{ mechanism = \"PLAIN\", username = \"admin\", password = \"{password}\" }}"
+        )
+    };
     let config = format!(
-        "{}{}{}",
+        "{}{}{}{}",
         server_toml(addr),
         kafka_upstream("sasl", &broker.bootstrap, ""),
-        kafka_route(
-            "sasl",
-            "/kafka-sasl",
-            "sasl",
-            "sasl = { mechanism = \"PLAIN\", username = \"admin\", password = \"admin-secret\" }"
-        )
+        kafka_route("sasl", "/kafka-sasl", "sasl", &plain("admin-secret")),
+        kafka_route("wrong", "/kafka-wrong", "sasl", &plain("not-the-password")),
     );
     let gw = GatewayProcess::start(binary(), &config, addr).await;
     let mut c = connect(&gw, "/kafka-sasl").await;
     assert_eq!(c.list_offset("test-consumer", 0, -1).await.unwrap(), 30);
+    let mut wrong = connect(&gw, "/kafka-wrong").await;
+    let (code, message) = server_error(wrong.list_offset("test-consumer", 0, -1).await);
+    assert_eq!(code, Some(ErrorCode::AuthFailed), "{message}");
 }
 
 #[tokio::test]

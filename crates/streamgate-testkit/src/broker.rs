@@ -41,7 +41,8 @@ pub struct BrokerOptions {
     /// Put a TLS terminator in front, with a certificate from this CA.
     pub tls: Option<Arc<TestCa>>,
     /// Put a recording [`Tap`] in front (plaintext only), advertised so that every client
-    /// connection passes through it: see [`Broker::sent_to_broker`].
+    /// connection passes through it: see [`Broker::sent_to_broker`]. With `users`, the tap also
+    /// refuses PLAIN logins whose password is not the user's (SASL_AUTHENTICATION_FAILED).
     pub tap: bool,
 }
 
@@ -107,7 +108,13 @@ impl Broker {
         let (bootstrap, tls, tap) = match (&options.tls, options.tap) {
             (None, false) => (format!("127.0.0.1:{broker_port}"), None, None),
             (None, true) => {
-                let tap = Tap::start(broker_port).await;
+                // With users, the tap also checks PLAIN passwords (tansu accepts any).
+                let users = options
+                    .users
+                    .iter()
+                    .map(|u| (u.name.clone(), u.password.clone()))
+                    .collect();
+                let tap = Tap::start_checking(broker_port, users).await;
                 // Clients reconnect to the advertised address, so advertise the tap's port.
                 (format!("127.0.0.1:{}", tap.port), None, Some(tap))
             }
