@@ -661,16 +661,15 @@ async fn answers_waiting_to_be_written_share_one_budget() {
     )
     .await;
     let mut c = PubSubClient::connect(&gw.ws_url("/kafka")).await.unwrap();
-    let small = c
-        .fetch_with(CmdKafkaFetch {
-            topic: topic.clone(),
-            partition: 0,
-            offset: 1,
-            max_bytes: 1024,
-            max_wait_ms: 0,
-        })
-        .await
-        .unwrap();
+    // The small record alone (offset 1), at most 1 KiB asked.
+    let small_fetch = || CmdKafkaFetch {
+        topic: topic.clone(),
+        partition: 0,
+        offset: 1,
+        max_bytes: 1024,
+        max_wait_ms: 0,
+    };
+    let small = c.fetch_with(small_fetch()).await.unwrap();
     assert_eq!(small.messages.len(), 1, "a small answer fits");
     let e = c.fetch(&topic, 0, 0).await.unwrap_err();
     assert_eq!(e.code(), Some(ErrorCode::LimitExceeded), "{e}");
@@ -683,16 +682,7 @@ async fn answers_waiting_to_be_written_share_one_budget() {
     // The session goes on, and written answers gave their bytes back.
     assert_eq!(&c.ping("p").await.unwrap()[..], b"p");
     for _ in 0..3 {
-        let again = c
-            .fetch_with(CmdKafkaFetch {
-                topic: topic.clone(),
-                partition: 0,
-                offset: 1,
-                max_bytes: 1024,
-                max_wait_ms: 0,
-            })
-            .await
-            .unwrap();
+        let again = c.fetch_with(small_fetch()).await.unwrap();
         assert_eq!(again.messages.len(), 1);
     }
 }
