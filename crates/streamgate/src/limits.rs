@@ -6,7 +6,7 @@
 //! carries its slot (and a session its consumer's [`ConsumerSlot`]) until it closes. Counters
 //! live behind short, never-awaited locks.
 
-use crate::rate::TokenBucket;
+use crate::rate::Buckets;
 use crate::sync::lock;
 use pingora::http::RequestHeader;
 use std::collections::HashMap;
@@ -45,7 +45,7 @@ pub(crate) struct ConnectionLimits {
     per_ip: Mutex<HashMap<IpAddr, usize>>,
     per_consumer: Mutex<HashMap<Arc<str>, usize>>,
     /// Failed authentications per client address: a token taken per 401.
-    auth_failures: Mutex<HashMap<IpAddr, TokenBucket>>,
+    auth_failures: Buckets<IpAddr>,
     /// Bytes of pub/sub answers ready and not yet written, all sessions together.
     queued_answers: AtomicUsize,
 }
@@ -64,9 +64,6 @@ impl Drop for AnswerHold {
             .fetch_sub(self.bytes, Ordering::AcqRel);
     }
 }
-
-/// Auth-failure buckets kept before full ones are swept.
-const SWEEP_AUTH_FAILURES_ABOVE: usize = 10_000;
 
 /// A request's or session's place in the counts; given back on drop.
 #[derive(Debug)]
@@ -103,12 +100,13 @@ impl Refused {
 impl ConnectionLimits {
     /// Counts for `config`.
     pub(crate) fn new(config: Limits) -> Arc<Self> {
+        let auth_burst = f64::from(config.max_auth_failures_per_minute);
         Arc::new(Self {
             config,
             total: AtomicUsize::new(0),
             per_ip: Mutex::default(),
             per_consumer: Mutex::default(),
-            auth_failures: Mutex::default(),
+            auth_failures: Buckets::new(auth_burst / 60.0, auth_burst),
             queued_answers: AtomicUsize::new(0),
         })
     }
@@ -179,40 +177,21 @@ impl ConnectionLimits {
 
     /// Counts a failed authentication (a 401) from `client`.
     pub(crate) fn auth_failed(&self, client: Option<IpAddr>) {
-        let Some(ip) = client.map(client_key) else {
-            return;
-        };
-        let (rate, burst) = self.auth_rate();
-        let now = std::time::Instant::now();
-        let mut failures = lock(&self.auth_failures);
-        if failures.len() >= SWEEP_AUTH_FAILURES_ABOVE {
-            failures.retain(|_, b| !b.is_full_at(rate, burst, now));
+        if let Some(ip) = client.map(client_key) {
+            let _ = self.auth_failures.take(ip, std::time::Instant::now());
         }
-        let _ = failures
-            .entry(ip)
-            .or_insert_with(|| TokenBucket::full(burst, now))
-            .take(rate, burst, now);
     }
 
     /// When `client` used up its failed authentications: the seconds until it may try again.
     /// Counted in `streamgate_limited_total{limit="max_auth_failures_per_minute"}`.
     pub(crate) fn auth_blocked(&self, client: Option<IpAddr>) -> Option<u64> {
         let ip = client.map(client_key)?;
-        let (rate, burst) = self.auth_rate();
-        let wait =
-            lock(&self.auth_failures)
-                .get(&ip)?
-                .wait_at(rate, burst, std::time::Instant::now())?;
+        let wait = self.auth_failures.wait(&ip, std::time::Instant::now())?;
         crate::metrics::metrics()
             .limited
             .with_label_values(&["max_auth_failures_per_minute"])
             .inc();
         Some(wait.ceil().max(1.0) as u64)
-    }
-
-    fn auth_rate(&self) -> (f64, f64) {
-        let burst = f64::from(self.config.max_auth_failures_per_minute);
-        (burst / 60.0, burst)
     }
 
     /// Takes a slot for a request from `ip`, or says which limit is full.

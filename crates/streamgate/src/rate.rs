@@ -1,7 +1,56 @@
 //! The token bucket behind every rate in the gateway: `limit-req` (per client, consumer or
-//! route) and a pub/sub session's `max_commands_per_second`.
+//! route), failed authentications per client address, a pub/sub session's
+//! `max_commands_per_second`, and topic re-listings per Kafka client.
 
+use crate::sync::lock;
+use std::collections::HashMap;
+use std::hash::Hash;
+use std::sync::Mutex;
 use std::time::Instant;
+
+/// Keyed buckets kept before the full ones are swept.
+const SWEEP_ABOVE: usize = 10_000;
+
+/// Token buckets by key, all at one rate and burst, behind one short lock (never held across an
+/// await). A full bucket is the same as none, so once the map is large the full ones are
+/// dropped: memory follows the keys that are actually being limited.
+#[derive(Debug)]
+pub(crate) struct Buckets<K> {
+    rate: f64,
+    burst: f64,
+    map: Mutex<HashMap<K, TokenBucket>>,
+}
+
+impl<K: Hash + Eq> Buckets<K> {
+    /// Buckets refilled at `rate` per second up to `burst`.
+    pub(crate) fn new(rate: f64, burst: f64) -> Self {
+        Self {
+            rate,
+            burst,
+            map: Mutex::default(),
+        }
+    }
+
+    /// Takes a token from `key`'s bucket at `now`; when there is none, the seconds until
+    /// there will be one.
+    pub(crate) fn take(&self, key: K, now: Instant) -> Result<(), f64> {
+        let (rate, burst) = (self.rate, self.burst);
+        let mut map = lock(&self.map);
+        if map.len() >= SWEEP_ABOVE {
+            map.retain(|_, b| !b.is_full_at(rate, burst, now));
+        }
+        map.entry(key)
+            .or_insert_with(|| TokenBucket::full(burst, now))
+            .take(rate, burst, now)
+    }
+
+    /// Without taking one: the seconds until `key` has a token, when it has none at `now`.
+    pub(crate) fn wait(&self, key: &K, now: Instant) -> Option<f64> {
+        lock(&self.map)
+            .get(key)?
+            .wait_at(self.rate, self.burst, now)
+    }
+}
 
 /// Tokens refilled at `rate` per second up to `burst`; a full bucket is the same as a new one.
 #[derive(Debug, Clone, Copy)]

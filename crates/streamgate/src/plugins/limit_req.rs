@@ -8,19 +8,14 @@
 use super::Plugin;
 use crate::ctx::RequestCtx;
 use crate::limits::client_key;
-use crate::rate::TokenBucket;
+use crate::rate::Buckets;
 use crate::respond::{self, Answer};
-use crate::sync::lock;
 use async_trait::async_trait;
 use pingora::proxy::Session;
-use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Instant;
 use streamgate_config::model::{LimitKey, LimitReq};
-
-/// Buckets kept before full ones are swept.
-const SWEEP_ABOVE: usize = 10_000;
 
 /// Whose requests share a bucket.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -34,29 +29,21 @@ enum BucketKey {
 #[derive(Debug)]
 pub(crate) struct LimitReqPlugin {
     settings: LimitReq,
-    buckets: Mutex<HashMap<BucketKey, TokenBucket>>,
+    buckets: Buckets<BucketKey>,
 }
 
 impl LimitReqPlugin {
     /// The plugin with its checked settings.
     pub(crate) fn new(settings: LimitReq) -> Self {
         Self {
+            buckets: Buckets::new(settings.rate, settings.burst),
             settings,
-            buckets: Mutex::default(),
         }
     }
 
     /// Takes a token for `key` at `now`; when there is none, the seconds until there is one.
     fn take(&self, key: BucketKey, now: Instant) -> Result<(), f64> {
-        let (rate, burst) = (self.settings.rate, self.settings.burst);
-        let mut buckets = lock(&self.buckets);
-        if buckets.len() >= SWEEP_ABOVE {
-            buckets.retain(|_, b| !b.is_full_at(rate, burst, now));
-        }
-        buckets
-            .entry(key)
-            .or_insert_with(|| TokenBucket::full(burst, now))
-            .take(rate, burst, now)
+        self.buckets.take(key, now)
     }
 }
 
