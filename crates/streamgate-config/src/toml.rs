@@ -238,6 +238,7 @@ pub(crate) struct KafkaProxyToml {
     pub idle_timeout_ms: Option<i64>,
     pub max_session_seconds: Option<i64>,
     pub send_timeout_ms: Option<i64>,
+    pub max_subscriptions: Option<i64>,
 }
 
 #[derive(Debug, Deserialize)]

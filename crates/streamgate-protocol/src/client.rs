@@ -1,12 +1,14 @@
 //! A minimal async pub/sub client: one WebSocket, requests answered in order of their sequence.
 
 use crate::{
-    pub_sub_req::Req, pub_sub_resp::Resp, CmdKafkaFetch, CmdKafkaListOffset, CmdPing, ErrorCode,
-    KafkaFetchResp, PubSubReq, PubSubResp,
+    pub_sub_req::Req, pub_sub_resp::Resp, CmdKafkaCredit, CmdKafkaFetch, CmdKafkaListOffset,
+    CmdKafkaSubscribe, CmdKafkaUnsubscribe, CmdPing, ErrorCode, KafkaFetchResp, KafkaSubscribeResp,
+    PubSubReq, PubSubResp,
 };
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use prost::Message as _;
+use std::collections::{HashSet, VecDeque};
 use tokio::net::TcpStream;
 use tokio_tungstenite::{
     client_async,
@@ -73,10 +75,16 @@ impl ClientError {
 ///
 /// [`call`](Self::call) sends one command and waits for the answer carrying its sequence; the
 /// typed helpers wrap it. Frames that answer nothing of ours (text, WebSocket pings) are skipped.
+/// Pushes of open subscriptions that arrive while a call waits are kept, in order, for
+/// [`recv`](Self::recv).
 #[derive(Debug)]
 pub struct PubSubClient {
     ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
     next_sequence: i64,
+    /// Sequences of the subscriptions this client opened and has not seen end.
+    subscriptions: HashSet<i64>,
+    /// Frames of open subscriptions received while a call waited for its answer.
+    pending: VecDeque<PubSubResp>,
 }
 
 impl PubSubClient {
@@ -106,6 +114,8 @@ impl PubSubClient {
         Ok(Self {
             ws,
             next_sequence: 1,
+            subscriptions: HashSet::new(),
+            pending: VecDeque::new(),
         })
     }
 
@@ -122,8 +132,20 @@ impl PubSubClient {
         Ok(())
     }
 
-    /// Receives the next response, whatever its sequence.
+    /// Receives the next response, whatever its sequence (pushes kept during a call first).
     pub async fn recv(&mut self) -> Result<PubSubResp, ClientError> {
+        let frame = match self.pending.pop_front() {
+            Some(frame) => frame,
+            None => self.recv_wire().await?,
+        };
+        if matches!(frame.resp, Some(Resp::ErrorResp(_))) {
+            // An error under a subscription's sequence ends it.
+            self.subscriptions.remove(&frame.sequence);
+        }
+        Ok(frame)
+    }
+
+    async fn recv_wire(&mut self) -> Result<PubSubResp, ClientError> {
         loop {
             match self.ws.next().await {
                 None => return Err(ClientError::Closed(None)),
@@ -146,14 +168,87 @@ impl PubSubClient {
         let sequence = self.next_sequence;
         self.next_sequence = self.next_sequence.wrapping_add(1);
         self.send(&PubSubReq::new(sequence, command)).await?;
-        let response = self.recv().await?;
-        if response.sequence != sequence {
+        self.answer_to(sequence).await
+    }
+
+    /// The answer under `sequence`; frames of open subscriptions before it are kept for
+    /// [`recv`](Self::recv), anything else is [`ClientError::WrongSequence`].
+    async fn answer_to(&mut self, sequence: i64) -> Result<PubSubResp, ClientError> {
+        loop {
+            let response = self.recv_wire().await?;
+            if response.sequence == sequence {
+                return Ok(response);
+            }
+            if self.subscriptions.contains(&response.sequence) {
+                self.pending.push_back(response);
+                continue;
+            }
             return Err(ClientError::WrongSequence {
                 expected: sequence,
                 got: response.sequence,
             });
         }
-        Ok(response)
+    }
+
+    /// Opens a push subscription; returns its number (the subscribe's sequence, which its
+    /// pushes carry) and where it starts. Pushes then arrive through [`recv`](Self::recv) as
+    /// far as the credit granted allows.
+    pub async fn subscribe(
+        &mut self,
+        subscribe: CmdKafkaSubscribe,
+    ) -> Result<(i64, KafkaSubscribeResp), ClientError> {
+        let sequence = self.next_sequence;
+        self.subscriptions.insert(sequence);
+        let response = self.call(Req::CmdKafkaSubscribe(subscribe)).await;
+        match response {
+            Ok(PubSubResp {
+                resp: Some(Resp::KafkaSubscribeResp(r)),
+                ..
+            }) => Ok((sequence, r)),
+            Ok(other) => {
+                self.subscriptions.remove(&sequence);
+                Err(unexpected(other))
+            }
+            Err(e) => {
+                self.subscriptions.remove(&sequence);
+                Err(e)
+            }
+        }
+    }
+
+    /// Grants `records` more records (and `bytes` more record bytes, for a byte-bounded
+    /// subscription). Not answered when it succeeds.
+    pub async fn credit(
+        &mut self,
+        subscription: i64,
+        records: u32,
+        bytes: u64,
+    ) -> Result<(), ClientError> {
+        let sequence = self.next_sequence;
+        self.next_sequence = self.next_sequence.wrapping_add(1);
+        let credit = CmdKafkaCredit {
+            subscription,
+            records,
+            bytes,
+        };
+        self.send(&PubSubReq::new(sequence, Req::CmdKafkaCredit(credit)))
+            .await
+    }
+
+    /// Ends a subscription and returns the cursor after the last record it delivered. Pushes
+    /// that arrived before the answer are kept for [`recv`](Self::recv): they were delivered,
+    /// and the cursor counts them.
+    pub async fn unsubscribe(&mut self, subscription: i64) -> Result<String, ClientError> {
+        let response = self
+            .call(Req::CmdKafkaUnsubscribe(CmdKafkaUnsubscribe {
+                subscription,
+            }))
+            .await?;
+        self.subscriptions.remove(&subscription);
+        match response.resp {
+            Some(Resp::KafkaUnsubscribeResp(r)) => Ok(r.cursor),
+            _ => Err(unexpected(response)),
+        }
     }
 
     /// Round-trips `state` through the gateway.

@@ -23,9 +23,11 @@ mod wire {
 pub use client::{ClientError, PubSubClient};
 pub use codes::ErrorCode;
 pub use wire::{
-    pub_sub_req, pub_sub_resp, CmdEmpty, CmdKafkaFetch, CmdKafkaListOffset, CmdPing, ErrorResp,
-    KafkaFetchResp, KafkaHeader, KafkaListOffsetResp, KafkaMessage, PongResp, PubSubReq,
-    PubSubResp,
+    cmd_kafka_subscribe, pub_sub_req, pub_sub_resp, CmdEmpty, CmdKafkaCredit, CmdKafkaFetch,
+    CmdKafkaListOffset, CmdKafkaSubscribe, CmdKafkaUnsubscribe, CmdPing, ErrorResp, KafkaFetchResp,
+    KafkaHeader, KafkaListOffsetResp, KafkaMessage, KafkaPartitionRecords, KafkaRecordsPush,
+    KafkaSubscribeResp, KafkaUnsubscribeResp, PartitionOffset, PartitionStart, PongResp, PubSubReq,
+    PubSubResp, RecordFilter,
 };
 
 /// `prost`'s encoding traits, re-exported so users need not depend on the same prost version.

@@ -6,8 +6,8 @@
 //! error classes from fixed sets.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
-    Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 use std::sync::LazyLock;
 use std::time::Duration;
@@ -43,6 +43,16 @@ pub(crate) struct Metrics {
     pub records_delivered: IntCounterVec,
     /// Record bytes (keys, values, headers) sent to pub/sub clients, by route.
     pub record_bytes_delivered: IntCounterVec,
+    /// Push subscriptions open now, by route.
+    pub subscriptions_open: IntGaugeVec,
+    /// Push subscriptions waiting for credit, by route.
+    pub subscriptions_paused: IntGaugeVec,
+    /// Records pushed to subscriptions, by route.
+    pub records_pushed: IntCounterVec,
+    /// Record bytes (as credit counts them) pushed to subscriptions, by route.
+    pub record_bytes_pushed: IntCounterVec,
+    /// Records left out by subscription filters, by route.
+    pub records_filtered: IntCounterVec,
     /// Upgraded connections (WebSocket) relayed to HTTP upstreams, open now.
     pub tunnels: IntGauge,
     /// Shared Kafka clients open now.
@@ -85,6 +95,14 @@ impl Metrics {
         };
         let gauge = |name: &str, help: &str| {
             let metric = IntGauge::new(name, help).expect("static metric definition");
+            registry
+                .register(Box::new(metric.clone()))
+                .expect("metric names are unique");
+            metric
+        };
+        let gauges = |name: &str, help: &str, labels: &[&str]| {
+            let metric =
+                IntGaugeVec::new(Opts::new(name, help), labels).expect("static metric definition");
             registry
                 .register(Box::new(metric.clone()))
                 .expect("metric names are unique");
@@ -161,6 +179,31 @@ impl Metrics {
             record_bytes_delivered: counter(
                 "streamgate_pubsub_record_bytes_total",
                 "Encoded bytes of the Kafka records sent to pub/sub clients.",
+                &["route"],
+            ),
+            subscriptions_open: gauges(
+                "streamgate_pubsub_subscriptions",
+                "Push subscriptions open now, by route.",
+                &["route"],
+            ),
+            subscriptions_paused: gauges(
+                "streamgate_pubsub_subscriptions_paused",
+                "Push subscriptions waiting for their client to grant credit, by route.",
+                &["route"],
+            ),
+            records_pushed: counter(
+                "streamgate_pubsub_records_pushed_total",
+                "Kafka records pushed to subscriptions (also counted in streamgate_pubsub_records_total).",
+                &["route"],
+            ),
+            record_bytes_pushed: counter(
+                "streamgate_pubsub_record_bytes_pushed_total",
+                "Record bytes (key, value, header names and values) pushed to subscriptions: what byte credit counts.",
+                &["route"],
+            ),
+            records_filtered: counter(
+                "streamgate_pubsub_records_filtered_total",
+                "Kafka records a subscription's filter left out (they use no credit).",
                 &["route"],
             ),
             kafka_clients: gauge(

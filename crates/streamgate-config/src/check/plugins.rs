@@ -230,10 +230,18 @@ pub(crate) fn build_kafka_proxy(
         600_000,
         d.send_timeout.as_millis() as i64,
     );
+    let subscriptions = num(
+        "max_subscriptions",
+        k.max_subscriptions,
+        0,
+        1024,
+        d.max_subscriptions as i64,
+    );
     if c.problems.len() > before {
         return None;
     }
     Some(KafkaProxy {
+        max_subscriptions: subscriptions as usize,
         max_commands_per_second: commands as u32,
         idle_timeout: Duration::from_millis(idle as u64),
         max_session: (lifetime > 0).then(|| Duration::from_secs(lifetime as u64)),

@@ -96,6 +96,8 @@ pub struct KafkaProxy {
     pub max_session: Option<Duration>,
     /// A client that does not take an answer within this long is disconnected (slow reader).
     pub send_timeout: Duration,
+    /// Push subscriptions one connection may hold at once.
+    pub max_subscriptions: usize,
 }
 
 impl Default for KafkaProxy {
@@ -113,6 +115,7 @@ impl Default for KafkaProxy {
             idle_timeout: Duration::from_secs(60),
             max_session: Some(Duration::from_secs(24 * 3600)),
             send_timeout: Duration::from_secs(30),
+            max_subscriptions: 16,
         }
     }
 }

@@ -35,7 +35,7 @@ pub(crate) async fn list_offset(
             sequence,
             "list offset",
             &cmd.topic,
-            cmd.partition,
+            Some(cmd.partition),
             f,
         ),
     }
@@ -64,7 +64,7 @@ pub(crate) async fn fetch(
                 sequence,
                 "fetch message",
                 &cmd.topic,
-                cmd.partition,
+                Some(cmd.partition),
                 f,
             );
             let size = resp.encoded_len();
@@ -73,12 +73,13 @@ pub(crate) async fn fetch(
     }
 }
 
-fn failed(
+/// The error answer for a failed command on `topic`/`partition`, in APISIX's wording.
+pub(super) fn failed(
     access: &KafkaAccess,
     sequence: i64,
     what: &str,
     topic: &str,
-    partition: i32,
+    partition: Option<i32>,
     f: KafkaFailure,
 ) -> PubSubResp {
     // Broker addresses are the operator's business: a caller nobody authenticated is not told
@@ -92,11 +93,13 @@ fn failed(
     } else {
         f.reason
     };
-    PubSubResp::error(
-        sequence,
-        f.code,
-        format!("failed to {what}, topic: {topic}, partition: {partition}, err: {reason}"),
-    )
+    let message = match partition {
+        Some(partition) => {
+            format!("failed to {what}, topic: {topic}, partition: {partition}, err: {reason}")
+        }
+        None => format!("failed to {what}, topic: {topic}, err: {reason}"),
+    };
+    PubSubResp::error(sequence, f.code, message)
 }
 
 /// `text` with every `host:port` (and `[v6]:port`) written as `<broker>`.
@@ -138,7 +141,7 @@ fn without_addresses(text: &str) -> String {
 }
 
 /// A topic or partition the broker says does not exist is not asked for again by name.
-fn forget_if_gone<T>(
+pub(super) fn forget_if_gone<T>(
     access: &KafkaAccess,
     topic: &str,
     partition: i32,
@@ -153,7 +156,7 @@ fn forget_if_gone<T>(
 
 /// Why `topic` is not a name Kafka accepts (1 to 249 of `[A-Za-z0-9._-]`, not `.` or `..`),
 /// if it is not. Checked before anything reaches the broker.
-fn invalid_topic(topic: &str) -> Option<&'static str> {
+pub(super) fn invalid_topic(topic: &str) -> Option<&'static str> {
     if topic.is_empty() {
         Some("topic is empty")
     } else if topic.len() > 249 {
@@ -205,20 +208,34 @@ async fn list_offset_inner(
         .pool
         .partition(&access.target.identity, &cmd.topic, cmd.partition, timeout)
         .await?;
+    offset_at(&reader, at, timeout).await
+}
+
+/// Kafka's answer to "which offset is at `at`" for one partition, checked: -1 for a time later
+/// than every record, even from a broker that answers an older record's offset.
+pub(super) async fn offset_at(
+    reader: &std::sync::Arc<super::reader::PartitionReader>,
+    at: OffsetAt,
+    timeout: Duration,
+) -> Result<i64, KafkaFailure> {
     let started = std::time::Instant::now();
     let offset = kafka_call(timeout, reader.client().get_offset(at)).await;
     crate::metrics::metrics().kafka_call("list_offsets", started.elapsed());
     let offset = offset?;
-    if cmd.timestamp < 0 || offset < 0 {
+    let OffsetAt::Timestamp(time) = at else {
+        return Ok(offset);
+    };
+    if offset < 0 {
         return Ok(offset);
     }
+    let wanted = time.timestamp_millis();
     // Kafka answers -1 when no record is that late; some brokers answer an offset whose record
     // is older than asked. Read the records there and check.
     let fetched = reader.fetch_now(offset, 64 * 1024, timeout).await?;
     let records = &fetched.messages;
     let first_late_enough = records
         .iter()
-        .find(|m| m.offset >= offset && m.timestamp >= cmd.timestamp);
+        .find(|m| m.offset >= offset && m.timestamp >= wanted);
     Ok(match first_late_enough {
         Some(m) => m.offset,
         None if records
@@ -231,7 +248,7 @@ async fn list_offset_inner(
     })
 }
 
-fn invalid_timestamp(ms: i64) -> KafkaFailure {
+pub(super) fn invalid_timestamp(ms: i64) -> KafkaFailure {
     KafkaFailure::new(
         ErrorCode::BadRequest,
         format!("invalid timestamp {ms}: use -1 (latest), -2 (earliest) or milliseconds since the epoch"),
@@ -292,12 +309,15 @@ async fn fetch_inner(
     if records.peek().is_none() && cmd.offset > high_watermark {
         return Err(out_of_range());
     }
+    // Records served from the shared tail may reach past what this client asked for: its
+    // max_bytes bounds the answer after the first record, as a broker's would.
+    let asked = max_bytes as usize;
     let mut messages = Vec::new();
     let mut used = 0usize;
     for message in records {
         let len = message.encoded_len();
         let framed = 1 + prost::encoding::encoded_len_varint(len as u64) + len;
-        if used + framed > frame_budget {
+        if used + framed > frame_budget || (!messages.is_empty() && used + framed > asked) {
             if messages.is_empty() {
                 return Err(KafkaFailure::new(
                     ErrorCode::TooLarge,

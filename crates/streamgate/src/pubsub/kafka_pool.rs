@@ -229,6 +229,31 @@ impl KafkaPool {
         })
     }
 
+    /// The partitions of `topic` (NOT_FOUND when the cluster has no such topic), from a
+    /// listing of all topics: naming a topic that way never creates it.
+    pub(crate) async fn partitions_of(
+        &self,
+        identity: &KafkaIdentity,
+        topic: &str,
+        timeout: Duration,
+    ) -> Result<Vec<i32>, KafkaFailure> {
+        let (cluster, sasl) = (&*identity.cluster, identity.sasl.as_ref());
+        let slot = self.slot(&identity.key);
+        let connect = timeout.min(cluster.connect_timeout);
+        let client = bounded(connect + CAUSE_GRACE, async {
+            slot.client
+                .get_or_try_init(|| build_client(cluster, sasl, connect))
+                .await
+                .cloned()
+        })
+        .await?;
+        let list = bounded(timeout, listing(&slot, &client, topic)).await?;
+        match list.get(topic) {
+            None => Err(KafkaFailure::new(ErrorCode::NotFound, "not found topic")),
+            Some(partitions) => Ok(partitions.iter().copied().collect()),
+        }
+    }
+
     /// Drops the reader of a topic the broker no longer knows (deleted since it was cached), so
     /// the next command checks the topic list again rather than naming it to the broker.
     pub(crate) fn forget(&self, identity: &KafkaIdentity, topic: &str, partition: i32) {
@@ -287,6 +312,24 @@ async fn exists(
     topic: &str,
     partition: i32,
 ) -> Result<(), KafkaFailure> {
+    let list = listing(slot, client, topic).await?;
+    match list.get(topic) {
+        None => Err(KafkaFailure::new(ErrorCode::NotFound, "not found topic")),
+        Some(partitions) if !partitions.contains(&partition) => Err(KafkaFailure::new(
+            ErrorCode::NotFound,
+            "not found partition",
+        )),
+        Some(_) => Ok(()),
+    }
+}
+
+/// A listing of the cluster's topics to look `topic` up in: the last one when it is fresh and
+/// holds the name, else a new one (for missing names at most [`RELISTS_PER_SECOND`]).
+async fn listing(
+    slot: &ClientSlot,
+    client: &Client,
+    topic: &str,
+) -> Result<Arc<TopicList>, KafkaFailure> {
     let fresh = lock(&slot.topics)
         .as_ref()
         .filter(|(at, _)| at.elapsed() < TOPIC_LIST_TTL)
@@ -315,14 +358,7 @@ async fn exists(
             list
         }
     };
-    match list.get(topic) {
-        None => Err(KafkaFailure::new(ErrorCode::NotFound, "not found topic")),
-        Some(partitions) if !partitions.contains(&partition) => Err(KafkaFailure::new(
-            ErrorCode::NotFound,
-            "not found partition",
-        )),
-        Some(_) => Ok(()),
-    }
+    Ok(list)
 }
 
 async fn bounded<T>(

@@ -10,8 +10,11 @@
 //!                        ▼  tokio task, one per connection
 //!              session loop (session.rs) ── ping ──▶ pong
 //!                        │ list offset / fetch (commands.rs), concurrently
+//!                        │ subscribe / credit / unsubscribe: push tasks (subscription.rs),
+//!                        │   resume cursors (cursor.rs)
 //!                        ▼
-//!              partition readers (reader.rs): coalesced fetches, tail polling
+//!              partition readers (reader.rs): coalesced fetches, tail polling, the shared
+//!              window of recent records
 //!                        ▼
 //!              shared Kafka clients (kafka_pool.rs) ──▶ brokers
 //! ```
@@ -23,10 +26,12 @@
 //! background service) passes the signal on and sessions send Close 1001.
 
 mod commands;
+mod cursor;
 mod failure;
 mod kafka_pool;
 mod reader;
 mod session;
+mod subscription;
 mod target;
 mod upgrade;
 

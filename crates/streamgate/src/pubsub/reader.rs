@@ -7,13 +7,20 @@
 //! [`TAIL_POLL`] while anyone waits. Identical concurrent fetches (same offset and size) share a
 //! single broker request and its decoded records, so sessions tailing the same partition cost one
 //! broker fetch per new batch, not one each.
+//!
+//! The shared tail: the poller fetches the new records themselves (not just the watermark), and the
+//! latest contiguous fetch results stay in a bounded window ([`WINDOW_CHUNKS`], [`WINDOW_BYTES`]).
+//! A pull session or push subscription that asks for an offset inside the window gets those
+//! decoded records (shared, never copied per reader) without a broker request, however far apart
+//! in time the readers ask; one behind the window reads on its own. So readers near the head cost
+//! the broker one fetch loop per partition, whatever their number.
 
 use super::failure::KafkaFailure;
 use crate::sync::lock;
 use bytes::Bytes;
 use futures_util::future::{BoxFuture, FutureExt, Shared};
 use rskafka::client::partition::PartitionClient;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use streamgate_protocol::{KafkaHeader, KafkaMessage};
@@ -23,13 +30,35 @@ use tokio::time::Instant;
 /// How often a partition with waiting sessions is polled for new records.
 pub(crate) const TAIL_POLL: Duration = Duration::from_millis(20);
 
+/// What the poller asks the broker for at the head: enough for a burst of new records.
+const TAIL_FETCH_BYTES: i32 = 256 * 1024;
+
+/// Fetch results kept at the head of a partition, at most.
+const WINDOW_CHUNKS: usize = 64;
+
+/// Record bytes kept at the head of a partition, at most (the oldest results go first).
+const WINDOW_BYTES: usize = 4 << 20;
+
 /// Records decoded once, shared by every session that asked for them.
 #[derive(Debug)]
 pub(crate) struct Fetched {
+    /// The offset asked for: records before it (the rest of their batch) are not for the asker.
+    pub from: i64,
     /// Records in log order (keys and values are shared buffers, never copied per session).
     pub messages: Vec<KafkaMessage>,
     /// The partition's high watermark when the broker answered.
     pub high_watermark: i64,
+    /// Key, value and header bytes of `messages`.
+    pub record_bytes: usize,
+}
+
+impl Fetched {
+    /// The offset after the last record, or `from` when none is at or after it.
+    pub(crate) fn next(&self) -> i64 {
+        self.messages
+            .last()
+            .map_or(self.from, |m| (m.offset + 1).max(self.from))
+    }
 }
 
 type SharedFetch = Shared<BoxFuture<'static, Result<Arc<Fetched>, KafkaFailure>>>;
@@ -42,6 +71,8 @@ pub(crate) struct PartitionReader {
     high_watermark: watch::Sender<i64>,
     poller_running: Mutex<bool>,
     in_flight: Mutex<HashMap<(i64, i32), SharedFetch>>,
+    /// The latest contiguous fetch results, oldest first: `window[i].next() == window[i + 1].from`.
+    window: Mutex<VecDeque<Arc<Fetched>>>,
 }
 
 impl std::fmt::Debug for PartitionReader {
@@ -64,7 +95,29 @@ impl PartitionReader {
             high_watermark: watch::channel(-1).0,
             poller_running: Mutex::new(false),
             in_flight: Mutex::default(),
+            window: Mutex::default(),
         }
+    }
+
+    /// The highest high watermark seen so far (-1 before the first answer).
+    pub(crate) fn known_high_watermark(&self) -> i64 {
+        *self.high_watermark.borrow()
+    }
+
+    /// Waits until the high watermark is beyond `offset` (polling the broker meanwhile), or
+    /// `within` passes. Errors of the polls are left to the caller's next fetch.
+    pub(crate) async fn wait_beyond(
+        self: &Arc<Self>,
+        offset: i64,
+        within: Duration,
+        timeout: Duration,
+    ) {
+        let mut high_watermark = self.high_watermark.subscribe();
+        if *high_watermark.borrow() > offset {
+            return;
+        }
+        self.ensure_poller(timeout);
+        let _ = tokio::time::timeout(within, high_watermark.wait_for(|hw| *hw > offset)).await;
     }
 
     /// The rskafka partition client (for offset look-ups).
@@ -109,6 +162,9 @@ impl PartitionReader {
         max_bytes: i32,
         timeout: Duration,
     ) -> Result<Arc<Fetched>, KafkaFailure> {
+        if let Some(hit) = self.in_window(offset) {
+            return Ok(hit);
+        }
         let key = (offset, max_bytes);
         let shared = {
             let mut in_flight = lock(&self.in_flight);
@@ -140,11 +196,45 @@ impl PartitionReader {
         }
         if let Ok(f) = &result {
             self.observe(f.high_watermark);
+            self.remember(f);
         }
         result
     }
 
-    fn observe(&self, high_watermark: i64) {
+    /// The window's result holding `offset`, if any.
+    fn in_window(&self, offset: i64) -> Option<Arc<Fetched>> {
+        let window = lock(&self.window);
+        let first = window.front()?;
+        if offset < first.from || offset >= window.back()?.next() {
+            return None;
+        }
+        // Chunks are contiguous: the one holding `offset` is the last one starting at or before it.
+        let at = window.partition_point(|f| f.from <= offset);
+        window.get(at.checked_sub(1)?).map(Arc::clone)
+    }
+
+    /// Keeps `fetched` in the window when it continues it (or starts a new head past it).
+    fn remember(&self, fetched: &Arc<Fetched>) {
+        if fetched.next() <= fetched.from {
+            return;
+        }
+        let mut window = lock(&self.window);
+        match window.back().map(|last| last.next()) {
+            Some(end) if fetched.from < end => return,
+            Some(end) if fetched.from > end => window.clear(),
+            _ => {}
+        }
+        window.push_back(Arc::clone(fetched));
+        let mut bytes: usize = window.iter().map(|f| f.record_bytes).sum();
+        while window.len() > WINDOW_CHUNKS || (bytes > WINDOW_BYTES && window.len() > 1) {
+            if let Some(old) = window.pop_front() {
+                bytes -= old.record_bytes;
+            }
+        }
+    }
+
+    /// Records a high watermark learnt elsewhere (an offset look-up).
+    pub(crate) fn observe(&self, high_watermark: i64) {
         self.high_watermark.send_if_modified(|current| {
             let newer = high_watermark > *current;
             if newer {
@@ -169,12 +259,15 @@ impl PartitionReader {
                     let mut running = lock(&reader.poller_running);
                     if reader.high_watermark.receiver_count() == 0 {
                         *running = false;
+                        // Nobody waits at the head: its records need not stay decoded.
+                        lock(&reader.window).clear();
                         return;
                     }
                 }
                 let known = (*reader.high_watermark.borrow()).max(0);
+                // The new records themselves, kept in the window for every waiting reader.
                 // Errors are left to the waiting sessions' own deadlines; keep polling.
-                let _ = reader.fetch_now(known, 1, timeout).await;
+                let _ = reader.fetch_now(known, TAIL_FETCH_BYTES, timeout).await;
             }
         });
     }
@@ -200,7 +293,8 @@ async fn broker_fetch(
         Ok(result) => result.map_err(|e| KafkaFailure::from_kafka(&e))?,
         Err(_) => return Err(KafkaFailure::timeout(timeout)),
     };
-    let messages = records
+    let mut record_bytes = 0;
+    let messages: Vec<KafkaMessage> = records
         .into_iter()
         .map(|r| KafkaMessage {
             offset: r.offset,
@@ -217,9 +311,22 @@ async fn broker_fetch(
                 })
                 .collect(),
         })
+        .inspect(|m| record_bytes += record_size(m))
         .collect();
     Ok(Arc::new(Fetched {
+        from: offset,
         messages,
         high_watermark,
+        record_bytes,
     }))
+}
+
+/// A record's bytes as credit counts them: key, value, and every header's name and value.
+pub(crate) fn record_size(m: &KafkaMessage) -> usize {
+    m.key.len()
+        + m.value.len()
+        + m.headers
+            .iter()
+            .map(|h| h.key.len() + h.value.len())
+            .sum::<usize>()
 }

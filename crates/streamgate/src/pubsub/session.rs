@@ -3,8 +3,13 @@
 //! Frames are read in one task. A ping is answered at once; Kafka commands run as tasks of their
 //! own (at most `max_in_flight` at a time), so a ping never waits behind a slow fetch, and each
 //! answer carries its request's sequence. A command task's result is its answer, collected by the
-//! loop as tasks finish: no per-session channel. The loop can also send frames that no request
-//! triggered (reserved for push subscriptions), from any branch of its `select!`.
+//! loop as tasks finish.
+//!
+//! Push subscriptions (subscription.rs) are tasks too; their frames come through one small channel
+//! per session, read after client frames, so a ping is answered before the next push. The loop
+//! grants credit (no answer), ends subscriptions (the answer carries the cursor of the last push
+//! actually written; anything not yet written is dropped), and ends those a reload no longer
+//! allows, each with one error under its sequence.
 //!
 //! Limits (the route's `kafka-proxy` settings): frames beyond `max_commands_per_second` are
 //! answered LIMIT_EXCEEDED; a client silent for `idle_timeout` (the gateway pings it halfway)
@@ -13,20 +18,22 @@
 //! `max_in_flight` answers wait behind it, and after `send_timeout` the connection is dropped.
 
 use super::commands;
+use super::subscription::{self, Granted, Outgoing};
 use super::target::{KafkaAccess, SessionCheck};
 use crate::limits::AnswerHold;
 use crate::rate::TokenBucket;
 use futures_util::{SinkExt, StreamExt};
 use prost::Message as _;
 use std::borrow::Cow;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use streamgate_protocol::{
-    pub_sub_req::Req, pub_sub_resp::Resp, ErrorCode, PongResp, PubSubReq, PubSubResp,
+    pub_sub_req::Req, pub_sub_resp::Resp, CmdKafkaCredit, CmdKafkaSubscribe, CmdKafkaUnsubscribe,
+    ErrorCode, KafkaUnsubscribeResp, PongResp, PubSubReq, PubSubResp,
 };
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::watch;
-use tokio::task::JoinSet;
+use tokio::sync::{mpsc, watch};
+use tokio::task::{AbortHandle, JoinSet};
 use tokio::time::{Duration, Instant};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
 use tokio_tungstenite::tungstenite::protocol::frame::Frame;
@@ -56,6 +63,39 @@ pub(crate) struct Lifelines {
     pub recheck: watch::Receiver<Option<Arc<dyn SessionCheck>>>,
     /// When the caller's credential expires (a JWT's `exp`; Close 1008).
     pub credential_expires: Option<std::time::SystemTime>,
+}
+
+/// Frames from a session's subscriptions waiting to be written, at most (each subscription
+/// waits for room: what a slow client holds back stays in Kafka).
+const PUSH_QUEUE: usize = 4;
+
+/// A push subscription as its session sees it.
+struct Subscribed {
+    /// The session's own number for it: frames from an ended one are told apart from those of a
+    /// new subscription under the same sequence.
+    key: u64,
+    topic: String,
+    grants: watch::Sender<Granted>,
+    byte_bound: bool,
+    /// The resume point after the last frame written to the client.
+    cursor: String,
+    task: AbortHandle,
+}
+
+/// The push subscriptions of one session.
+struct Subscriptions {
+    by_sequence: HashMap<i64, Subscribed>,
+    tasks: JoinSet<()>,
+    sender: mpsc::Sender<Outgoing>,
+    next_key: u64,
+}
+
+impl Subscriptions {
+    fn end(&mut self, sequence: i64) -> Option<Subscribed> {
+        let ended = self.by_sequence.remove(&sequence)?;
+        ended.task.abort();
+        Some(ended)
+    }
 }
 
 /// Runs a session until the client leaves, the gateway shuts down, or the session may no
@@ -89,6 +129,13 @@ pub(crate) async fn run<S>(
     );
     tokio::pin!(expiry);
     let mut tasks: JoinSet<(PubSubResp, Option<AnswerHold>)> = JoinSet::new();
+    let (sender, mut pushes) = mpsc::channel(PUSH_QUEUE);
+    let mut subs = Subscriptions {
+        by_sequence: HashMap::new(),
+        tasks: JoinSet::new(),
+        sender,
+        next_key: 0,
+    };
     let mut rate = CommandRate::new(settings.max_commands_per_second);
     let mut last_heard = Instant::now();
     let mut pinged = false;
@@ -113,7 +160,12 @@ pub(crate) async fn run<S>(
                 let check = recheck.borrow_and_update().clone();
                 if let Some(check) = check {
                     match renewed(&*check, &access, &topics_read) {
-                        Ok(renewed) => access = renewed,
+                        Ok(renewed) => {
+                            access = renewed;
+                            if let Err(why) = end_refused(&mut ws, &access, &mut subs, settings.send_timeout).await {
+                                break (None, why);
+                            }
+                        }
                         Err(why) => {
                             tracing::info!(route = %target.route_id, why, "a reload revoked a pub/sub session");
                             break (Some((CloseCode::Policy, why.into())), "revoked");
@@ -177,7 +229,12 @@ pub(crate) async fn run<S>(
                                     metrics.command(&target.route_id, "undecodable", &answer);
                                     Some(answer)
                                 }
-                                Ok(req) => dispatch(req, &access, &mut tasks, &mut topics_read),
+                                Ok(req) => match req.req {
+                                    Some(Req::CmdKafkaSubscribe(_) | Req::CmdKafkaCredit(_) | Req::CmdKafkaUnsubscribe(_)) => {
+                                        dispatch_push(req, &access, &mut subs)
+                                    }
+                                    _ => dispatch(req, &access, &mut tasks, &mut topics_read),
+                                },
                             }
                         };
                         if let Some(answer) = immediate {
@@ -198,9 +255,29 @@ pub(crate) async fn run<S>(
                     Some(Ok(_)) => {}
                 }
             }
+            Some(out) = pushes.recv() => {
+                let Outgoing { key, frame, cursor, ends, hold } = out;
+                let sequence = frame.sequence;
+                // Frames of a subscription that ended meanwhile are dropped unwritten.
+                if subs.by_sequence.get(&sequence).is_none_or(|s| s.key != key) {
+                    continue;
+                }
+                let sent = send_bounded(&mut ws, &frame, settings.send_timeout).await;
+                drop(hold);
+                if let Err(why) = sent {
+                    break (None, why);
+                }
+                if ends {
+                    subs.end(sequence);
+                } else if let (Some(cursor), Some(sub)) = (cursor, subs.by_sequence.get_mut(&sequence)) {
+                    sub.cursor = cursor;
+                }
+            }
+            Some(_) = subs.tasks.join_next(), if !subs.tasks.is_empty() => {}
         }
     };
     tasks.abort_all();
+    subs.tasks.abort_all();
     metrics
         .pubsub_sessions_closed
         .with_label_values(&[why])
@@ -262,7 +339,8 @@ fn dispatch(
     let (kind, topic) = match &cmd {
         Req::CmdKafkaListOffset(c) => ("list_offset", c.topic.as_str()),
         Req::CmdKafkaFetch(c) => ("fetch", c.topic.as_str()),
-        Req::CmdEmpty(_) | Req::CmdPing(_) => ("unknown", ""),
+        // Subscriptions are dispatched by `dispatch_push`.
+        _ => ("unknown", ""),
     };
     // Remembered for re-checks after a reload: only topics it may read now (a refused one
     // gets its FORBIDDEN answer and nothing more).
@@ -294,8 +372,8 @@ fn dispatch(
                 (answer, size)
             }
             Req::CmdKafkaFetch(c) => commands::fetch(&access, sequence, c).await,
-            // Answered inline above; never spawned.
-            Req::CmdEmpty(_) | Req::CmdPing(_) => {
+            // Answered inline above or by `dispatch_push`; never spawned.
+            _ => {
                 let answer =
                     PubSubResp::error(sequence, ErrorCode::Internal, "command dispatched twice");
                 (answer, 0)
@@ -319,6 +397,160 @@ fn dispatch(
         (answer, hold)
     });
     None
+}
+
+/// Handles a subscribe, credit or unsubscribe: returns an answer to send now, or starts a
+/// subscription.
+fn dispatch_push(
+    req: PubSubReq,
+    access: &KafkaAccess,
+    subs: &mut Subscriptions,
+) -> Option<PubSubResp> {
+    let sequence = req.sequence;
+    let route = &*access.target.route_id;
+    let metrics = crate::metrics::metrics();
+    match req.req {
+        Some(Req::CmdKafkaSubscribe(cmd)) => {
+            let refusal = subscribe(sequence, cmd, access, subs);
+            if let Some(answer) = &refusal {
+                metrics.command(route, "subscribe", answer);
+            }
+            refusal
+        }
+        Some(Req::CmdKafkaCredit(CmdKafkaCredit {
+            subscription,
+            records,
+            bytes,
+        })) => {
+            let Some(sub) = subs.by_sequence.get(&subscription) else {
+                let answer = PubSubResp::error(
+                    sequence,
+                    ErrorCode::BadRequest,
+                    format!("no subscription {subscription} on this connection (credit names the subscribe's sequence)"),
+                );
+                metrics.command(route, "credit", &answer);
+                return Some(answer);
+            };
+            let byte_bound = sub.byte_bound;
+            sub.grants.send_modify(|g| {
+                g.records = g.records.saturating_add(records.into());
+                if byte_bound {
+                    g.bytes = g.bytes.saturating_add(bytes);
+                }
+            });
+            metrics.command(route, "credit", &PubSubResp::default());
+            None
+        }
+        Some(Req::CmdKafkaUnsubscribe(CmdKafkaUnsubscribe { subscription })) => {
+            let answer = match subs.end(subscription) {
+                Some(ended) => PubSubResp {
+                    sequence,
+                    resp: Some(Resp::KafkaUnsubscribeResp(KafkaUnsubscribeResp {
+                        cursor: ended.cursor,
+                    })),
+                },
+                None => PubSubResp::error(
+                    sequence,
+                    ErrorCode::BadRequest,
+                    format!("no subscription {subscription} on this connection"),
+                ),
+            };
+            metrics.command(route, "unsubscribe", &answer);
+            Some(answer)
+        }
+        _ => Some(PubSubResp::error(
+            sequence,
+            ErrorCode::Internal,
+            "not a subscription command",
+        )),
+    }
+}
+
+/// Starts a subscription under `sequence`, or says why not.
+fn subscribe(
+    sequence: i64,
+    cmd: CmdKafkaSubscribe,
+    access: &KafkaAccess,
+    subs: &mut Subscriptions,
+) -> Option<PubSubResp> {
+    let limit = access.target.settings.max_subscriptions;
+    if subs.by_sequence.contains_key(&sequence) {
+        return Some(PubSubResp::error(
+            sequence,
+            ErrorCode::BadRequest,
+            format!("sequence {sequence} already names an open subscription: use a new sequence"),
+        ));
+    }
+    if subs.by_sequence.len() >= limit {
+        crate::metrics::metrics()
+            .limited
+            .with_label_values(&["subscriptions"])
+            .inc();
+        return Some(PubSubResp::error(
+            sequence,
+            ErrorCode::LimitExceeded,
+            format!("this connection holds its maximum of subscriptions (max_subscriptions = {limit}): unsubscribe one first"),
+        ));
+    }
+    let granted = Granted {
+        records: cmd.credit_records.into(),
+        bytes: cmd.credit_bytes,
+    };
+    let (grants, receiver) = watch::channel(granted);
+    let key = subs.next_key;
+    subs.next_key += 1;
+    let topic = cmd.topic.clone();
+    let byte_bound = cmd.credit_bytes > 0;
+    let task = subs.tasks.spawn(subscription::run(
+        access.clone(),
+        key,
+        sequence,
+        cmd,
+        receiver,
+        subs.sender.clone(),
+    ));
+    subs.by_sequence.insert(
+        sequence,
+        Subscribed {
+            key,
+            topic,
+            grants,
+            byte_bound,
+            cursor: String::new(),
+            task,
+        },
+    );
+    None
+}
+
+/// Ends, each with a FORBIDDEN error under its sequence, the subscriptions whose topic `access`
+/// (just renewed by a reload) no longer allows.
+async fn end_refused<S>(
+    ws: &mut WebSocketStream<S>,
+    access: &KafkaAccess,
+    subs: &mut Subscriptions,
+    limit: Duration,
+) -> Result<(), &'static str>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let refused: Vec<(i64, String, &'static str)> = subs
+        .by_sequence
+        .iter()
+        .filter_map(|(seq, sub)| Some((*seq, sub.topic.clone(), access.refusal(&sub.topic)?)))
+        .collect();
+    for (sequence, topic, why) in refused {
+        subs.end(sequence);
+        let answer = PubSubResp::error(
+            sequence,
+            ErrorCode::Forbidden,
+            format!(
+                "subscription ended, topic: {topic}, err: {why} (after a configuration reload)"
+            ),
+        );
+        send_bounded(ws, &answer, limit).await?;
+    }
+    Ok(())
 }
 
 /// The session's access under a new configuration, or why it must end.

@@ -1,0 +1,681 @@
+//! One push subscription: where it starts, and the loop that pushes records as far as the
+//! client's credit allows.
+//!
+//! A subscription is a task of its own. It resolves its start (partitions, offsets, the high
+//! watermarks that define "caught up"), hands the session its answer, then loops: wait for
+//! credit, pick a partition with records past its position (round robin), read them through the
+//! partition's shared reader (near the head that is the shared tail window, not a broker request),
+//! filter, and hand the session one push. Pushes go through a small channel, so a session that is
+//! busy writing makes its subscriptions wait rather than queue: what waits for a slow or paused
+//! client is at most one push per subscription.
+//!
+//! Exactness: a position only moves past records the push carries or the filter left out, and the
+//! cursor in each push is the position after it. The session remembers the cursor of the last push
+//! it actually wrote; an unsubscribe drops whatever was not written and answers with that cursor.
+//!
+//! Credit is counted as totals granted (a `watch` the session adds to) against totals used (kept
+//! here): no lock, and granting never waits.
+
+use super::commands::{failed, forget_if_gone, invalid_timestamp, invalid_topic, offset_at};
+use super::cursor;
+use super::failure::KafkaFailure;
+use super::reader::{record_size, Fetched, PartitionReader};
+use super::target::KafkaAccess;
+use crate::limits::AnswerHold;
+use futures_util::future::join_all;
+use prost::Message as _;
+use rskafka::chrono::{TimeZone, Utc};
+use rskafka::client::partition::OffsetAt;
+use std::sync::Arc;
+use std::time::Duration;
+use streamgate_protocol::{
+    cmd_kafka_subscribe::StartFrom, pub_sub_resp::Resp, CmdKafkaSubscribe, ErrorCode, KafkaMessage,
+    KafkaPartitionRecords, KafkaRecordsPush, KafkaSubscribeResp, PartitionStart, PubSubResp,
+    RecordFilter,
+};
+use tokio::sync::{mpsc, watch};
+
+/// Credit granted to a subscription so far, in total.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Granted {
+    /// Records.
+    pub records: u64,
+    /// Record bytes; only counted when the subscription has a byte bound.
+    pub bytes: u64,
+}
+
+/// What a subscription hands its session to write.
+#[derive(Debug)]
+pub(crate) struct Outgoing {
+    /// The session's own number for the subscription (sequences may be reused by clients).
+    pub key: u64,
+    /// The frame: the subscribe answer, a push, or the error that ends the subscription.
+    pub frame: PubSubResp,
+    /// The resume point once this frame is written (none for an error).
+    pub cursor: Option<String>,
+    /// The subscription ends with this frame.
+    pub ends: bool,
+    /// The frame's place in the process's budget for frames not yet read by their clients.
+    pub hold: Option<AnswerHold>,
+}
+
+/// How long a subscription at the head waits before looking again on its own (the poller
+/// normally wakes it much sooner).
+const HEAD_RECHECK: Duration = Duration::from_secs(1);
+
+/// First and longest pause before reading again after the brokers could not be reached.
+const OUTAGE_BACKOFF: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(2));
+
+/// Room in a push for everything but the records: sequence, tags, partition, watermark, flag, and
+/// the cursor (counted separately).
+const PUSH_ENVELOPE_BYTES: usize = 64;
+
+/// One subscribed partition.
+struct Part {
+    partition: i32,
+    reader: Arc<PartitionReader>,
+    /// The offset of the next record to look at.
+    next: i64,
+    /// The high watermark at subscribe time.
+    caught_up_at: i64,
+    caught_up: bool,
+    /// Not read yet: read once before waiting at the head, whatever the watermark says.
+    probed: bool,
+}
+
+/// Runs a subscription until it ends with an error or its task is aborted (unsubscribe, session
+/// end). The subscribe answer, then every push, go to `out` under `sequence`.
+pub(crate) async fn run(
+    access: KafkaAccess,
+    key: u64,
+    sequence: i64,
+    cmd: CmdKafkaSubscribe,
+    mut grants: watch::Receiver<Granted>,
+    out: mpsc::Sender<Outgoing>,
+) {
+    let route = Arc::clone(&access.target.route_id);
+    let metrics = crate::metrics::metrics();
+    let _open = GaugeGuard::new(metrics.subscriptions_open.with_label_values(&[&*route]));
+    let topic = cmd.topic.clone();
+    let mut parts = match start(&access, &cmd).await {
+        Ok(parts) => parts,
+        Err((partition, f)) => {
+            let frame = failed(&access, sequence, "subscribe", &topic, partition, f);
+            crate::metrics::metrics().command(&route, "subscribe", &frame);
+            let _ = out.send(ending(key, frame)).await;
+            return;
+        }
+    };
+    let starts = parts
+        .iter()
+        .map(|p| PartitionStart {
+            partition: p.partition,
+            offset: p.next,
+            high_watermark: p.caught_up_at,
+        })
+        .collect();
+    let first_cursor = cursor_of(&topic, &parts);
+    let answer = PubSubResp {
+        sequence,
+        resp: Some(Resp::KafkaSubscribeResp(KafkaSubscribeResp {
+            partitions: starts,
+            cursor: first_cursor.clone(),
+        })),
+    };
+    if out.send(frame(key, answer, first_cursor)).await.is_err() {
+        return;
+    }
+    // Partitions that start at the watermark are caught up before any record: say so now, even
+    // without credit.
+    let already: Vec<KafkaPartitionRecords> = parts
+        .iter_mut()
+        .filter(|p| p.next >= p.caught_up_at)
+        .map(|p| {
+            p.caught_up = true;
+            KafkaPartitionRecords {
+                partition: p.partition,
+                messages: Vec::new(),
+                high_watermark: p.caught_up_at.max(p.reader.known_high_watermark()),
+                caught_up: true,
+            }
+        })
+        .collect();
+    if !already.is_empty() {
+        let cursor = cursor_of(&topic, &parts);
+        if out
+            .send(push(key, sequence, already, cursor))
+            .await
+            .is_err()
+        {
+            return;
+        }
+    }
+
+    let settings = &access.target.settings;
+    let filter = Filter::new(cmd.filter.unwrap_or_default());
+    let byte_bound = cmd.credit_bytes > 0;
+    let mut used = Granted::default();
+    let mut turn = 0usize;
+    let mut outage = OUTAGE_BACKOFF.0;
+    // Offsets grow, and their cursor with them: room for every offset at its longest.
+    let cursor_len = cursor::encode(&topic, parts.iter().map(|p| (p.partition, i64::MAX))).len();
+    let frame_budget = settings
+        .max_frame_bytes
+        .saturating_sub(PUSH_ENVELOPE_BYTES + cursor_len);
+    let fetch_bytes =
+        i32::try_from(settings.fetch_max_bytes.min(frame_budget).max(1)).unwrap_or(i32::MAX);
+    loop {
+        // Credit first: a paused subscription holds no records and asks the broker nothing.
+        let has_credit =
+            |g: &Granted| g.records > used.records && (!byte_bound || g.bytes > used.bytes);
+        if !has_credit(&grants.borrow()) {
+            let _paused =
+                GaugeGuard::new(metrics.subscriptions_paused.with_label_values(&[&*route]));
+            if grants.wait_for(has_credit).await.is_err() {
+                return;
+            }
+        }
+        // A partition with records to read, taking turns so that none starves the others.
+        let ready = (0..parts.len())
+            .map(|i| (turn + i) % parts.len())
+            .find(|&i| !parts[i].probed || parts[i].next < parts[i].reader.known_high_watermark());
+        let Some(i) = ready else {
+            wait_at_head(&parts, settings.socket_timeout).await;
+            continue;
+        };
+        turn = i + 1;
+        let part = &mut parts[i];
+        part.probed = true;
+        let fetched = match part
+            .reader
+            .fetch_now(part.next, fetch_bytes, settings.socket_timeout)
+            .await
+        {
+            Ok(fetched) => {
+                outage = OUTAGE_BACKOFF.0;
+                fetched
+            }
+            Err(f) if matches!(f.code, ErrorCode::Unavailable) => {
+                // The brokers are away: wait and read again from the same position.
+                tracing::debug!(route = %route, topic, partition = part.partition, reason = %f.reason, "subscription waits for the brokers");
+                tokio::time::sleep(outage).await;
+                outage = (outage * 2).min(OUTAGE_BACKOFF.1);
+                continue;
+            }
+            Err(f) => {
+                let partition = part.partition;
+                forget_if_gone(&access, &topic, partition, &Err::<(), _>(f.clone()));
+                let frame = failed(&access, sequence, "subscribe", &topic, Some(partition), f);
+                let _ = out.send(ending(key, frame)).await;
+                return;
+            }
+        };
+        let granted = *grants.borrow();
+        let credit = Credit {
+            records: granted.records - used.records,
+            bytes: byte_bound.then(|| granted.bytes.saturating_sub(used.bytes)),
+        };
+        let batch = match take(part, &fetched, &filter, credit, frame_budget) {
+            Ok(batch) => batch,
+            Err(f) => {
+                let frame = failed(
+                    &access,
+                    sequence,
+                    "subscribe",
+                    &topic,
+                    Some(part.partition),
+                    f,
+                );
+                let _ = out.send(ending(key, frame)).await;
+                return;
+            }
+        };
+        if batch.filtered > 0 {
+            metrics
+                .records_filtered
+                .with_label_values(&[&*route])
+                .inc_by(batch.filtered);
+        }
+        if batch.records.is_empty() && !batch.caught_up {
+            if batch.short_of_credit {
+                // The next record needs more bytes than are granted: wait for a grant.
+                drop(fetched);
+                let _paused =
+                    GaugeGuard::new(metrics.subscriptions_paused.with_label_values(&[&*route]));
+                if grants.changed().await.is_err() {
+                    return;
+                }
+            } else if batch.nothing_new && part.next >= fetched.high_watermark {
+                // At the head (or the broker has nothing at this offset yet): the watermark
+                // decides when to look again.
+                part.reader.observe(fetched.high_watermark);
+                if part.next > fetched.high_watermark {
+                    let frame = failed(
+                        &access,
+                        sequence,
+                        "subscribe",
+                        &topic,
+                        Some(part.partition),
+                        KafkaFailure::new(ErrorCode::KafkaError, "OFFSET_OUT_OF_RANGE"),
+                    );
+                    let _ = out.send(ending(key, frame)).await;
+                    return;
+                }
+            } else if batch.nothing_new {
+                // Records below the watermark that this read did not return (transaction
+                // markers, a broker catching up): look again shortly rather than spin.
+                tokio::time::sleep(super::reader::TAIL_POLL).await;
+            }
+            continue;
+        }
+        used.records += batch.records.len() as u64;
+        used.bytes += batch.bytes as u64;
+        metrics
+            .records_pushed
+            .with_label_values(&[&*route])
+            .inc_by(batch.records.len() as u64);
+        metrics
+            .records_delivered
+            .with_label_values(&[&*route])
+            .inc_by(batch.records.len() as u64);
+        metrics
+            .record_bytes_pushed
+            .with_label_values(&[&*route])
+            .inc_by(batch.bytes as u64);
+        let records = KafkaPartitionRecords {
+            partition: part.partition,
+            messages: batch.records,
+            high_watermark: fetched
+                .high_watermark
+                .max(part.reader.known_high_watermark()),
+            caught_up: batch.caught_up,
+        };
+        drop(fetched);
+        let cursor = cursor_of(&topic, &parts);
+        let mut frame = push(key, sequence, vec![records], cursor);
+        // Pushes waiting to be written count against the process's budget like answers do;
+        // when it is spent, the subscription waits rather than failing.
+        let size = frame.frame.encoded_len();
+        frame.hold = loop {
+            if let Some(hold) = access.limits.hold_answer(size) {
+                break Some(hold);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        if out.send(frame).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// What may still be pushed.
+#[derive(Debug, Clone, Copy)]
+struct Credit {
+    records: u64,
+    /// `None`: no byte bound.
+    bytes: Option<u64>,
+}
+
+/// The records one push carries from one partition.
+#[derive(Debug, Default)]
+struct Batch {
+    records: Vec<KafkaMessage>,
+    /// Their bytes as credit counts them.
+    bytes: usize,
+    filtered: u64,
+    /// The partition reached its subscribe-time watermark with this batch.
+    caught_up: bool,
+    /// The read had no record at or after the position.
+    nothing_new: bool,
+    /// The next record that passes the filter needs more credit than is left.
+    short_of_credit: bool,
+}
+
+/// Takes what credit and the frame allow from `fetched`, moving `part` past what it takes and
+/// what the filter leaves out.
+fn take(
+    part: &mut Part,
+    fetched: &Fetched,
+    filter: &Filter,
+    credit: Credit,
+    frame_budget: usize,
+) -> Result<Batch, KafkaFailure> {
+    let mut batch = Batch {
+        nothing_new: true,
+        ..Batch::default()
+    };
+    let mut framed_total = 0usize;
+    let from = part.next;
+    for m in fetched.messages.iter().filter(|m| m.offset >= from) {
+        batch.nothing_new = false;
+        if !filter.passes(m) {
+            batch.filtered += 1;
+            part.next = m.offset + 1;
+            continue;
+        }
+        if batch.records.len() as u64 >= credit.records {
+            batch.short_of_credit = true;
+            break;
+        }
+        let size = record_size(m);
+        if credit
+            .bytes
+            .is_some_and(|left| (batch.bytes + size) as u64 > left)
+        {
+            batch.short_of_credit = true;
+            break;
+        }
+        let len = m.encoded_len();
+        let framed = 1 + prost::encoding::encoded_len_varint(len as u64) + len;
+        if framed_total + framed > frame_budget {
+            if batch.records.is_empty() {
+                return Err(KafkaFailure::new(
+                    ErrorCode::TooLarge,
+                    format!(
+                        "record at offset {} needs {} bytes, more than this route's max_frame_bytes allows in a push ({frame_budget})",
+                        m.offset, framed
+                    ),
+                ));
+            }
+            break;
+        }
+        framed_total += framed;
+        batch.bytes += size;
+        // Keys and values are shared buffers: reference counts, not payloads, are copied.
+        batch.records.push(m.clone());
+        part.next = m.offset + 1;
+    }
+    if !part.caught_up && part.next >= part.caught_up_at {
+        part.caught_up = true;
+        batch.caught_up = true;
+    }
+    Ok(batch)
+}
+
+/// Waits until some partition has records past its position, or a while passes.
+async fn wait_at_head(parts: &[Part], timeout: Duration) {
+    let waits = parts
+        .iter()
+        .map(|p| Box::pin(p.reader.wait_beyond(p.next, HEAD_RECHECK, timeout)));
+    futures_util::future::select_all(waits).await;
+}
+
+/// The cursor after everything the positions in `parts` have passed.
+fn cursor_of(topic: &str, parts: &[Part]) -> String {
+    cursor::encode(topic, parts.iter().map(|p| (p.partition, p.next)))
+}
+
+fn frame(key: u64, frame: PubSubResp, cursor: String) -> Outgoing {
+    Outgoing {
+        key,
+        frame,
+        cursor: Some(cursor),
+        ends: false,
+        hold: None,
+    }
+}
+
+fn push(key: u64, sequence: i64, batches: Vec<KafkaPartitionRecords>, cursor: String) -> Outgoing {
+    let push = PubSubResp {
+        sequence,
+        resp: Some(Resp::KafkaRecordsPush(KafkaRecordsPush {
+            batches,
+            cursor: cursor.clone(),
+        })),
+    };
+    frame(key, push, cursor)
+}
+
+fn ending(key: u64, frame: PubSubResp) -> Outgoing {
+    Outgoing {
+        key,
+        frame,
+        cursor: None,
+        ends: true,
+        hold: None,
+    }
+}
+
+/// Where the subscription starts, or why it may not (with the partition to name).
+async fn start(
+    access: &KafkaAccess,
+    cmd: &CmdKafkaSubscribe,
+) -> Result<Vec<Part>, (Option<i32>, KafkaFailure)> {
+    let bad = |why: String| (None, KafkaFailure::new(ErrorCode::BadRequest, why));
+    if let Some(why) = invalid_topic(&cmd.topic) {
+        return Err(bad(why.to_string()));
+    }
+    if let Some(why) = access.refusal(&cmd.topic) {
+        return Err((None, KafkaFailure::new(ErrorCode::Forbidden, why)));
+    }
+    let resumed = if cmd.cursor.is_empty() {
+        None
+    } else {
+        let c = cursor::decode(&cmd.cursor).map_err(|why| bad(format!("bad cursor: {why}")))?;
+        if c.topic != cmd.topic {
+            return Err(bad(format!(
+                "bad cursor: it is for topic {:?}, not {:?}",
+                c.topic, cmd.topic
+            )));
+        }
+        Some(c)
+    };
+    let timeout = access.target.settings.socket_timeout;
+    let existing = access
+        .pool
+        .partitions_of(&access.target.identity, &cmd.topic, timeout)
+        .await
+        .map_err(|f| (None, f))?;
+    // (partition, exact start if any)
+    let mut chosen: Vec<(i32, Option<i64>)> = Vec::new();
+    if let Some(c) = &resumed {
+        for &(partition, offset) in &c.positions {
+            if !existing.contains(&partition) {
+                return Err(bad(format!(
+                    "bad cursor: partition {partition} of {:?} no longer exists",
+                    cmd.topic
+                )));
+            }
+            chosen.push((partition, Some(offset)));
+        }
+        if chosen.is_empty() {
+            return Err(bad("bad cursor: it names no partition".into()));
+        }
+    } else {
+        let wanted: Vec<i32> = if cmd.partitions.is_empty() {
+            existing.clone()
+        } else {
+            let mut wanted = cmd.partitions.clone();
+            wanted.sort_unstable();
+            wanted.dedup();
+            wanted
+        };
+        for partition in wanted {
+            if !existing.contains(&partition) {
+                return Err((
+                    Some(partition),
+                    KafkaFailure::new(ErrorCode::NotFound, "not found partition"),
+                ));
+            }
+            let exact = cmd
+                .offsets
+                .iter()
+                .find(|o| o.partition == partition)
+                .map(|o| o.offset);
+            if exact.is_some_and(|o| o < 0) {
+                return Err((
+                    Some(partition),
+                    KafkaFailure::new(ErrorCode::BadRequest, "offsets must be 0 or more"),
+                ));
+            }
+            chosen.push((partition, exact));
+        }
+        if let Some(stray) = cmd
+            .offsets
+            .iter()
+            .find(|o| !chosen.iter().any(|(p, _)| *p == o.partition))
+        {
+            return Err((
+                Some(stray.partition),
+                KafkaFailure::new(
+                    ErrorCode::BadRequest,
+                    "an exact offset names a partition that is not subscribed",
+                ),
+            ));
+        }
+    }
+    let from =
+        StartFrom::try_from(cmd.from).map_err(|_| bad(format!("unknown `from` {}", cmd.from)))?;
+    let at = match from {
+        StartFrom::Latest => OffsetAt::Latest,
+        StartFrom::Earliest => OffsetAt::Earliest,
+        StartFrom::Timestamp => match Utc.timestamp_millis_opt(cmd.timestamp_ms).single() {
+            Some(t) if cmd.timestamp_ms >= 0 => OffsetAt::Timestamp(t),
+            _ => return Err((None, invalid_timestamp(cmd.timestamp_ms))),
+        },
+    };
+    let starts = chosen.into_iter().map(|(partition, exact)| async move {
+        let reader = access
+            .pool
+            .partition(&access.target.identity, &cmd.topic, partition, timeout)
+            .await
+            .map_err(|f| (Some(partition), f))?;
+        let high_watermark = offset_at(&reader, OffsetAt::Latest, timeout)
+            .await
+            .map_err(|f| (Some(partition), f))?;
+        reader.observe(high_watermark);
+        let next = match exact {
+            Some(offset) => offset,
+            None if at == OffsetAt::Latest => high_watermark,
+            None => match offset_at(&reader, at, timeout).await {
+                // No record that late: start at the head.
+                Ok(-1) => high_watermark,
+                Ok(offset) => offset,
+                Err(f) => return Err((Some(partition), f)),
+            },
+        };
+        Ok(Part {
+            partition,
+            reader,
+            next,
+            caught_up_at: high_watermark,
+            caught_up: false,
+            probed: false,
+        })
+    });
+    let parts: Vec<Part> = join_all(starts)
+        .await
+        .into_iter()
+        .collect::<Result<_, _>>()?;
+    // A cursor must fit in 1 KiB while the offsets grow for years.
+    let grown = cursor::encode(
+        &cmd.topic,
+        parts
+            .iter()
+            .map(|p| (p.partition, p.next.saturating_mul(256).max(1 << 40))),
+    );
+    if grown.len() > cursor::MAX_CURSOR_CHARS {
+        return Err(bad(format!(
+            "too many partitions for one subscription ({}): its cursor would not fit in 1 KiB; subscribe to fewer partitions in each",
+            parts.len()
+        )));
+    }
+    Ok(parts)
+}
+
+/// A subscription's record filter, compiled once.
+#[derive(Debug)]
+struct Filter {
+    filter: RecordFilter,
+    any: bool,
+}
+
+impl Filter {
+    fn new(filter: RecordFilter) -> Self {
+        let any =
+            filter.keys.is_empty() && filter.key_prefix.is_empty() && filter.headers.is_empty();
+        Self { filter, any }
+    }
+
+    /// Every part given must pass: the key is one of `keys`, starts with `key_prefix`, and every
+    /// listed header is present with that value.
+    fn passes(&self, m: &KafkaMessage) -> bool {
+        if self.any {
+            return true;
+        }
+        let f = &self.filter;
+        (f.keys.is_empty() || f.keys.contains(&m.key))
+            && m.key.starts_with(&f.key_prefix)
+            && f.headers.iter().all(|want| {
+                m.headers
+                    .iter()
+                    .any(|h| h.key == want.key && h.value == want.value)
+            })
+    }
+}
+
+/// Decrements a gauge when dropped, also when the task is aborted.
+struct GaugeGuard(prometheus::IntGauge);
+
+impl GaugeGuard {
+    fn new(gauge: prometheus::IntGauge) -> Self {
+        gauge.inc();
+        Self(gauge)
+    }
+}
+
+impl Drop for GaugeGuard {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use streamgate_protocol::KafkaHeader;
+
+    fn message(offset: i64, key: &str, headers: &[(&str, &str)]) -> KafkaMessage {
+        KafkaMessage {
+            offset,
+            timestamp: 0,
+            key: Bytes::copy_from_slice(key.as_bytes()),
+            value: Bytes::from_static(b"v"),
+            headers: headers
+                .iter()
+                .map(|(k, v)| KafkaHeader {
+                    key: k.to_string(),
+                    value: Bytes::copy_from_slice(v.as_bytes()),
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn every_part_of_a_filter_must_pass() {
+        let filter = Filter::new(RecordFilter {
+            keys: vec![Bytes::from_static(b"eu-1"), Bytes::from_static(b"us-1")],
+            key_prefix: Bytes::from_static(b"eu"),
+            headers: vec![KafkaHeader {
+                key: "kind".into(),
+                value: Bytes::from_static(b"order"),
+            }],
+        });
+        assert!(filter.passes(&message(0, "eu-1", &[("kind", "order"), ("x", "y")])));
+        assert!(
+            !filter.passes(&message(0, "us-1", &[("kind", "order")])),
+            "prefix"
+        );
+        assert!(
+            !filter.passes(&message(0, "eu-2", &[("kind", "order")])),
+            "keys"
+        );
+        assert!(
+            !filter.passes(&message(0, "eu-1", &[("kind", "refund")])),
+            "header value"
+        );
+        assert!(!filter.passes(&message(0, "eu-1", &[])), "header missing");
+        assert!(Filter::new(RecordFilter::default()).passes(&message(0, "", &[])));
+    }
+}

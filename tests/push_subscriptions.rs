@@ -1,0 +1,822 @@
+//! Push subscriptions with credit (the contract in docs/subscriptions.md): exact order and resume,
+//! credit in records and bytes, filters, the caught-up marker, refusals, errors that end a
+//! subscription, broker outages, pings beside heavy pushes, shared tails. Real gateway, real
+//! broker, real WebSocket client.
+
+mod common;
+
+use bytes::Bytes;
+use common::*;
+use std::collections::{BTreeMap, HashSet};
+use std::time::{Duration, Instant};
+use streamgate_protocol::{
+    cmd_kafka_subscribe::StartFrom, pub_sub_resp::Resp, ClientError, CmdKafkaSubscribe, ErrorCode,
+    KafkaHeader, PartitionOffset, PubSubClient, PubSubResp, RecordFilter,
+};
+use streamgate_testkit::fixtures;
+use streamgate_testkit::{unique_topic, Broker, BrokerOptions, Engine};
+
+/// Everything one subscription delivered, as the client saw it.
+#[derive(Debug, Default)]
+struct Seen {
+    /// Per partition: (offset, key, value) in arrival order.
+    records: BTreeMap<i32, Vec<(i64, Bytes, Bytes)>>,
+    /// Partitions whose caught-up batch arrived, in order (a partition twice is a bug).
+    caught_up: Vec<i32>,
+    /// The cursor of the last push.
+    cursor: Option<String>,
+    pushes: usize,
+}
+
+impl Seen {
+    fn count(&self) -> usize {
+        self.records.values().map(Vec::len).sum()
+    }
+
+    /// Takes one frame of `subscription`; panics on anything else.
+    fn take(&mut self, subscription: i64, frame: PubSubResp) {
+        assert_eq!(
+            frame.sequence, subscription,
+            "a frame of another sequence: {frame:?}"
+        );
+        match frame.resp {
+            Some(Resp::KafkaRecordsPush(push)) => {
+                self.pushes += 1;
+                assert!(!push.cursor.is_empty() && push.cursor.len() <= 1024);
+                for batch in push.batches {
+                    let list = self.records.entry(batch.partition).or_default();
+                    for m in batch.messages {
+                        if let Some((last, _, _)) = list.last() {
+                            assert!(m.offset > *last, "offsets increase within a partition");
+                        }
+                        list.push((m.offset, m.key, m.value));
+                    }
+                    if batch.caught_up {
+                        self.caught_up.push(batch.partition);
+                    }
+                }
+                self.cursor = Some(push.cursor);
+            }
+            other => panic!("expected a push, got {other:?}"),
+        }
+    }
+}
+
+/// Receives pushes of `subscription` until `done` holds or `within` passes.
+async fn receive_until(
+    c: &mut PubSubClient,
+    subscription: i64,
+    seen: &mut Seen,
+    within: Duration,
+    done: impl Fn(&Seen) -> bool,
+) {
+    let deadline = Instant::now() + within;
+    while !done(seen) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, c.recv()).await {
+            Ok(frame) => seen.take(subscription, frame.expect("a frame")),
+            Err(_) => panic!("timed out: {seen:?}"),
+        }
+    }
+}
+
+/// Asserts that nothing arrives for `quiet`.
+async fn nothing_for(c: &mut PubSubClient, quiet: Duration) {
+    if let Ok(frame) = tokio::time::timeout(quiet, c.recv()).await {
+        panic!("expected nothing, got {frame:?}");
+    }
+}
+
+fn subscribe(topic: &str, from: StartFrom, credit: u32) -> CmdKafkaSubscribe {
+    CmdKafkaSubscribe {
+        topic: topic.into(),
+        from: from as i32,
+        credit_records: credit,
+        ..Default::default()
+    }
+}
+
+fn error_of<T: std::fmt::Debug>(r: Result<T, ClientError>) -> (ErrorCode, String) {
+    match r {
+        Err(ClientError::Server { code, message }) => {
+            (ErrorCode::from_i32(code).expect("known code"), message)
+        }
+        other => panic!("expected error_resp, got {other:?}"),
+    }
+}
+
+fn error_frame(frame: &PubSubResp) -> (ErrorCode, String) {
+    match &frame.resp {
+        Some(Resp::ErrorResp(e)) => (
+            ErrorCode::from_i32(e.code).expect("known code"),
+            e.message.clone(),
+        ),
+        other => panic!("expected error_resp, got {other:?}"),
+    }
+}
+
+async fn sqlite_broker() -> Broker {
+    Broker::start_with(BrokerOptions {
+        engine: Engine::Sqlite,
+        ..Default::default()
+    })
+    .await
+}
+
+/// `n` records `{prefix}{i}` with keys `k{i % 10}`, one batch each.
+async fn produce(broker: &Broker, topic: &str, partition: i32, prefix: &str, n: usize) {
+    let kafka = broker.client().await;
+    let records = (0..n)
+        .map(|i| {
+            let key = format!("k{}", i % 10);
+            fixtures::record(
+                Some(key.as_bytes()),
+                Some(format!("{prefix}{i}").as_bytes()),
+                &[],
+                None,
+            )
+        })
+        .collect();
+    fixtures::produce_each(&kafka, topic, partition, records).await;
+}
+
+#[tokio::test]
+async fn every_partition_then_live_records_then_an_exact_resume() {
+    let broker = sqlite_broker().await;
+    let kafka = broker.client().await;
+    let topic = unique_topic("push-all");
+    fixtures::create_topic(&kafka, &topic, 3).await;
+    for p in 0..3 {
+        produce(&broker, &topic, p, "old", 5).await;
+    }
+    let gw = gateway_for(&broker, "", "").await;
+    let mut c = PubSubClient::connect(&gw.ws_url("/kafka")).await.unwrap();
+    let (sub, started) = c
+        .subscribe(subscribe(&topic, StartFrom::Earliest, 1_000))
+        .await
+        .unwrap();
+    let mut starts: Vec<(i32, i64, i64)> = started
+        .partitions
+        .iter()
+        .map(|p| (p.partition, p.offset, p.high_watermark))
+        .collect();
+    starts.sort_unstable();
+    assert_eq!(starts, vec![(0, 0, 5), (1, 0, 5), (2, 0, 5)]);
+    assert!(!started.cursor.is_empty());
+
+    let mut seen = Seen::default();
+    receive_until(&mut c, sub, &mut seen, Duration::from_secs(10), |s| {
+        s.count() == 15 && s.caught_up.len() == 3
+    })
+    .await;
+    let mut caught: Vec<i32> = seen.caught_up.clone();
+    caught.sort_unstable();
+    assert_eq!(caught, vec![0, 1, 2], "one caught-up batch per partition");
+    for p in 0..3 {
+        let values: Vec<&[u8]> = seen.records[&p].iter().map(|r| &r.2[..]).collect();
+        assert_eq!(
+            values,
+            vec![&b"old0"[..], b"old1", b"old2", b"old3", b"old4"]
+        );
+    }
+
+    // Live: produced after the subscription caught up, pushed without a request.
+    for p in 0..3 {
+        produce(&broker, &topic, p, "live", 2).await;
+    }
+    receive_until(&mut c, sub, &mut seen, Duration::from_secs(10), |s| {
+        s.count() == 21
+    })
+    .await;
+    assert_eq!(
+        seen.caught_up.len(),
+        3,
+        "caught up is said once per partition"
+    );
+
+    let cursor = c.unsubscribe(sub).await.unwrap();
+    // Whatever was pushed before the answer was delivered and is in the cursor.
+    while let Ok(Ok(frame)) = tokio::time::timeout(Duration::from_millis(100), c.recv()).await {
+        seen.take(sub, frame);
+    }
+    assert_eq!(seen.count(), 21);
+    for p in 0..3 {
+        produce(&broker, &topic, p, "after", 3).await;
+    }
+    // Resume on a new connection (any gateway would do: the cursor holds the positions).
+    let gw2 = gateway_for(&broker, "", "").await;
+    let mut c2 = PubSubClient::connect(&gw2.ws_url("/kafka")).await.unwrap();
+    let (sub2, resumed) = c2
+        .subscribe(CmdKafkaSubscribe {
+            cursor,
+            ..subscribe(&topic, StartFrom::Earliest, 1_000)
+        })
+        .await
+        .unwrap();
+    assert!(resumed.partitions.iter().all(|p| p.offset == 7));
+    let mut after = Seen::default();
+    receive_until(&mut c2, sub2, &mut after, Duration::from_secs(10), |s| {
+        s.count() == 9
+    })
+    .await;
+    for p in 0..3 {
+        let values: Vec<&[u8]> = after.records[&p].iter().map(|r| &r.2[..]).collect();
+        assert_eq!(
+            values,
+            vec![&b"after0"[..], b"after1", b"after2"],
+            "exactly what came after"
+        );
+    }
+    nothing_for(&mut c2, Duration::from_millis(300)).await;
+}
+
+#[tokio::test]
+async fn no_credit_no_push_then_exactly_what_is_granted() {
+    let broker = sqlite_broker().await;
+    let kafka = broker.client().await;
+    let topic = unique_topic("push-credit");
+    fixtures::create_topic(&kafka, &topic, 1).await;
+    produce(&broker, &topic, 0, "r", 5).await;
+    let gw = gateway_for(&broker, "", "").await;
+    let mut c = PubSubClient::connect(&gw.ws_url("/kafka")).await.unwrap();
+    let (sub, _) = c
+        .subscribe(subscribe(&topic, StartFrom::Earliest, 0))
+        .await
+        .unwrap();
+    nothing_for(&mut c, Duration::from_millis(400)).await;
+    assert_eq!(&c.ping("alive").await.unwrap()[..], b"alive");
+
+    c.credit(sub, 2, 0).await.unwrap();
+    let mut seen = Seen::default();
+    receive_until(&mut c, sub, &mut seen, Duration::from_secs(5), |s| {
+        s.count() == 2
+    })
+    .await;
+    nothing_for(&mut c, Duration::from_millis(400)).await;
+    assert_eq!(seen.count(), 2, "never more than the credit");
+    assert!(seen.caught_up.is_empty());
+
+    c.credit(sub, 10, 0).await.unwrap();
+    receive_until(&mut c, sub, &mut seen, Duration::from_secs(5), |s| {
+        s.count() == 5 && s.caught_up == [0]
+    })
+    .await;
+    let offsets: Vec<i64> = seen.records[&0].iter().map(|r| r.0).collect();
+    assert_eq!(offsets, vec![0, 1, 2, 3, 4]);
+}
+
+#[tokio::test]
+async fn a_byte_credit_smaller_than_the_next_record_waits() {
+    let broker = sqlite_broker().await;
+    let kafka = broker.client().await;
+    let topic = unique_topic("push-bytes");
+    fixtures::create_topic(&kafka, &topic, 1).await;
+    // Each record: no key, a 100-byte value, one header "h" = "12345": 106 credit bytes.
+    let records = (0..3)
+        .map(|i| fixtures::record(None, Some(&[b'a' + i as u8; 100]), &[("h", b"12345")], None))
+        .collect();
+    fixtures::produce_each(&kafka, &topic, 0, records).await;
+    let gw = gateway_for(&broker, "", "").await;
+    let mut c = PubSubClient::connect(&gw.ws_url("/kafka")).await.unwrap();
+    let (sub, _) = c
+        .subscribe(CmdKafkaSubscribe {
+            credit_bytes: 150,
+            ..subscribe(&topic, StartFrom::Earliest, 100)
+        })
+        .await
+        .unwrap();
+    let mut seen = Seen::default();
+    receive_until(&mut c, sub, &mut seen, Duration::from_secs(5), |s| {
+        s.count() == 1
+    })
+    .await;
+    // 44 bytes left, the next record needs 106.
+    nothing_for(&mut c, Duration::from_millis(400)).await;
+    c.credit(sub, 0, 61).await.unwrap(); // 105 left: still one short.
+    nothing_for(&mut c, Duration::from_millis(400)).await;
+    c.credit(sub, 0, 1).await.unwrap(); // 106: exactly the next record.
+    receive_until(&mut c, sub, &mut seen, Duration::from_secs(5), |s| {
+        s.count() == 2
+    })
+    .await;
+    nothing_for(&mut c, Duration::from_millis(400)).await;
+    assert_eq!(seen.count(), 2);
+}
+
+#[tokio::test]
+async fn filters_and_the_caught_up_marker() {
+    let broker = sqlite_broker().await;
+    let kafka = broker.client().await;
+    let topic = unique_topic("push-filter");
+    fixtures::create_topic(&kafka, &topic, 2).await;
+    let records = vec![
+        fixtures::record(Some(b"eu-1"), Some(b"a"), &[("kind", b"order")], None),
+        fixtures::record(Some(b"eu-2"), Some(b"b"), &[("kind", b"refund")], None),
+        fixtures::record(Some(b"us-1"), Some(b"c"), &[("kind", b"order")], None),
+        fixtures::record(
+            Some(b"eu-3"),
+            Some(b"d"),
+            &[("kind", b"order"), ("x", b"y")],
+            None,
+        ),
+        fixtures::record(None, Some(b"e"), &[("kind", b"order")], None),
+    ];
+    fixtures::produce_each(&kafka, &topic, 0, records).await;
+    // Partition 1 stays empty: it starts at its high watermark.
+    let gw = gateway_for(&broker, "", "").await;
+    let mut c = PubSubClient::connect(&gw.ws_url("/kafka")).await.unwrap();
+    // With no credit, the empty partition is still caught up right after the answer.
+    let (sub, _) = c
+        .subscribe(CmdKafkaSubscribe {
+            filter: Some(RecordFilter {
+                key_prefix: Bytes::from_static(b"eu-"),
+                headers: vec![KafkaHeader {
+                    key: "kind".into(),
+                    value: Bytes::from_static(b"order"),
+                }],
+                ..Default::default()
+            }),
+            ..subscribe(&topic, StartFrom::Earliest, 0)
+        })
+        .await
+        .unwrap();
+    let mut seen = Seen::default();
+    receive_until(&mut c, sub, &mut seen, Duration::from_secs(5), |s| {
+        s.caught_up == [1]
+    })
+    .await;
+    assert_eq!(seen.count(), 0);
+    // One credit: the filtered-out records use none of it.
+    c.credit(sub, 1, 0).await.unwrap();
+    receive_until(&mut c, sub, &mut seen, Duration::from_secs(5), |s| {
+        s.count() == 1
+    })
+    .await;
+    c.credit(sub, 5, 0).await.unwrap();
+    receive_until(&mut c, sub, &mut seen, Duration::from_secs(5), |s| {
+        s.count() == 2 && s.caught_up.len() == 2
+    })
+    .await;
+    let keys: Vec<&[u8]> = seen.records[&0].iter().map(|r| &r.1[..]).collect();
+    assert_eq!(keys, vec![&b"eu-1"[..], b"eu-3"], "prefix AND header");
+    assert_eq!(seen.caught_up, vec![1, 0]);
+    let metrics_before = c.unsubscribe(sub).await.unwrap();
+    assert!(!metrics_before.is_empty());
+
+    // Exact keys (any of), from offsets given per partition.
+    let (sub, started) = c
+        .subscribe(CmdKafkaSubscribe {
+            partitions: vec![0],
+            offsets: vec![PartitionOffset {
+                partition: 0,
+                offset: 1,
+            }],
+            filter: Some(RecordFilter {
+                keys: vec![Bytes::from_static(b"eu-1"), Bytes::from_static(b"us-1")],
+                ..Default::default()
+            }),
+            ..subscribe(&topic, StartFrom::Latest, 10)
+        })
+        .await
+        .unwrap();
+    assert_eq!(started.partitions.len(), 1);
+    assert_eq!(started.partitions[0].offset, 1);
+    let mut seen = Seen::default();
+    receive_until(&mut c, sub, &mut seen, Duration::from_secs(5), |s| {
+        s.caught_up == [0]
+    })
+    .await;
+    let keys: Vec<&[u8]> = seen.records[&0].iter().map(|r| &r.1[..]).collect();
+    assert_eq!(keys, vec![&b"us-1"[..]]);
+}
+
+#[tokio::test]
+async fn from_a_time_and_from_latest() {
+    let broker = sqlite_broker().await;
+    let kafka = broker.client().await;
+    let topic = unique_topic("push-time");
+    fixtures::create_topic(&kafka, &topic, 1).await;
+    let records = [1_000_000i64, 2_000_000, 3_000_000]
+        .iter()
+        .map(|ts| fixtures::record(None, Some(b"x"), &[], Some(*ts)))
+        .collect();
+    fixtures::produce_each(&kafka, &topic, 0, records).await;
+    let gw = gateway_for(&broker, "", "").await;
+    let mut c = PubSubClient::connect(&gw.ws_url("/kafka")).await.unwrap();
+    let (_, started) = c
+        .subscribe(CmdKafkaSubscribe {
+            timestamp_ms: 1_500_000,
+            ..subscribe(&topic, StartFrom::Timestamp, 0)
+        })
+        .await
+        .unwrap();
+    assert_eq!(started.partitions[0].offset, 1);
+    let (sub, started) = c
+        .subscribe(subscribe(&topic, StartFrom::Latest, 10))
+        .await
+        .unwrap();
+    assert_eq!(started.partitions[0].offset, 3);
+    let mut seen = Seen::default();
+    receive_until(&mut c, sub, &mut seen, Duration::from_secs(5), |s| {
+        s.caught_up == [0]
+    })
+    .await;
+    assert_eq!(seen.count(), 0, "latest: nothing old");
+}
+
+#[tokio::test]
+async fn refusals_are_one_error_under_the_sequence_and_nothing_more() {
+    let broker = sqlite_broker().await;
+    let kafka = broker.client().await;
+    let topic = unique_topic("push-refuse");
+    let other = unique_topic("push-other");
+    fixtures::create_topic(&kafka, &topic, 2).await;
+    fixtures::create_topic(&kafka, &other, 1).await;
+    let plugin = format!("topics = [\"{topic}\", \"{other}\"]\nmax_subscriptions = 2");
+    let gw = gateway_for(&broker, &plugin, "").await;
+    let mut c = PubSubClient::connect(&gw.ws_url("/kafka")).await.unwrap();
+
+    let (code, message) = error_of(
+        c.subscribe(subscribe("no-such-topic", StartFrom::Latest, 1))
+            .await,
+    );
+    assert_eq!(code, ErrorCode::Forbidden, "{message}");
+    let absent = unique_topic("push-absent");
+    let plugin_all = "max_subscriptions = 2";
+    let gw_all = gateway_for(&broker, plugin_all, "").await;
+    let mut all = PubSubClient::connect(&gw_all.ws_url("/kafka"))
+        .await
+        .unwrap();
+    let (code, message) = error_of(
+        all.subscribe(subscribe(&absent, StartFrom::Latest, 1))
+            .await,
+    );
+    assert_eq!(code, ErrorCode::NotFound, "{message}");
+    assert!(message.contains("not found topic"), "{message}");
+
+    let (code, message) = error_of(
+        c.subscribe(CmdKafkaSubscribe {
+            partitions: vec![0, 7],
+            ..subscribe(&topic, StartFrom::Latest, 1)
+        })
+        .await,
+    );
+    assert_eq!(code, ErrorCode::NotFound, "{message}");
+    assert!(message.contains("partition: 7"), "{message}");
+
+    // Bad cursors: garbage, damaged, another topic's.
+    let (_, other_start) = c
+        .subscribe(subscribe(&other, StartFrom::Latest, 0))
+        .await
+        .unwrap();
+    let mut damaged = other_start.cursor.clone().into_bytes();
+    let last = damaged.len() - 1;
+    damaged[last] = if damaged[last] == b'A' { b'B' } else { b'A' };
+    for (cursor, why) in [
+        ("not a cursor".to_string(), "garbage"),
+        (String::from_utf8(damaged).unwrap(), "damaged"),
+        (other_start.cursor.clone(), "another topic's"),
+    ] {
+        let (code, message) = error_of(
+            c.subscribe(CmdKafkaSubscribe {
+                cursor,
+                ..subscribe(&topic, StartFrom::Latest, 1)
+            })
+            .await,
+        );
+        assert_eq!(code, ErrorCode::BadRequest, "{why}: {message}");
+        assert!(message.contains("cursor"), "{why}: {message}");
+    }
+
+    // max_subscriptions = 2: one is open, a second fits, a third does not.
+    let (second, _) = c
+        .subscribe(subscribe(&topic, StartFrom::Latest, 0))
+        .await
+        .unwrap();
+    let (code, message) = error_of(c.subscribe(subscribe(&topic, StartFrom::Latest, 0)).await);
+    assert_eq!(code, ErrorCode::LimitExceeded, "{message}");
+    c.unsubscribe(second).await.unwrap();
+    c.subscribe(subscribe(&topic, StartFrom::Latest, 0))
+        .await
+        .expect("room again");
+
+    // Credit and unsubscribe for a subscription that does not exist.
+    c.credit(999, 1, 0).await.unwrap();
+    // (Past the caught-up markers of the subscriptions opened above.)
+    let frame = loop {
+        let frame = c.recv().await.unwrap();
+        if !matches!(frame.resp, Some(Resp::KafkaRecordsPush(_))) {
+            break frame;
+        }
+    };
+    let (code, message) = error_frame(&frame);
+    assert_eq!(code, ErrorCode::BadRequest, "{message}");
+    let (code, _) = error_of(c.unsubscribe(999).await);
+    assert_eq!(code, ErrorCode::BadRequest);
+
+    // The pull protocol still works beside subscriptions.
+    assert_eq!(c.list_offset(&topic, 0, -1).await.unwrap(), 0);
+    assert_eq!(&c.ping("still").await.unwrap()[..], b"still");
+}
+
+#[tokio::test]
+async fn an_offset_past_the_log_ends_the_subscription_naming_the_partition() {
+    let broker = sqlite_broker().await;
+    let kafka = broker.client().await;
+    let topic = unique_topic("push-range");
+    fixtures::create_topic(&kafka, &topic, 2).await;
+    produce(&broker, &topic, 1, "r", 3).await;
+    let gw = gateway_for(&broker, "", "").await;
+    let mut c = PubSubClient::connect(&gw.ws_url("/kafka")).await.unwrap();
+    let (sub, _) = c
+        .subscribe(CmdKafkaSubscribe {
+            offsets: vec![PartitionOffset {
+                partition: 1,
+                offset: 50,
+            }],
+            ..subscribe(&topic, StartFrom::Latest, 10)
+        })
+        .await
+        .unwrap();
+    // Partition 0 starts at its watermark (caught up); partition 1 cannot be read at 50.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let error = loop {
+        let frame = tokio::time::timeout_at(deadline.into(), c.recv())
+            .await
+            .expect("an answer")
+            .unwrap();
+        assert_eq!(frame.sequence, sub);
+        if let Some(Resp::ErrorResp(_)) = frame.resp {
+            break frame;
+        }
+    };
+    let (code, message) = error_frame(&error);
+    assert_eq!(code, ErrorCode::KafkaError, "{message}");
+    assert!(
+        message.contains("partition: 1") && message.contains("OFFSET_OUT_OF_RANGE"),
+        "{message}"
+    );
+    nothing_for(&mut c, Duration::from_millis(300)).await;
+    let (code, _) = error_of(c.unsubscribe(sub).await);
+    assert_eq!(code, ErrorCode::BadRequest, "the error ended it");
+}
+
+#[tokio::test]
+async fn a_broker_outage_is_waited_out() {
+    let mut broker = sqlite_broker().await;
+    let kafka = broker.client().await;
+    let topic = unique_topic("push-outage");
+    fixtures::create_topic(&kafka, &topic, 1).await;
+    produce(&broker, &topic, 0, "before", 2).await;
+    let gw = gateway_for(&broker, "", "").await;
+    let mut c = PubSubClient::connect(&gw.ws_url("/kafka")).await.unwrap();
+    let (sub, _) = c
+        .subscribe(subscribe(&topic, StartFrom::Earliest, 100))
+        .await
+        .unwrap();
+    let mut seen = Seen::default();
+    receive_until(&mut c, sub, &mut seen, Duration::from_secs(5), |s| {
+        s.count() == 2
+    })
+    .await;
+    broker.stop();
+    nothing_for(&mut c, Duration::from_secs(2)).await;
+    broker.restart().await;
+    produce(&broker, &topic, 0, "after", 2).await;
+    receive_until(&mut c, sub, &mut seen, Duration::from_secs(15), |s| {
+        s.count() == 4
+    })
+    .await;
+    let values: Vec<&[u8]> = seen.records[&0].iter().map(|r| &r.2[..]).collect();
+    assert_eq!(
+        values,
+        vec![&b"before0"[..], b"before1", b"after0", b"after1"]
+    );
+}
+
+#[tokio::test]
+async fn a_reload_that_narrows_the_allow_list_ends_the_subscription_only() {
+    let broker = sqlite_broker().await;
+    let kafka = broker.client().await;
+    let kept = unique_topic("push-kept");
+    let dropped = unique_topic("push-dropped");
+    fixtures::create_topic(&kafka, &kept, 1).await;
+    fixtures::create_topic(&kafka, &dropped, 1).await;
+    let addr = listen_addr();
+    let config = |topics: &str| {
+        format!(
+            "{}{}{}",
+            server_toml(addr),
+            kafka_upstream("kafka", &broker.bootstrap, ""),
+            kafka_route("kafka", "/kafka", "kafka", &format!("topics = [{topics}]"))
+        )
+    };
+    let gw = streamgate_testkit::GatewayProcess::start(
+        binary(),
+        &config(&format!("\"{kept}\", \"{dropped}\"")),
+        addr,
+    )
+    .await;
+    let mut c = PubSubClient::connect(&gw.ws_url("/kafka")).await.unwrap();
+    let (gone, _) = c
+        .subscribe(subscribe(&dropped, StartFrom::Latest, 10))
+        .await
+        .unwrap();
+    let (stays, _) = c
+        .subscribe(subscribe(&kept, StartFrom::Latest, 10))
+        .await
+        .unwrap();
+    // The caught-up markers of both (each partition starts at its watermark).
+    let mut caught = HashSet::new();
+    while caught.len() < 2 {
+        caught.insert(c.recv().await.unwrap().sequence);
+    }
+    gw.reload(&config(&format!("\"{kept}\"")));
+    let frame = tokio::time::timeout(Duration::from_secs(10), c.recv())
+        .await
+        .expect("the narrowed subscription ends")
+        .unwrap();
+    assert_eq!(frame.sequence, gone);
+    let (code, message) = error_frame(&frame);
+    assert_eq!(code, ErrorCode::Forbidden, "{message}");
+    produce(&broker, &kept, 0, "v", 1).await;
+    let mut seen = Seen::default();
+    receive_until(&mut c, stays, &mut seen, Duration::from_secs(5), |s| {
+        s.count() == 1
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn pings_are_not_queued_behind_a_heavy_push() {
+    let broker = sqlite_broker().await;
+    let kafka = broker.client().await;
+    let topic = unique_topic("push-heavy");
+    fixtures::create_topic(&kafka, &topic, 1).await;
+    // 40 MiB in 64 KiB records.
+    for chunk in 0..20 {
+        let records = (0..32)
+            .map(|i| {
+                fixtures::record(
+                    None,
+                    Some(&vec![(chunk * 32 + i) as u8; 64 * 1024]),
+                    &[],
+                    None,
+                )
+            })
+            .collect();
+        fixtures::produce_batch(&kafka, &topic, 0, records, fixtures::Codec::NoCompression).await;
+    }
+    let gw = gateway_for(&broker, "", "").await;
+    let mut idle = PubSubClient::connect(&gw.ws_url("/kafka")).await.unwrap();
+    let mut quiet = Vec::new();
+    for _ in 0..20 {
+        let t = Instant::now();
+        idle.ping("q").await.unwrap();
+        quiet.push(t.elapsed());
+    }
+    quiet.sort();
+
+    let mut c = PubSubClient::connect(&gw.ws_url("/kafka")).await.unwrap();
+    let (sub, _) = c
+        .subscribe(subscribe(&topic, StartFrom::Earliest, 1_000_000))
+        .await
+        .unwrap();
+    let mut busy = Vec::new();
+    let mut seen = Seen::default();
+    for _ in 0..20 {
+        let t = Instant::now();
+        // Pushes that arrive before the pong are kept by the client; the pong's delay is
+        // what the gateway queued in front of it.
+        c.ping("b").await.unwrap();
+        busy.push(t.elapsed());
+        while let Some(frame) = next_kept(&mut c).await {
+            seen.take(sub, frame);
+        }
+    }
+    busy.sort();
+    let (q, b) = (quiet[10], busy[10]);
+    println!(
+        "ping median: quiet {q:?}, during pushes {b:?}; records seen {}",
+        seen.count()
+    );
+    assert!(seen.count() > 0, "pushes were flowing");
+    assert!(
+        b < Duration::from_millis(100).max(q * 20),
+        "a ping waits behind pushes: median {b:?} (quiet {q:?})"
+    );
+}
+
+/// A frame the client already holds (kept during a call), without waiting for the network.
+async fn next_kept(c: &mut PubSubClient) -> Option<PubSubResp> {
+    tokio::time::timeout(Duration::from_millis(1), c.recv())
+        .await
+        .ok()
+        .map(|r| r.expect("a frame"))
+}
+
+#[tokio::test]
+async fn a_record_reaches_a_subscriber_without_a_request_and_quickly() {
+    let broker = sqlite_broker().await;
+    let kafka = broker.client().await;
+    let topic = unique_topic("push-latency");
+    fixtures::create_topic(&kafka, &topic, 1).await;
+    let gw = gateway_for(&broker, "", "").await;
+    let mut c = PubSubClient::connect(&gw.ws_url("/kafka")).await.unwrap();
+    let (sub, _) = c
+        .subscribe(subscribe(&topic, StartFrom::Latest, 10_000))
+        .await
+        .unwrap();
+    let mut seen = Seen::default();
+    receive_until(&mut c, sub, &mut seen, Duration::from_secs(5), |s| {
+        s.caught_up == [0]
+    })
+    .await;
+    let partition = kafka
+        .partition_client(
+            &topic,
+            0,
+            rskafka::client::partition::UnknownTopicHandling::Error,
+        )
+        .await
+        .unwrap();
+    let mut delays = Vec::new();
+    for i in 0..30 {
+        let sent = Instant::now();
+        partition
+            .produce(
+                vec![fixtures::value(&format!("l{i}"))],
+                rskafka::client::partition::Compression::NoCompression,
+            )
+            .await
+            .unwrap();
+        receive_until(&mut c, sub, &mut seen, Duration::from_secs(5), |s| {
+            s.count() == i + 1
+        })
+        .await;
+        delays.push(sent.elapsed());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    delays.sort();
+    println!(
+        "produce to push: p50 {:?}, max {:?}",
+        delays[15], delays[29]
+    );
+    assert!(
+        delays[15] < Duration::from_millis(50),
+        "median {:?}",
+        delays[15]
+    );
+}
+
+#[tokio::test]
+async fn subscribers_at_the_head_share_one_fetch_loop() {
+    let broker = sqlite_broker().await;
+    let kafka = broker.client().await;
+    let topic = unique_topic("push-shared");
+    fixtures::create_topic(&kafka, &topic, 1).await;
+    let admin = listen_addr();
+    let gw = gateway_for(&broker, "", &format!("[admin]\nlisten = \"{admin}\"\n")).await;
+    // The broker fetches while 20 records reach `n` subscribers that are at the head.
+    async fn run(
+        gw: &streamgate_testkit::GatewayProcess,
+        admin: std::net::SocketAddr,
+        broker: &Broker,
+        topic: &str,
+        n: usize,
+    ) -> f64 {
+        let fetches = "streamgate_kafka_broker_fetches_total";
+        let mut clients = Vec::new();
+        for _ in 0..n {
+            let mut c = PubSubClient::connect(&gw.ws_url("/kafka")).await.unwrap();
+            let (sub, _) = c
+                .subscribe(subscribe(topic, StartFrom::Latest, 10_000))
+                .await
+                .unwrap();
+            clients.push((c, sub, Seen::default()));
+        }
+        for (c, sub, seen) in &mut clients {
+            receive_until(c, *sub, seen, Duration::from_secs(5), |s| {
+                s.caught_up.len() == 1
+            })
+            .await;
+        }
+        let before = metric(admin, fetches).await;
+        for i in 0..20 {
+            produce(broker, topic, 0, &format!("s{i}-"), 1).await;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        for (c, sub, seen) in &mut clients {
+            receive_until(c, *sub, seen, Duration::from_secs(10), |s| s.count() == 20).await;
+        }
+        metric(admin, fetches).await - before
+    }
+    let one = run(&gw, admin, &broker, &topic, 1).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let forty = run(&gw, admin, &broker, &topic, 40).await;
+    println!("broker fetches while 20 records arrive: 1 subscriber {one}, 40 subscribers {forty}");
+    assert!(
+        forty <= one * 1.5 + 5.0,
+        "broker fetches grow with subscribers: 1 -> {one}, 40 -> {forty}"
+    );
+}
