@@ -970,6 +970,13 @@ async fn randomized_credit_unsubscribe_and_resume_deliver_the_filtered_log_exact
             if &got == want {
                 break;
             }
+            for (p, list) in &got {
+                let want = &want[p];
+                assert!(
+                    list.len() <= want.len() && list[..] == want[..list.len()],
+                    "PUSH_SEED={seed}: partition {p} is not the log so far (a gap or a record the filter should have left out)"
+                );
+            }
         }
         assert!(
             Instant::now() < deadline,
@@ -1022,6 +1029,14 @@ async fn randomized_credit_unsubscribe_and_resume_deliver_the_filtered_log_exact
             for batch in push.batches {
                 let list = got.entry(batch.partition).or_default();
                 for m in batch.messages {
+                    if let Some((before, _)) = list.last() {
+                        assert!(
+                            m.offset > *before,
+                            "PUSH_SEED={seed}: partition {} offset {} delivered after {before} (a duplicate)",
+                            batch.partition,
+                            m.offset
+                        );
+                    }
                     list.push((m.offset, m.value));
                     n += 1;
                 }
