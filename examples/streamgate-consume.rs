@@ -1,21 +1,29 @@
-//! `streamgate-consume`: read a Kafka partition through a Streamgate pub/sub route.
+//! `streamgate-consume`: read a Kafka topic through a Streamgate pub/sub route.
 //!
 //! ```text
-//! streamgate-consume ws://127.0.0.1:9080/kafka --topic demo [--partition 0]
-//!     [--from earliest|latest|OFFSET|@MILLIS|@RFC3339] [--follow] [--format text|json]
-//!     [--header apikey:KEY] [--limit N]
+//! streamgate-consume ws://127.0.0.1:9080/kafka --topic demo [--partition N]
+//!     [--from earliest|latest|OFFSET|@MILLIS|@RFC3339] [--cursor CURSOR] [--follow]
+//!     [--credit N] [--key K]... [--key-prefix P] [--match NAME=VALUE]...
+//!     [--format text|json] [--header apikey:KEY] [--limit N] [--pull]
 //! ```
 //!
-//! Prints one line per record (offset, timestamp, key, value, headers) on stdout. When the
-//! connection drops or the gateway reports a passing Kafka failure, it reconnects with backoff
-//! and resumes after the last record it printed: no record is skipped or printed twice. While it
-//! catches up and stderr is a terminal, a progress line shows how far behind the log's end it is.
+//! By default it opens a push subscription (every partition, or `--partition`) and grants credit
+//! in a window of `--credit` records, so the gateway pushes records as they come and never more
+//! than the client has room for. `--pull` reads one partition with APISIX's fetch loop instead.
+//!
+//! Prints one line per record (offset, timestamp, key, value, headers, partition) on stdout.
+//! When the connection drops or the gateway reports a passing Kafka failure, it reconnects with
+//! backoff and resumes after the last record it printed: no record is skipped or printed twice.
+//! On exit it prints the resume cursor on stderr (`cursor: ...`); `--cursor` starts from one. While
+//! it catches up and stderr is a terminal, a progress line shows how far behind the log's end it is.
 
 use clap::{Parser, ValueEnum};
 use std::io::{IsTerminal, Write};
 use std::time::{Duration, Instant};
 use streamgate_protocol::{
-    ClientError, CmdKafkaFetch, ErrorCode, KafkaFetchResp, KafkaMessage, PubSubClient,
+    cmd_kafka_subscribe::StartFrom, pub_sub_resp::Resp, ClientError, CmdKafkaFetch,
+    CmdKafkaSubscribe, ErrorCode, KafkaFetchResp, KafkaHeader, KafkaMessage, PartitionOffset,
+    PubSubClient, RecordFilter,
 };
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::{HeaderName, HeaderValue};
@@ -24,7 +32,7 @@ use tokio_tungstenite::tungstenite::http::{HeaderName, HeaderValue};
 #[command(
     name = "streamgate-consume",
     version,
-    about = "Read a Kafka partition through a Streamgate pub/sub route"
+    about = "Read a Kafka topic through a Streamgate pub/sub route"
 )]
 struct Args {
     /// The route's WebSocket URL, e.g. ws://127.0.0.1:9080/kafka
@@ -32,9 +40,9 @@ struct Args {
     /// The topic to read.
     #[arg(long)]
     topic: String,
-    /// The partition to read.
-    #[arg(long, default_value_t = 0)]
-    partition: i32,
+    /// The partition to read (default: every partition; with --pull or an offset in --from, 0).
+    #[arg(long)]
+    partition: Option<i32>,
     /// Where to start: earliest, latest, an offset, @MILLISECONDS or @RFC3339 time (the first
     /// record at or after that time).
     #[arg(long, default_value = "earliest")]
@@ -54,6 +62,24 @@ struct Args {
     /// Give up after this many failed reconnects in a row (0 = never give up).
     #[arg(long, default_value_t = 0)]
     max_retries: u32,
+    /// Resume from a cursor printed by an earlier run (wins over --from and --partition).
+    #[arg(long)]
+    cursor: Option<String>,
+    /// Records the gateway may push ahead of what has been printed.
+    #[arg(long, default_value_t = 500)]
+    credit: u32,
+    /// Only records with this key (repeatable: any of them).
+    #[arg(long = "key")]
+    keys: Vec<String>,
+    /// Only records whose key starts with this.
+    #[arg(long)]
+    key_prefix: Option<String>,
+    /// Only records with this header and value, NAME=VALUE (repeatable: all of them).
+    #[arg(long = "match")]
+    matches: Vec<String>,
+    /// Read one partition with APISIX's pull protocol (a fetch per round trip) instead.
+    #[arg(long)]
+    pull: bool,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -116,6 +142,7 @@ async fn main() {
 
 async fn run(args: &Args) -> Result<(), String> {
     let start = Start::parse(&args.from)?;
+    let filter = filter(args)?;
     let mut request = args
         .url
         .as_str()
@@ -135,24 +162,52 @@ async fn run(args: &Args) -> Result<(), String> {
     let mut out = Output::new(args.format, args.limit);
     // The next offset to read, once known. Resuming uses it instead of `--from`.
     let mut next: Option<i64> = None;
+    // Push: the cursor after the last record printed. Resuming uses it.
+    let mut cursor: Option<String> = args.cursor.clone();
     let mut failures = 0u32;
     loop {
         let stop = match PubSubClient::connect_request(request.clone()).await {
             Ok(mut client) => {
                 if failures > 0 {
-                    eprintln!(
-                        "streamgate-consume: reconnected; resuming at offset {}",
-                        next.map_or_else(|| args.from.clone(), |n| n.to_string())
-                    );
+                    let at = if args.pull {
+                        format!(
+                            "offset {}",
+                            next.map_or_else(|| args.from.clone(), |n| n.to_string())
+                        )
+                    } else {
+                        "the last record printed".to_string()
+                    };
+                    eprintln!("streamgate-consume: reconnected; resuming at {at}");
                 }
                 failures = 0;
-                read(&mut client, args, start, &mut next, &mut out).await
+                if args.pull {
+                    read(&mut client, args, start, &mut next, &mut out).await
+                } else {
+                    let read = subscribe(&mut client, args, start, &filter, &mut cursor, &mut out);
+                    tokio::select! {
+                        stop = read => stop,
+                        _ = tokio::signal::ctrl_c() => {
+                            out.clear_progress();
+                            Ok(())
+                        }
+                    }
+                }
             }
             Err(e) => Err(classify(e)),
         };
         match stop {
-            Ok(()) => return Ok(()),
-            Err(Stop::Fatal(message)) => return Err(message),
+            Ok(()) => {
+                if let Some(cursor) = &cursor {
+                    eprintln!("cursor: {cursor}");
+                }
+                return Ok(());
+            }
+            Err(Stop::Fatal(message)) => {
+                if let Some(cursor) = &cursor {
+                    eprintln!("cursor: {cursor}");
+                }
+                return Err(message);
+            }
             Err(Stop::Retry(message)) => {
                 out.clear_progress();
                 failures += 1;
@@ -182,7 +237,7 @@ async fn read(
     next: &mut Option<i64>,
     out: &mut Output,
 ) -> Result<(), Stop> {
-    let (topic, partition) = (args.topic.as_str(), args.partition);
+    let (topic, partition) = (args.topic.as_str(), args.partition.unwrap_or(0));
     let mut offset = match *next {
         Some(offset) => offset,
         None => {
@@ -215,7 +270,7 @@ async fn read(
             if message.offset < offset {
                 continue;
             }
-            out.record(message);
+            out.record(partition, message);
             offset = message.offset + 1;
             *next = Some(offset);
             if out.limit_reached() {
@@ -227,6 +282,156 @@ async fn read(
         if !args.follow && offset >= batch.high_watermark && batch.messages.is_empty() {
             out.clear_progress();
             return Ok(());
+        }
+    }
+}
+
+/// The record filter from `--key`, `--key-prefix` and `--match`.
+fn filter(args: &Args) -> Result<Option<RecordFilter>, String> {
+    let mut headers = Vec::new();
+    for m in &args.matches {
+        let (name, value) = m
+            .split_once('=')
+            .ok_or_else(|| format!("--match {m:?}: expected NAME=VALUE"))?;
+        headers.push(KafkaHeader {
+            key: name.to_string(),
+            value: value.as_bytes().to_vec().into(),
+        });
+    }
+    let filter = RecordFilter {
+        keys: args
+            .keys
+            .iter()
+            .map(|k| k.as_bytes().to_vec().into())
+            .collect(),
+        key_prefix: args
+            .key_prefix
+            .as_deref()
+            .unwrap_or("")
+            .as_bytes()
+            .to_vec()
+            .into(),
+        headers,
+    };
+    let any = filter.keys.is_empty() && filter.key_prefix.is_empty() && filter.headers.is_empty();
+    if any {
+        return Ok(None);
+    }
+    if args.pull {
+        return Err(
+            "--key, --key-prefix and --match filter push subscriptions: drop --pull".into(),
+        );
+    }
+    Ok(Some(filter))
+}
+
+/// Reads through a push subscription until every partition is caught up (without `--follow`),
+/// the limit, or a failure. `cursor` follows the last record printed.
+async fn subscribe(
+    client: &mut PubSubClient,
+    args: &Args,
+    start: Start,
+    filter: &Option<RecordFilter>,
+    cursor: &mut Option<String>,
+    out: &mut Output,
+) -> Result<(), Stop> {
+    let window = args.credit.max(1);
+    // Never more credit than the limit leaves: the cursor then never passes an unprinted record.
+    let room = |out: &Output| -> u32 {
+        match out.limit {
+            Some(limit) => window.min(limit.saturating_sub(out.printed) as u32),
+            None => window,
+        }
+    };
+    let mut cmd = CmdKafkaSubscribe {
+        topic: args.topic.clone(),
+        credit_records: room(out),
+        filter: filter.clone(),
+        ..Default::default()
+    };
+    match &*cursor {
+        Some(c) => cmd.cursor = c.clone(),
+        None => match start {
+            Start::Earliest => cmd.from = StartFrom::Earliest as i32,
+            Start::Latest => cmd.from = StartFrom::Latest as i32,
+            Start::Time(ms) => {
+                cmd.from = StartFrom::Timestamp as i32;
+                cmd.timestamp_ms = ms;
+            }
+            Start::Offset(offset) => {
+                let partition = args.partition.unwrap_or(0);
+                cmd.partitions = vec![partition];
+                cmd.offsets = vec![PartitionOffset { partition, offset }];
+            }
+        },
+    }
+    if cmd.cursor.is_empty() && cmd.partitions.is_empty() {
+        cmd.partitions = args.partition.into_iter().collect();
+    }
+    if room(out) == 0 {
+        return Ok(());
+    }
+    let (subscription, started) = client.subscribe(cmd).await.map_err(classify)?;
+    *cursor = Some(started.cursor);
+    let mut waiting: std::collections::HashSet<i32> =
+        started.partitions.iter().map(|p| p.partition).collect();
+    // Records granted and not yet received.
+    let mut outstanding = room(out);
+    loop {
+        if !args.follow && waiting.is_empty() {
+            out.clear_progress();
+            let last = client.unsubscribe(subscription).await.map_err(classify)?;
+            // Pushes that came before the answer: counted in its cursor, so print them.
+            while let Ok(Ok(frame)) =
+                tokio::time::timeout(Duration::from_millis(1), client.recv()).await
+            {
+                if let Some(Resp::KafkaRecordsPush(push)) = frame.resp {
+                    for batch in &push.batches {
+                        for m in &batch.messages {
+                            out.record(batch.partition, m);
+                        }
+                    }
+                }
+            }
+            *cursor = Some(last);
+            return Ok(());
+        }
+        let frame = client.recv().await.map_err(classify)?;
+        let push = match frame.resp {
+            Some(Resp::KafkaRecordsPush(push)) if frame.sequence == subscription => push,
+            Some(Resp::ErrorResp(e)) => {
+                return Err(classify(ClientError::Server {
+                    code: e.code,
+                    message: e.message,
+                }))
+            }
+            _ => continue,
+        };
+        for batch in &push.batches {
+            for m in &batch.messages {
+                out.record(batch.partition, m);
+                outstanding = outstanding.saturating_sub(1);
+            }
+            if let Some(last) = batch.messages.last() {
+                out.progress(last.offset + 1, batch.high_watermark);
+            }
+            if batch.caught_up {
+                waiting.remove(&batch.partition);
+            }
+        }
+        *cursor = Some(push.cursor);
+        if out.limit_reached() {
+            out.clear_progress();
+            return Ok(());
+        }
+        // Top the window up once half of it is used.
+        let want = room(out);
+        if outstanding < want / 2 {
+            client
+                .credit(subscription, want - outstanding, 0)
+                .await
+                .map_err(classify)?;
+            outstanding = want;
         }
     }
 }
@@ -299,7 +504,7 @@ impl Output {
         self.limit.is_some_and(|limit| self.printed >= limit)
     }
 
-    fn record(&mut self, m: &KafkaMessage) {
+    fn record(&mut self, partition: i32, m: &KafkaMessage) {
         if self.progress.as_ref().is_some_and(|p| p.shown) {
             eprint!("\r\x1b[2K");
             if let Some(p) = &mut self.progress {
@@ -317,7 +522,7 @@ impl Output {
                     .collect();
                 writeln!(
                     self.stdout,
-                    "{}\t{}\t{}\t{}\t{}",
+                    "{}\t{}\t{}\t{}\t{}\t{partition}",
                     m.offset,
                     m.timestamp,
                     text(&m.key),
@@ -332,6 +537,7 @@ impl Output {
                     .map(|h| (h.key.clone(), text(&h.value).into()))
                     .collect();
                 let line = serde_json::json!({
+                    "partition": partition,
                     "offset": m.offset,
                     "timestamp": m.timestamp,
                     "key": text(&m.key),

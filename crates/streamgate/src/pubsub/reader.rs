@@ -9,7 +9,8 @@
 //! broker fetch per new batch, not one each.
 //!
 //! The shared tail: the poller fetches the new records themselves (not just the watermark), and the
-//! latest contiguous fetch results stay in a bounded window ([`WINDOW_CHUNKS`], [`WINDOW_BYTES`]).
+//! latest contiguous fetch results stay in a bounded window ([`WINDOW_CHUNKS`], [`WINDOW_BYTES`],
+//! each result for [`WINDOW_TTL`]).
 //! A pull session or push subscription that asks for an offset inside the window gets those
 //! decoded records (shared, never copied per reader) without a broker request, however far apart
 //! in time the readers ask; one behind the window reads on its own. So readers near the head cost
@@ -38,6 +39,11 @@ const WINDOW_CHUNKS: usize = 64;
 
 /// Record bytes kept at the head of a partition, at most (the oldest results go first).
 const WINDOW_BYTES: usize = 4 << 20;
+
+/// How long a fetch result serves other readers. Records at an offset never change, but a log can
+/// be cut short under them (a topic deleted and created again, an unclean leader election): this
+/// bounds how long the window could hide that.
+const WINDOW_TTL: Duration = Duration::from_secs(1);
 
 /// Records decoded once, shared by every session that asked for them.
 #[derive(Debug)]
@@ -72,7 +78,7 @@ pub(crate) struct PartitionReader {
     poller_running: Mutex<bool>,
     in_flight: Mutex<HashMap<(i64, i32), SharedFetch>>,
     /// The latest contiguous fetch results, oldest first: `window[i].next() == window[i + 1].from`.
-    window: Mutex<VecDeque<Arc<Fetched>>>,
+    window: Mutex<VecDeque<(Instant, Arc<Fetched>)>>,
 }
 
 impl std::fmt::Debug for PartitionReader {
@@ -203,14 +209,20 @@ impl PartitionReader {
 
     /// The window's result holding `offset`, if any.
     fn in_window(&self, offset: i64) -> Option<Arc<Fetched>> {
-        let window = lock(&self.window);
-        let first = window.front()?;
-        if offset < first.from || offset >= window.back()?.next() {
+        let mut window = lock(&self.window);
+        while window
+            .front()
+            .is_some_and(|(at, _)| at.elapsed() >= WINDOW_TTL)
+        {
+            window.pop_front();
+        }
+        let (_, first) = window.front()?;
+        if offset < first.from || offset >= window.back()?.1.next() {
             return None;
         }
         // Chunks are contiguous: the one holding `offset` is the last one starting at or before it.
-        let at = window.partition_point(|f| f.from <= offset);
-        window.get(at.checked_sub(1)?).map(Arc::clone)
+        let at = window.partition_point(|(_, f)| f.from <= offset);
+        window.get(at.checked_sub(1)?).map(|(_, f)| Arc::clone(f))
     }
 
     /// Keeps `fetched` in the window when it continues it (or starts a new head past it).
@@ -219,15 +231,15 @@ impl PartitionReader {
             return;
         }
         let mut window = lock(&self.window);
-        match window.back().map(|last| last.next()) {
+        match window.back().map(|(_, last)| last.next()) {
             Some(end) if fetched.from < end => return,
             Some(end) if fetched.from > end => window.clear(),
             _ => {}
         }
-        window.push_back(Arc::clone(fetched));
-        let mut bytes: usize = window.iter().map(|f| f.record_bytes).sum();
+        window.push_back((Instant::now(), Arc::clone(fetched)));
+        let mut bytes: usize = window.iter().map(|(_, f)| f.record_bytes).sum();
         while window.len() > WINDOW_CHUNKS || (bytes > WINDOW_BYTES && window.len() > 1) {
-            if let Some(old) = window.pop_front() {
+            if let Some((_, old)) = window.pop_front() {
                 bytes -= old.record_bytes;
             }
         }

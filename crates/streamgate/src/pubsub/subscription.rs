@@ -545,6 +545,21 @@ async fn start(
             .map_err(|f| (Some(partition), f))?;
         reader.observe(high_watermark);
         let next = match exact {
+            // Past the end of the log: Kafka's answer is OFFSET_OUT_OF_RANGE, given now (a
+            // fetch confirms it, as offset look-ups of some brokers lag behind).
+            Some(offset) if offset > high_watermark => {
+                let fetched = reader
+                    .fetch_now(offset, 1, timeout)
+                    .await
+                    .map_err(|f| (Some(partition), f))?;
+                if offset > fetched.high_watermark {
+                    return Err((
+                        Some(partition),
+                        KafkaFailure::new(ErrorCode::KafkaError, "OFFSET_OUT_OF_RANGE"),
+                    ));
+                }
+                offset
+            }
             Some(offset) => offset,
             None if at == OffsetAt::Latest => high_watermark,
             None => match offset_at(&reader, at, timeout).await {
