@@ -171,13 +171,13 @@ async fn run(args: &Args) -> Result<(), String> {
                 if failures > 0 {
                     let at = if args.pull {
                         format!(
-                            "offset {}",
+                            "at offset {}",
                             next.map_or_else(|| args.from.clone(), |n| n.to_string())
                         )
                     } else {
-                        "the last record printed".to_string()
+                        "after the last record printed".to_string()
                     };
-                    eprintln!("streamgate-consume: reconnected; resuming at {at}");
+                    eprintln!("streamgate-consume: reconnected; resuming {at}");
                 }
                 failures = 0;
                 if args.pull {
@@ -426,7 +426,7 @@ async fn subscribe(
         }
         // Top the window up once half of it is used.
         let want = room(out);
-        if outstanding < want / 2 {
+        if 2 * outstanding < want {
             client
                 .credit(subscription, want - outstanding, 0)
                 .await

@@ -80,7 +80,11 @@ async fn consume_cli_starts_where_asked_and_stops_at_the_end() {
     assert_eq!(code, 0, "{stderr}");
     assert_eq!(offsets(&stdout), (0..10).collect::<Vec<_>>());
     let first: Vec<&str> = stdout.lines().next().unwrap_or("").split('\t').collect();
-    assert_eq!(first[2..], ["k-0", "msg-0", "n=0"], "key, value, headers");
+    assert_eq!(
+        first[2..],
+        ["k-0", "msg-0", "n=0", "0"],
+        "key, value, headers, partition"
+    );
 
     let (code, stdout, _) = run(consume(&gw, &["--topic", &topic, "--from", "7"])).await;
     assert_eq!((code, offsets(&stdout)), (0, vec![7, 8, 9]));
@@ -105,6 +109,30 @@ async fn consume_cli_starts_where_asked_and_stops_at_the_end() {
     ))
     .await;
     assert_eq!((code, offsets(&stdout).len()), (0, 10));
+
+    // The cursor printed on exit resumes exactly after the last record printed.
+    let (code, stdout, stderr) = run(consume(
+        &gw,
+        &["--topic", &topic, "--limit", "4", "--credit", "3"],
+    ))
+    .await;
+    assert_eq!((code, offsets(&stdout)), (0, vec![0, 1, 2, 3]));
+    let cursor = stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("cursor: "))
+        .unwrap_or_else(|| panic!("a cursor on exit: {stderr}"))
+        .to_string();
+    let (code, stdout, _) = run(consume(&gw, &["--topic", &topic, "--cursor", &cursor])).await;
+    assert_eq!((code, offsets(&stdout)), (0, (4..10).collect::<Vec<_>>()));
+    // Filters run at the gateway; --pull keeps APISIX's fetch loop.
+    let (code, stdout, _) = run(consume(
+        &gw,
+        &["--topic", &topic, "--key", "k-3", "--key", "k-8"],
+    ))
+    .await;
+    assert_eq!((code, offsets(&stdout)), (0, vec![3, 8]));
+    let (code, stdout, _) = run(consume(&gw, &["--topic", &topic, "--pull", "--from", "6"])).await;
+    assert_eq!((code, offsets(&stdout)), (0, vec![6, 7, 8, 9]));
 
     let (code, stdout, _) = run(consume(
         &gw,
@@ -209,7 +237,8 @@ async fn consume_cli_follows_and_resumes_after_the_gateway_restarts() {
     let output = child.wait_with_output().await.expect("consumer output");
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
-        stderr.contains("reconnecting") && stderr.contains("resuming at offset 5"),
+        stderr.contains("reconnecting")
+            && stderr.contains("resuming after the last record printed"),
         "the consumer says what it does: {stderr}"
     );
 }
@@ -241,7 +270,7 @@ async fn check_script_client(program: &str, script: &str, hint: &str) {
     );
     assert_eq!(offsets(&stdout), (0..10).collect::<Vec<_>>(), "{stdout}");
     let fields: Vec<&str> = stdout.lines().nth(3).unwrap_or("").split('\t').collect();
-    assert_eq!(fields[2..], ["k-3", "msg-3"], "key and value");
+    assert_eq!(fields[2..], ["k-3", "msg-3", "0"], "key, value, partition");
     assert!(
         fields[1].parse::<i64>().unwrap_or(0) > 1_600_000_000_000,
         "timestamp"
@@ -249,6 +278,19 @@ async fn check_script_client(program: &str, script: &str, hint: &str) {
 
     let (code, stdout, _) = run(client(&["--topic", &topic, "--from", "8"])).await;
     assert_eq!((code, offsets(&stdout)), (0, vec![8, 9]));
+    // Push: the cursor printed at exit resumes exactly after the last record printed.
+    let (code, stdout, stderr) = run(client(&[
+        "--topic", &topic, "--limit", "3", "--credit", "2",
+    ]))
+    .await;
+    assert_eq!((code, offsets(&stdout)), (0, vec![0, 1, 2]), "{stderr}");
+    let cursor = stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("cursor: "))
+        .unwrap_or_else(|| panic!("a cursor at exit: {stderr}"))
+        .to_string();
+    let (code, stdout, _) = run(client(&["--topic", &topic, "--cursor", &cursor])).await;
+    assert_eq!((code, offsets(&stdout)), (0, (3..10).collect::<Vec<_>>()));
     let (code, stdout, _) = run(client(&["--topic", &topic, "--from", "latest"])).await;
     assert_eq!((code, stdout.as_str()), (0, ""));
     let (code, stdout, _) = run(client(&["--topic", &topic, "--limit", "2", "--follow"])).await;

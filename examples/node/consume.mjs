@@ -1,11 +1,13 @@
 #!/usr/bin/env node
-// Read a Kafka partition through a Streamgate pub/sub route, from Node.js.
+// Read a Kafka topic through a Streamgate pub/sub route, from Node.js.
 //
 //   npm ci --prefix examples/node
 //   node examples/node/consume.mjs ws://127.0.0.1:9080/kafka --topic demo --from earliest
 //
-// Prints one line per record: offset, timestamp (ms), key, value, tab-separated. Without
-// --follow it stops at the end of the partition. The wire types are loaded from
+// Prints one line per record: offset, timestamp (ms), key, value, partition, tab-separated. It
+// subscribes: the gateway pushes records within the credit granted here, topped up as records are
+// printed. Without --follow it stops once every partition is caught up; at exit it prints the
+// resume cursor on stderr (--cursor resumes from it). The wire types are loaded from
 // proto/pubsub.proto with protobufjs, so they never drift from the gateway's.
 import protobuf from "protobufjs";
 import WebSocket from "ws";
@@ -21,7 +23,9 @@ const { values: opts, positionals } = parseArgs({
   allowPositionals: true,
   options: {
     topic: { type: "string" },
-    partition: { type: "string", default: "0" },
+    partition: { type: "string" },
+    cursor: { type: "string" },
+    credit: { type: "string", default: "500" },
     from: { type: "string", default: "earliest" },
     follow: { type: "boolean", default: false },
     limit: { type: "string", default: "0" },
@@ -29,48 +33,8 @@ const { values: opts, positionals } = parseArgs({
 });
 const [url] = positionals;
 if (!url || !opts.topic || !/^(earliest|latest|\d+)$/.test(opts.from)) {
-  console.error("usage: consume.mjs WS_URL --topic T [--partition P] [--from earliest|latest|OFFSET] [--follow] [--limit N]");
+  console.error("usage: consume.mjs WS_URL --topic T [--partition P] [--from earliest|latest|OFFSET] [--cursor C] [--credit N] [--follow] [--limit N]");
   process.exit(2);
-}
-
-/** One WebSocket; each command resolves with the answer carrying its sequence. */
-class Session {
-  constructor(ws) {
-    this.ws = ws;
-    this.sequence = 0;
-    this.pending = new Map();
-    ws.on("message", (data) => {
-      const resp = PubSubResp.toObject(PubSubResp.decode(data), { longs: Number, defaults: true, oneofs: true });
-      const waiter = this.pending.get(resp.sequence);
-      if (!waiter) return;
-      this.pending.delete(resp.sequence);
-      if (resp.resp === "errorResp") {
-        waiter.reject(new Error(`${resp.errorResp.message} (code ${resp.errorResp.code})`));
-      } else {
-        waiter.resolve(resp);
-      }
-    });
-    ws.on("close", (code) => {
-      for (const { reject } of this.pending.values()) reject(new Error(`connection closed (${code})`));
-      this.pending.clear();
-    });
-  }
-
-  call(command) {
-    const sequence = ++this.sequence;
-    return new Promise((resolve, reject) => {
-      this.pending.set(sequence, { resolve, reject });
-      this.ws.send(PubSubReq.encode(PubSubReq.create({ sequence, ...command })).finish());
-    });
-  }
-
-  async listOffset(topic, partition, timestamp) {
-    return (await this.call({ cmdKafkaListOffset: { topic, partition, timestamp } })).kafkaListOffsetResp.offset;
-  }
-
-  async fetch(topic, partition, offset) {
-    return (await this.call({ cmdKafkaFetch: { topic, partition, offset } })).kafkaFetchResp;
-  }
 }
 
 async function main() {
@@ -80,24 +44,65 @@ async function main() {
     ws.once("error", reject);
     ws.once("unexpected-response", (_req, res) => reject(new Error(`the gateway answered ${res.statusCode}`)));
   });
-  const session = new Session(ws);
-  const topic = opts.topic;
-  const partition = Number(opts.partition);
   const limit = Number(opts.limit);
-  let offset = /^\d+$/.test(opts.from)
-    ? Number(opts.from)
-    : await session.listOffset(topic, partition, opts.from === "earliest" ? -2 : -1);
+  const window = Number(opts.credit);
+  // Never more credit than the limit leaves, so the cursor never passes an unprinted record.
+  const room = (printed) => (limit ? Math.min(window, limit - printed) : window);
+  const subscribe = { topic: opts.topic, creditRecords: room(0) };
+  const partition = opts.partition === undefined ? undefined : Number(opts.partition);
+  if (opts.cursor) {
+    subscribe.cursor = opts.cursor;
+  } else if (/^\d+$/.test(opts.from)) {
+    const p = partition ?? 0;
+    subscribe.partitions = [p];
+    subscribe.offsets = [{ partition: p, offset: Number(opts.from) }];
+  } else {
+    subscribe.from = opts.from === "earliest" ? 1 : 0;
+    if (partition !== undefined) subscribe.partitions = [partition];
+  }
+  const send = (sequence, command) => ws.send(PubSubReq.encode(PubSubReq.create({ sequence, ...command })).finish());
   const text = (b) => Buffer.from(b).toString("utf8");
+  let sequence = 1;
   let printed = 0;
-  for (;;) {
-    const batch = await session.fetch(topic, partition, offset);
-    for (const m of batch.messages) {
-      if (m.offset < offset) continue;
-      process.stdout.write(`${m.offset}\t${m.timestamp}\t${text(m.key)}\t${text(m.value)}\n`);
-      offset = m.offset + 1;
-      if (limit && ++printed >= limit) return ws.close();
-    }
-    if (!opts.follow && batch.messages.length === 0 && offset >= batch.highWatermark) return ws.close();
+  let outstanding = room(0);
+  let waiting = null;
+  let cursor = null;
+  const done = new Promise((resolve, reject) => {
+    ws.on("close", (code) => reject(new Error(`connection closed (${code})`)));
+    ws.on("message", (data) => {
+      const resp = PubSubResp.toObject(PubSubResp.decode(data), { longs: Number, defaults: true, oneofs: true });
+      if (resp.resp === "errorResp") {
+        return reject(new Error(`${resp.errorResp.message} (code ${resp.errorResp.code})`));
+      }
+      if (resp.resp === "kafkaSubscribeResp") {
+        waiting = new Set(resp.kafkaSubscribeResp.partitions.map((p) => p.partition));
+        cursor = resp.kafkaSubscribeResp.cursor;
+        return;
+      }
+      if (resp.resp !== "kafkaRecordsPush") return;
+      for (const batch of resp.kafkaRecordsPush.batches) {
+        for (const m of batch.messages) {
+          process.stdout.write(`${m.offset}\t${m.timestamp}\t${text(m.key)}\t${text(m.value)}\t${batch.partition}\n`);
+          printed += 1;
+          outstanding -= 1;
+        }
+        if (batch.caughtUp) waiting.delete(batch.partition);
+      }
+      cursor = resp.kafkaRecordsPush.cursor;
+      if ((limit && printed >= limit) || (!opts.follow && waiting.size === 0)) return resolve();
+      const want = room(printed);
+      if (2 * outstanding < want) {
+        send(++sequence, { cmdKafkaCredit: { subscription: 1, records: want - outstanding } });
+        outstanding = want;
+      }
+    });
+  });
+  send(1, { cmdKafkaSubscribe: subscribe });
+  try {
+    await done;
+  } finally {
+    if (cursor) console.error(`cursor: ${cursor}`);
+    ws.close();
   }
 }
 

@@ -1,11 +1,12 @@
 #!/usr/bin/env python3
-"""Read a Kafka partition through a Streamgate pub/sub route, from Python.
+"""Read a Kafka topic through a Streamgate pub/sub route, from Python.
 
     pip install -r examples/python/requirements.txt
     python3 examples/python/consume.py ws://127.0.0.1:9080/kafka --topic demo --from earliest
 
-Prints one line per record: offset, timestamp (ms), key, value, tab-separated. Without --follow
-it stops at the end of the partition. The wire types are generated from proto/pubsub.proto at
+Prints one line per record: offset, timestamp (ms), key, value, partition, tab-separated. It
+subscribes (the gateway pushes records within the credit it grants); without --follow it stops
+once every partition is caught up, and it prints the resume cursor on stderr at exit. The wire types are generated from proto/pubsub.proto at
 start (with the protoc bundled in grpcio-tools), so they never drift from the gateway's.
 """
 
@@ -45,63 +46,75 @@ class GatewayError(Exception):
         self.code = code
 
 
-class Session:
-    """One WebSocket; each command waits for the answer carrying its sequence."""
-
-    def __init__(self, ws):
-        self.ws = ws
-        self.sequence = 0
-
-    async def call(self, **command):
-        self.sequence += 1
-        await self.ws.send(pb.PubSubReq(sequence=self.sequence, **command).SerializeToString())
-        while True:
-            resp = pb.PubSubResp.FromString(await self.ws.recv())
-            if resp.sequence != self.sequence:
-                continue
-            if resp.WhichOneof("resp") == "error_resp":
-                raise GatewayError(resp.error_resp.code, resp.error_resp.message)
-            return resp
-
-    async def list_offset(self, topic, partition, timestamp):
-        cmd = pb.CmdKafkaListOffset(topic=topic, partition=partition, timestamp=timestamp)
-        return (await self.call(cmd_kafka_list_offset=cmd)).kafka_list_offset_resp.offset
-
-    async def fetch(self, topic, partition, offset):
-        cmd = pb.CmdKafkaFetch(topic=topic, partition=partition, offset=offset)
-        return (await self.call(cmd_kafka_fetch=cmd)).kafka_fetch_resp
+def record_line(partition, m):
+    key = m.key.decode("utf-8", "replace")
+    value = m.value.decode("utf-8", "replace")
+    return f"{m.offset}\t{m.timestamp}\t{key}\t{value}\t{partition}"
 
 
 async def consume(args):
+    """One push subscription: the gateway pushes records as far as the credit granted allows;
+    the window is topped up as records are printed, so a slow reader is never flooded."""
     async with websockets.connect(args.url, max_size=None) as ws:
-        session = Session(ws)
-        if args.start in ("earliest", "latest"):
-            stamp = -2 if args.start == "earliest" else -1
-            offset = await session.list_offset(args.topic, args.partition, stamp)
+        def room(printed):
+            return min(args.credit, args.limit - printed) if args.limit else args.credit
+
+        sub = pb.CmdKafkaSubscribe(topic=args.topic, credit_records=room(0))
+        if args.cursor:
+            sub.cursor = args.cursor
+        elif args.start.isdigit():
+            partition = args.partition or 0
+            sub.partitions.append(partition)
+            sub.offsets.add(partition=partition, offset=int(args.start))
         else:
-            offset = int(args.start)
-        printed = 0
-        while True:
-            batch = await session.fetch(args.topic, args.partition, offset)
-            for m in batch.messages:
-                if m.offset < offset:
+            setattr(sub, "from", pb.CmdKafkaSubscribe.EARLIEST if args.start == "earliest" else pb.CmdKafkaSubscribe.LATEST)
+            if args.partition is not None:
+                sub.partitions.append(args.partition)
+        await ws.send(pb.PubSubReq(sequence=1, cmd_kafka_subscribe=sub).SerializeToString())
+        sequence, printed, outstanding, waiting, cursor = 1, 0, room(0), None, None
+        try:
+            while True:
+                resp = pb.PubSubResp.FromString(await ws.recv())
+                kind = resp.WhichOneof("resp")
+                if kind == "error_resp":
+                    raise GatewayError(resp.error_resp.code, resp.error_resp.message)
+                if kind == "kafka_subscribe_resp":
+                    waiting = {p.partition for p in resp.kafka_subscribe_resp.partitions}
+                    cursor = resp.kafka_subscribe_resp.cursor
                     continue
-                key = m.key.decode("utf-8", "replace")
-                value = m.value.decode("utf-8", "replace")
-                print(f"{m.offset}\t{m.timestamp}\t{key}\t{value}", flush=True)
-                offset = m.offset + 1
-                printed += 1
+                if kind != "kafka_records_push":
+                    continue
+                push = resp.kafka_records_push
+                for batch in push.batches:
+                    for m in batch.messages:
+                        print(record_line(batch.partition, m), flush=True)
+                        printed += 1
+                        outstanding -= 1
+                    if batch.caught_up:
+                        waiting.discard(batch.partition)
+                cursor = push.cursor
                 if args.limit and printed >= args.limit:
                     return
-            if not args.follow and not batch.messages and offset >= batch.high_watermark:
-                return
+                if not args.follow and not waiting:
+                    return
+                want = room(printed)
+                if 2 * outstanding < want:
+                    sequence += 1
+                    credit = pb.CmdKafkaCredit(subscription=1, records=want - outstanding)
+                    await ws.send(pb.PubSubReq(sequence=sequence, cmd_kafka_credit=credit).SerializeToString())
+                    outstanding = want
+        finally:
+            if cursor:
+                print(f"cursor: {cursor}", file=sys.stderr)
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("url", help="the route's WebSocket URL, e.g. ws://127.0.0.1:9080/kafka")
     parser.add_argument("--topic", required=True)
-    parser.add_argument("--partition", type=int, default=0)
+    parser.add_argument("--partition", type=int, default=None, help="one partition (default: all)")
+    parser.add_argument("--cursor", help="resume from a cursor printed by an earlier run")
+    parser.add_argument("--credit", type=int, default=500, help="records the gateway may push ahead")
     parser.add_argument("--from", dest="start", default="earliest", help="earliest, latest or an offset")
     parser.add_argument("--follow", action="store_true", help="keep waiting at the end of the log")
     parser.add_argument("--limit", type=int, default=0, help="stop after this many records")
