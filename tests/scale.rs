@@ -93,3 +93,64 @@ async fn ten_thousand_sessions_three_times_and_memory_returns_to_baseline() {
         "RSS after close ({last} KiB) returns near the process at rest ({at_rest} KiB)"
     );
 }
+
+/// 1,000 push subscriptions that grant no credit, on a topic that keeps growing: what they hold
+/// is bounded by their credit (none), not by the topic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_subscribers_without_credit_hold_memory_flat() {
+    use streamgate_protocol::{cmd_kafka_subscribe::StartFrom, CmdKafkaSubscribe};
+    use streamgate_testkit::{fixtures, unique_topic};
+    const SUBSCRIBERS: usize = 1_000;
+    let broker = Broker::start().await;
+    let kafka = broker.client().await;
+    let topic = unique_topic("paused");
+    fixtures::create_topic(&kafka, &topic, 1).await;
+    let value = vec![b'x'; 16 * 1024];
+    let produce = |n: usize| {
+        (0..n)
+            .map(|_| fixtures::record(None, Some(&value), &[], None))
+            .collect::<Vec<_>>()
+    };
+    fixtures::produce_each(&kafka, &topic, 0, produce(64)).await;
+    let extra = "[server.limits]\nmax_connections_per_ip = 20000\n";
+    let gw = gateway_for(&broker, "", extra).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let at_rest = gw.rss_kib();
+    // Each subscribes from the start with no credit: answered, then nothing.
+    let subscribe = PubSubReq::new(
+        1,
+        Req::CmdKafkaSubscribe(CmdKafkaSubscribe {
+            topic: topic.clone(),
+            from: StartFrom::Earliest as i32,
+            credit_records: 0,
+            ..Default::default()
+        }),
+    )
+    .encode_to_vec();
+    let open = sessions::open_sessions(gw.addr, "/kafka", SUBSCRIBERS, &subscribe)
+        .await
+        .expect("every subscription is answered");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let subscribed = gw.rss_kib();
+    // 16 MiB more records arrive; nobody may read them.
+    for _ in 0..4 {
+        fixtures::produce_each(&kafka, &topic, 0, produce(256)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let after = gw.rss_kib();
+    let per_subscriber = subscribed.saturating_sub(at_rest) as f64 / SUBSCRIBERS as f64;
+    println!(
+        "{SUBSCRIBERS} paused subscribers: at rest {at_rest} KiB, subscribed {subscribed} KiB ({per_subscriber:.1} KiB each), after 16 MiB more records {after} KiB"
+    );
+    // Each is a connection (an idle session: at most 12 KiB, the test above) plus one paused
+    // subscription (at most 12 KiB more).
+    assert!(
+        per_subscriber <= 24.0,
+        "a connection with a paused subscription costs {per_subscriber:.1} KiB"
+    );
+    assert!(
+        after <= subscribed + 8 * 1024,
+        "memory follows the topic, not the credit: {subscribed} KiB -> {after} KiB"
+    );
+    sessions::close_sessions(open).await;
+}

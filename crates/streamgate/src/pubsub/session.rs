@@ -66,7 +66,8 @@ pub(crate) struct Lifelines {
 }
 
 /// Frames from a session's subscriptions waiting to be written, at most (each subscription
-/// waits for room: what a slow client holds back stays in Kafka).
+/// waits for room: what a slow client holds back stays in Kafka). Frames travel boxed: a
+/// channel's slots are allocated 32 at a time, whatever its capacity.
 const PUSH_QUEUE: usize = 4;
 
 /// A push subscription as its session sees it.
@@ -86,7 +87,11 @@ struct Subscribed {
 struct Subscriptions {
     by_sequence: HashMap<i64, Subscribed>,
     tasks: JoinSet<()>,
-    sender: mpsc::Sender<Outgoing>,
+    /// Made with the first subscription: a channel's buffer would cost every session that
+    /// never subscribes a few KiB.
+    sender: Option<mpsc::Sender<Box<Outgoing>>>,
+    /// The receiving end of a channel just made, for the session loop to take.
+    made: Option<mpsc::Receiver<Box<Outgoing>>>,
     next_key: u64,
 }
 
@@ -129,11 +134,12 @@ pub(crate) async fn run<S>(
     );
     tokio::pin!(expiry);
     let mut tasks: JoinSet<(PubSubResp, Option<AnswerHold>)> = JoinSet::new();
-    let (sender, mut pushes) = mpsc::channel(PUSH_QUEUE);
+    let mut pushes: Option<mpsc::Receiver<Box<Outgoing>>> = None;
     let mut subs = Subscriptions {
         by_sequence: HashMap::new(),
         tasks: JoinSet::new(),
-        sender,
+        sender: None,
+        made: None,
         next_key: 0,
     };
     let mut rate = CommandRate::new(settings.max_commands_per_second);
@@ -231,7 +237,11 @@ pub(crate) async fn run<S>(
                                 }
                                 Ok(req) => match req.req {
                                     Some(Req::CmdKafkaSubscribe(_) | Req::CmdKafkaCredit(_) | Req::CmdKafkaUnsubscribe(_)) => {
-                                        dispatch_push(req, &access, &mut subs)
+                                        let answer = dispatch_push(req, &access, &mut subs);
+                                        if let Some(made) = subs.made.take() {
+                                            pushes = Some(made);
+                                        }
+                                        answer
                                     }
                                     _ => dispatch(req, &access, &mut tasks, &mut topics_read),
                                 },
@@ -255,8 +265,8 @@ pub(crate) async fn run<S>(
                     Some(Ok(_)) => {}
                 }
             }
-            Some(out) = pushes.recv() => {
-                let Outgoing { key, frame, cursor, ends, hold } = out;
+            Some(out) = async { pushes.as_mut()?.recv().await }, if pushes.is_some() => {
+                let Outgoing { key, frame, cursor, ends, hold } = *out;
                 let sequence = frame.sequence;
                 // Frames of a subscription that ended meanwhile are dropped unwritten.
                 if subs.by_sequence.get(&sequence).is_none_or(|s| s.key != key) {
@@ -501,13 +511,22 @@ fn subscribe(
     subs.next_key += 1;
     let topic = cmd.topic.clone();
     let byte_bound = cmd.credit_bytes > 0;
+    let sender = match &subs.sender {
+        Some(sender) => sender.clone(),
+        None => {
+            let (sender, receiver) = mpsc::channel(PUSH_QUEUE);
+            subs.sender = Some(sender.clone());
+            subs.made = Some(receiver);
+            sender
+        }
+    };
     let task = subs.tasks.spawn(subscription::run(
         access.clone(),
         key,
         sequence,
         cmd,
         receiver,
-        subs.sender.clone(),
+        sender,
     ));
     subs.by_sequence.insert(
         sequence,

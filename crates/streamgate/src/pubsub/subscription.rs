@@ -91,18 +91,19 @@ pub(crate) async fn run(
     sequence: i64,
     cmd: CmdKafkaSubscribe,
     mut grants: watch::Receiver<Granted>,
-    out: mpsc::Sender<Outgoing>,
+    out: mpsc::Sender<Box<Outgoing>>,
 ) {
     let route = Arc::clone(&access.target.route_id);
     let metrics = crate::metrics::metrics();
     let _open = GaugeGuard::new(metrics.subscriptions_open.with_label_values(&[&*route]));
     let topic = cmd.topic.clone();
-    let mut parts = match start(&access, &cmd).await {
+    // Boxed: the start's futures would otherwise stay part of every paused subscription's task.
+    let mut parts = match Box::pin(start(&access, &cmd)).await {
         Ok(parts) => parts,
         Err((partition, f)) => {
             let frame = failed(&access, sequence, "subscribe", &topic, partition, f);
             crate::metrics::metrics().command(&route, "subscribe", &frame);
-            let _ = out.send(ending(key, frame)).await;
+            let _ = out.send(Box::new(ending(key, frame))).await;
             return;
         }
     };
@@ -115,6 +116,8 @@ pub(crate) async fn run(
         })
         .collect();
     let first_cursor = cursor_of(&topic, &parts);
+    let cmd_filter = cmd.filter;
+    let credit_bytes = cmd.credit_bytes;
     let answer = PubSubResp {
         sequence,
         resp: Some(Resp::KafkaSubscribeResp(KafkaSubscribeResp {
@@ -122,7 +125,11 @@ pub(crate) async fn run(
             cursor: first_cursor.clone(),
         })),
     };
-    if out.send(frame(key, answer, first_cursor)).await.is_err() {
+    if out
+        .send(Box::new(frame(key, answer, first_cursor)))
+        .await
+        .is_err()
+    {
         return;
     }
     // Partitions that start at the watermark are caught up before any record: say so now, even
@@ -143,7 +150,7 @@ pub(crate) async fn run(
     if !already.is_empty() {
         let cursor = cursor_of(&topic, &parts);
         if out
-            .send(push(key, sequence, already, cursor))
+            .send(Box::new(push(key, sequence, already, cursor)))
             .await
             .is_err()
         {
@@ -152,8 +159,8 @@ pub(crate) async fn run(
     }
 
     let settings = &access.target.settings;
-    let filter = Filter::new(cmd.filter.unwrap_or_default());
-    let byte_bound = cmd.credit_bytes > 0;
+    let filter = Filter::new(cmd_filter.unwrap_or_default());
+    let byte_bound = credit_bytes > 0;
     let mut used = Granted::default();
     let mut turn = 0usize;
     let mut outage = OUTAGE_BACKOFF.0;
@@ -180,16 +187,18 @@ pub(crate) async fn run(
             .map(|i| (turn + i) % parts.len())
             .find(|&i| !parts[i].probed || parts[i].next < parts[i].reader.known_high_watermark());
         let Some(i) = ready else {
-            wait_at_head(&parts, settings.socket_timeout).await;
+            Box::pin(wait_at_head(&parts, settings.socket_timeout)).await;
             continue;
         };
         turn = i + 1;
         let part = &mut parts[i];
         part.probed = true;
-        let fetched = match part
-            .reader
-            .fetch_now(part.next, fetch_bytes, settings.socket_timeout)
-            .await
+        let fetched = match Box::pin(part.reader.fetch_now(
+            part.next,
+            fetch_bytes,
+            settings.socket_timeout,
+        ))
+        .await
         {
             Ok(fetched) => {
                 outage = OUTAGE_BACKOFF.0;
@@ -206,7 +215,7 @@ pub(crate) async fn run(
                 let partition = part.partition;
                 forget_if_gone(&access, &topic, partition, &Err::<(), _>(f.clone()));
                 let frame = failed(&access, sequence, "subscribe", &topic, Some(partition), f);
-                let _ = out.send(ending(key, frame)).await;
+                let _ = out.send(Box::new(ending(key, frame))).await;
                 return;
             }
         };
@@ -226,7 +235,7 @@ pub(crate) async fn run(
                     Some(part.partition),
                     f,
                 );
-                let _ = out.send(ending(key, frame)).await;
+                let _ = out.send(Box::new(ending(key, frame))).await;
                 return;
             }
         };
@@ -258,7 +267,7 @@ pub(crate) async fn run(
                         Some(part.partition),
                         KafkaFailure::new(ErrorCode::KafkaError, "OFFSET_OUT_OF_RANGE"),
                     );
-                    let _ = out.send(ending(key, frame)).await;
+                    let _ = out.send(Box::new(ending(key, frame))).await;
                     return;
                 }
             } else if batch.nothing_new {
@@ -302,7 +311,7 @@ pub(crate) async fn run(
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         };
-        if out.send(frame).await.is_err() {
+        if out.send(Box::new(frame)).await.is_err() {
             return;
         }
     }
