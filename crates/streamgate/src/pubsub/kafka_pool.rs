@@ -184,18 +184,8 @@ impl KafkaPool {
         partition: i32,
         timeout: Duration,
     ) -> Result<Arc<PartitionReader>, KafkaFailure> {
-        let (cluster, sasl) = (&*identity.cluster, identity.sasl.as_ref());
-        let slot = self.slot(&identity.key);
-        let connect = timeout.min(cluster.connect_timeout);
-        // rskafka gives up at `connect` with the real cause (refused, TLS, SASL); the outer bound
-        // only catches a hang, so it must not race that answer.
-        let client = bounded(connect + CAUSE_GRACE, async {
-            slot.client
-                .get_or_try_init(|| build_client(cluster, sasl, connect))
-                .await
-                .cloned()
-        })
-        .await?;
+        let (slot, client) = self.client(identity, timeout).await?;
+        let cluster = &*identity.cluster;
         let cell = {
             let mut parts = lock(&slot.partitions);
             Arc::clone(parts.entry((topic.to_string(), partition)).or_default())
@@ -237,9 +227,25 @@ impl KafkaPool {
         topic: &str,
         timeout: Duration,
     ) -> Result<Vec<i32>, KafkaFailure> {
+        let (slot, client) = self.client(identity, timeout).await?;
+        let list = bounded(timeout, listing(&slot, &client, topic)).await?;
+        match list.get(topic) {
+            None => Err(KafkaFailure::new(ErrorCode::NotFound, "not found topic")),
+            Some(partitions) => Ok(partitions.iter().copied().collect()),
+        }
+    }
+
+    /// The slot and shared client for `identity`, connecting first if needed.
+    async fn client(
+        &self,
+        identity: &KafkaIdentity,
+        timeout: Duration,
+    ) -> Result<(Arc<ClientSlot>, Arc<Client>), KafkaFailure> {
         let (cluster, sasl) = (&*identity.cluster, identity.sasl.as_ref());
         let slot = self.slot(&identity.key);
         let connect = timeout.min(cluster.connect_timeout);
+        // rskafka gives up at `connect` with the real cause (refused, TLS, SASL); the outer bound
+        // only catches a hang, so it must not race that answer.
         let client = bounded(connect + CAUSE_GRACE, async {
             slot.client
                 .get_or_try_init(|| build_client(cluster, sasl, connect))
@@ -247,11 +253,7 @@ impl KafkaPool {
                 .cloned()
         })
         .await?;
-        let list = bounded(timeout, listing(&slot, &client, topic)).await?;
-        match list.get(topic) {
-            None => Err(KafkaFailure::new(ErrorCode::NotFound, "not found topic")),
-            Some(partitions) => Ok(partitions.iter().copied().collect()),
-        }
+        Ok((slot, client))
     }
 
     /// Drops the reader of a topic the broker no longer knows (deleted since it was cached), so

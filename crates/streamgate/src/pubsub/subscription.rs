@@ -214,8 +214,7 @@ pub(crate) async fn run(
             Err(f) => {
                 let partition = part.partition;
                 forget_if_gone(&access, &topic, partition, &Err::<(), _>(f.clone()));
-                let frame = failed(&access, sequence, "subscribe", &topic, Some(partition), f);
-                let _ = out.send(Box::new(ending(key, frame))).await;
+                end(&out, &access, key, sequence, &topic, Some(partition), f).await;
                 return;
             }
         };
@@ -227,15 +226,16 @@ pub(crate) async fn run(
         let batch = match take(part, &fetched, &filter, credit, frame_budget) {
             Ok(batch) => batch,
             Err(f) => {
-                let frame = failed(
+                end(
+                    &out,
                     &access,
+                    key,
                     sequence,
-                    "subscribe",
                     &topic,
                     Some(part.partition),
                     f,
-                );
-                let _ = out.send(Box::new(ending(key, frame))).await;
+                )
+                .await;
                 return;
             }
         };
@@ -259,15 +259,16 @@ pub(crate) async fn run(
                 // decides when to look again.
                 part.reader.observe(fetched.high_watermark);
                 if part.next > fetched.high_watermark {
-                    let frame = failed(
+                    end(
+                        &out,
                         &access,
+                        key,
                         sequence,
-                        "subscribe",
                         &topic,
                         Some(part.partition),
                         KafkaFailure::new(ErrorCode::KafkaError, "OFFSET_OUT_OF_RANGE"),
-                    );
-                    let _ = out.send(Box::new(ending(key, frame))).await;
+                    )
+                    .await;
                     return;
                 }
             } else if batch.nothing_new {
@@ -433,6 +434,20 @@ fn push(key: u64, sequence: i64, batches: Vec<KafkaPartitionRecords>, cursor: St
         })),
     };
     frame(key, push, cursor)
+}
+
+/// Ends the subscription with the error `f` on `partition`, under its sequence.
+async fn end(
+    out: &mpsc::Sender<Box<Outgoing>>,
+    access: &KafkaAccess,
+    key: u64,
+    sequence: i64,
+    topic: &str,
+    partition: Option<i32>,
+    f: KafkaFailure,
+) {
+    let frame = failed(access, sequence, "subscribe", topic, partition, f);
+    let _ = out.send(Box::new(ending(key, frame))).await;
 }
 
 fn ending(key: u64, frame: PubSubResp) -> Outgoing {
