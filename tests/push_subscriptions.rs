@@ -396,10 +396,7 @@ async fn from_a_time_and_from_latest() {
     let kafka = broker.client().await;
     let topic = unique_topic("push-time");
     fixtures::create_topic(&kafka, &topic, 1).await;
-    let records = [1_000_000i64, 2_000_000, 3_000_000]
-        .iter()
-        .map(|ts| fixtures::record(None, Some(b"x"), &[], Some(*ts)))
-        .collect();
+    let records = fixtures::records_at(&[1_000_000, 2_000_000, 3_000_000]);
     fixtures::produce_each(&kafka, &topic, 0, records).await;
     let gw = gateway_for(&broker, "", "").await;
     let mut c = PubSubClient::connect(&gw.ws_url("/kafka")).await.unwrap();

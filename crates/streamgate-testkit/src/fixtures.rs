@@ -45,6 +45,14 @@ pub fn value(value: &str) -> Record {
     record(None, Some(value.as_bytes()), &[], None)
 }
 
+/// Records with the value `x` and these timestamps (ms since the epoch), for look-ups by time.
+pub fn records_at(timestamps: &[i64]) -> Vec<Record> {
+    timestamps
+        .iter()
+        .map(|ts| record(None, Some(b"x"), &[], Some(*ts)))
+        .collect()
+}
+
 /// Produces every record in a batch of its own; returns their offsets.
 pub async fn produce_each(
     client: &Client,

@@ -111,19 +111,22 @@ impl PartitionReader {
     }
 
     /// Waits until the high watermark is beyond `offset` (polling the broker meanwhile), or
-    /// `within` passes. Errors of the polls are left to the caller's next fetch.
+    /// `deadline` passes; says whether it moved. Errors of the polls are left to the caller's
+    /// next fetch.
     pub(crate) async fn wait_beyond(
         self: &Arc<Self>,
         offset: i64,
-        within: Duration,
+        deadline: Instant,
         timeout: Duration,
-    ) {
+    ) -> bool {
         let mut high_watermark = self.high_watermark.subscribe();
         if *high_watermark.borrow() > offset {
-            return;
+            return true;
         }
         self.ensure_poller(timeout);
-        let _ = tokio::time::timeout(within, high_watermark.wait_for(|hw| *hw > offset)).await;
+        tokio::time::timeout_at(deadline, high_watermark.wait_for(|hw| *hw > offset))
+            .await
+            .is_ok_and(|r| r.is_ok())
     }
 
     /// The rskafka partition client (for offset look-ups).
@@ -149,13 +152,7 @@ impl PartitionReader {
             if has_records || !at_end || Instant::now() >= deadline {
                 return Ok(fetched);
             }
-            let mut high_watermark = self.high_watermark.subscribe();
-            self.ensure_poller(timeout);
-            let moved =
-                tokio::time::timeout_at(deadline, high_watermark.wait_for(|hw| *hw > offset))
-                    .await
-                    .is_ok_and(|r| r.is_ok());
-            if !moved {
+            if !self.wait_beyond(offset, deadline, timeout).await {
                 return Ok(fetched);
             }
         }

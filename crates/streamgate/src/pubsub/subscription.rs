@@ -404,9 +404,10 @@ fn take(
 
 /// Waits until some partition has records past its position, or a while passes.
 async fn wait_at_head(parts: &[Part], timeout: Duration) {
+    let deadline = tokio::time::Instant::now() + HEAD_RECHECK;
     let waits = parts
         .iter()
-        .map(|p| Box::pin(p.reader.wait_beyond(p.next, HEAD_RECHECK, timeout)));
+        .map(|p| Box::pin(p.reader.wait_beyond(p.next, deadline, timeout)));
     futures_util::future::select_all(waits).await;
 }
 
