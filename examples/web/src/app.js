@@ -1,5 +1,9 @@
-// The live demo page: reads a Kafka partition through Streamgate's pub/sub WebSocket route.
-// The wire types come from proto/pubsub.proto (bundled at build time by build.mjs).
+// The live demo page: reads a Kafka topic through Streamgate's pub/sub WebSocket route with a push
+// subscription. The gateway pushes records as far as the credit this page grants (a window topped
+// up as rows are shown), marks when each partition has caught up with the history, and gives a
+// cursor after every push: pausing unsubscribes, resuming and reconnecting subscribe again from
+// the cursor, so nothing is lost or shown twice. The wire types come from proto/pubsub.proto
+// (bundled at build time by build.mjs).
 import protobuf from "protobufjs/light.js";
 import schema from "../gen/pubsub.json";
 
@@ -30,6 +34,8 @@ const CLOSE_REASONS = {
   1011: "the gateway hit an internal error",
 };
 const MAX_ROWS = 500;
+/** Records the gateway may push ahead of what the page has shown. */
+const CREDIT_WINDOW = 200;
 
 /** The gateway answered a command with error_resp. */
 class GatewayError extends Error {
@@ -48,11 +54,13 @@ class ConnectionLost extends Error {
   }
 }
 
-/** One pub/sub WebSocket: commands are answered by sequence, in any order. */
+/** One pub/sub WebSocket: commands are answered by sequence, in any order; pushes go to their
+ * subscription's handler. */
 class Session {
   constructor(url) {
     this.url = url;
     this.pending = new Map();
+    this.subscriptions = new Map();
     this.sequence = 0;
     this.closed = null;
     this.ws = new WebSocket(url);
@@ -65,6 +73,8 @@ class Session {
         reject(lost);
         for (const { reject: fail } of this.pending.values()) fail(lost);
         this.pending.clear();
+        for (const sub of this.subscriptions.values()) sub.onend(lost);
+        this.subscriptions.clear();
         this.onclose?.(lost);
       };
     });
@@ -87,6 +97,16 @@ class Session {
       return;
     }
     const waiter = this.pending.get(resp.sequence ?? 0);
+    const sub = this.subscriptions.get(resp.sequence ?? 0);
+    if (!waiter && sub) {
+      if (resp.kafkaRecordsPush) sub.onpush(resp.kafkaRecordsPush);
+      if (resp.errorResp) {
+        // An error under a subscription's sequence ends it.
+        this.subscriptions.delete(resp.sequence);
+        sub.onend(new GatewayError(resp.errorResp.code, resp.errorResp.message));
+      }
+      return;
+    }
     if (!waiter) {
       if (resp.errorResp) this.onerror?.(new GatewayError(resp.errorResp.code, resp.errorResp.message));
       return;
@@ -111,10 +131,32 @@ class Session {
     return resp.kafkaListOffsetResp.offset ?? 0;
   }
 
-  async fetch(topic, partition, offset) {
-    const resp = await this.call({ cmdKafkaFetch: { topic, partition, offset } });
-    const r = resp.kafkaFetchResp;
-    return { messages: r.messages ?? [], highWatermark: r.highWatermark ?? 0 };
+  /** Subscribes; `handler.onpush(push)` gets its pushes, `handler.onend(error)` its end.
+   * Resolves with the subscription's number and where it starts. */
+  async subscribe(command, handler) {
+    const sequence = this.sequence + 1;
+    this.subscriptions.set(sequence, handler);
+    try {
+      const resp = await this.call({ cmdKafkaSubscribe: command });
+      return { sequence, started: resp.kafkaSubscribeResp };
+    } catch (error) {
+      this.subscriptions.delete(sequence);
+      throw error;
+    }
+  }
+
+  /** More credit; not answered. */
+  credit(subscription, records) {
+    if (this.closed) return;
+    const sequence = ++this.sequence;
+    this.ws.send(PubSubReq.encode(PubSubReq.create({ sequence, cmdKafkaCredit: { subscription, records } })).finish());
+  }
+
+  /** Ends a subscription; resolves with the cursor after the last record it delivered. */
+  async unsubscribe(subscription) {
+    const resp = await this.call({ cmdKafkaUnsubscribe: { subscription } });
+    this.subscriptions.delete(subscription);
+    return resp.kafkaUnsubscribeResp.cursor;
   }
 
   close() {
@@ -131,9 +173,13 @@ const view = {
   session: null,
   stream: 0,
   paused: false,
-  running: false,
-  next: null,
-  hwm: null,
+  /** The open subscription: { sequence, outstanding, ended } */
+  sub: null,
+  /** Resume point after the last record shown. */
+  cursor: null,
+  /** partition -> { next, hwm, caughtUp } */
+  parts: new Map(),
+  caughtUpAt: null,
   count: 0,
   arrivals: [],
   retries: 0,
@@ -192,9 +238,14 @@ function explain(error) {
 }
 
 function updateStats() {
-  $("next").textContent = view.next ?? "–";
-  $("hwm").textContent = view.hwm ?? "–";
-  $("lag").textContent = view.next != null && view.hwm != null ? Math.max(0, view.hwm - view.next) : "–";
+  const parts = [...view.parts.entries()].sort((a, b) => a[0] - b[0]);
+  const sum = (f) => (parts.length ? parts.reduce((n, [, p]) => n + f(p), 0) : "–");
+  $("next").textContent = sum((p) => p.next);
+  $("hwm").textContent = sum((p) => p.hwm);
+  $("lag").textContent = sum((p) => Math.max(0, p.hwm - p.next));
+  $("lags").textContent = parts
+    .map(([partition, p]) => `p${partition}: ${Math.max(0, p.hwm - p.next)} behind${p.caughtUp ? " ✓" : ""}`)
+    .join(" · ");
   $("count").textContent = view.count;
   const now = performance.now();
   view.arrivals = view.arrivals.filter((a) => now - a.at < 5000);
@@ -203,17 +254,18 @@ function updateStats() {
   $("rate").textContent = `${Math.round((recent * 1000) / span)}/s`;
 }
 
-function addRows(messages) {
+function addRows(partition, messages) {
   const body = $("messages").tBodies[0];
   const rows = document.createDocumentFragment();
   for (let i = messages.length - 1; i >= 0; i--) {
     const m = messages[i];
     const tr = document.createElement("tr");
     tr.className = "fresh";
+    tr.dataset.partition = partition;
     tr.dataset.offset = m.offset;
     const headers = (m.headers ?? []).map((h) => `${h.key}=${decode(h.value)}`).join(", ");
     const time = m.timestamp ? new Date(m.timestamp).toLocaleTimeString() : "";
-    for (const value of [m.offset, time, decode(m.key), decode(m.value), headers]) {
+    for (const value of [partition, m.offset, time, decode(m.key), decode(m.value), headers]) {
       const td = document.createElement("td");
       td.textContent = value;
       tr.append(td);
@@ -222,6 +274,20 @@ function addRows(messages) {
   }
   body.prepend(rows);
   while (body.rows.length > MAX_ROWS) body.deleteRow(body.rows.length - 1);
+}
+
+/** Every partition has delivered the history there was at subscribe time: say so, once. */
+function markCaughtUp() {
+  view.caughtUpAt = new Date();
+  const tr = document.createElement("tr");
+  tr.className = "caught-up";
+  const td = document.createElement("td");
+  td.colSpan = 6;
+  td.textContent = `caught up at ${view.caughtUpAt.toLocaleTimeString()}: history above, live records from here`;
+  tr.append(td);
+  $("messages").tBodies[0].prepend(tr);
+  $("caughtup").textContent = `Caught up at ${view.caughtUpAt.toLocaleTimeString()} after ${view.count} records; live from here.`;
+  $("caughtup").hidden = false;
 }
 
 async function connect() {
@@ -238,31 +304,41 @@ async function connect() {
   return session.ready;
 }
 
-function startOffset(session, topic, partition) {
+/** The subscribe command for the chosen start, or the cursor when resuming. */
+function subscribeCommand(topic, partition) {
+  const command = { topic, creditRecords: CREDIT_WINDOW };
+  if (partition !== null) command.partitions = [partition];
+  if (view.cursor) return { ...command, cursor: view.cursor };
   switch ($("from").value) {
     case "earliest":
-      return session.listOffset(topic, partition, -2);
+      return { ...command, from: 1 };
     case "latest":
-      return session.listOffset(topic, partition, -1);
-    case "offset":
-      return Promise.resolve(Number($("offset").value) || 0);
+      return { ...command, from: 0 };
+    case "offset": {
+      const offset = Number($("offset").value) || 0;
+      const partitions = partition !== null ? [partition] : [...$("partition").options].map((o) => Number(o.value)).filter((p) => !Number.isNaN(p));
+      return { ...command, offsets: partitions.map((p) => ({ partition: p, offset })) };
+    }
     case "time": {
       const at = new Date($("time").value).getTime();
-      if (Number.isNaN(at)) return Promise.reject(new Error("Pick a time to start from"));
-      return session
-        .listOffset(topic, partition, at)
-        .then((o) => (o === -1 ? session.listOffset(topic, partition, -1) : o));
+      if (Number.isNaN(at)) throw new Error("Pick a time to start from");
+      return { ...command, from: 2, timestampMs: at };
     }
   }
-  return Promise.reject(new Error("unknown start"));
+  throw new Error("unknown start");
 }
 
 /** Starts reading from the chosen position; any earlier stream stops. */
 async function start() {
   const stream = ++view.stream;
   const topic = $("topic").value.trim();
-  const partition = Number($("partition").value) || 0;
-  Object.assign(view, { paused: false, next: null, hwm: null, count: 0, arrivals: [], retries: 0 });
+  const choice = $("partition").value;
+  const partition = choice === "all" ? null : Number(choice);
+  const old = view.sub;
+  if (old && view.session && !view.session.closed) view.session.unsubscribe(old.sequence).catch(() => {});
+  old?.end.resolve();
+  Object.assign(view, { paused: false, sub: null, cursor: null, parts: new Map(), caughtUpAt: null, count: 0, arrivals: [], retries: 0 });
+  $("caughtup").hidden = true;
   $("messages").tBodies[0].replaceChildren();
   $("pause").textContent = "Pause";
   $("pause").disabled = false;
@@ -271,36 +347,79 @@ async function start() {
   await run(stream, topic, partition);
 }
 
-/** The fetch loop of one stream: resumes at `view.next` after errors and reconnects. */
+/** One subscription of `stream`: shows its pushes, keeps its credit topped up; resolves when it
+ * is unsubscribed (pause), rejects with what ended it otherwise. */
+async function subscribe(session, stream, topic, partition) {
+  let end;
+  const ended = new Promise((resolve, reject) => (end = { resolve, reject }));
+  const sub = { sequence: 0, outstanding: CREDIT_WINDOW, ended, end };
+  const handler = {
+    onpush(push) {
+      if (stream !== view.stream || view.sub !== sub) return;
+      let shown = 0;
+      for (const batch of push.batches ?? []) {
+        const part = view.parts.get(batch.partition) ?? { next: 0, hwm: 0, caughtUp: false };
+        const messages = batch.messages ?? [];
+        if (messages.length) {
+          addRows(batch.partition, messages);
+          part.next = messages[messages.length - 1].offset + 1;
+          shown += messages.length;
+        }
+        part.hwm = Math.max(part.hwm, batch.highWatermark ?? 0);
+        if (batch.caughtUp) part.caughtUp = true;
+        view.parts.set(batch.partition, part);
+      }
+      view.cursor = push.cursor;
+      if (shown) {
+        view.count += shown;
+        view.arrivals.push({ at: performance.now(), n: shown });
+        sub.outstanding -= shown;
+      }
+      if (!view.caughtUpAt && view.parts.size && [...view.parts.values()].every((p) => p.caughtUp)) markCaughtUp();
+      if (2 * sub.outstanding < CREDIT_WINDOW) {
+        session.credit(sub.sequence, CREDIT_WINDOW - sub.outstanding);
+        sub.outstanding = CREDIT_WINDOW;
+      }
+      updateStats();
+    },
+    onend: (error) => end.reject(error),
+  };
+  // Pushes may follow the answer at once: the subscription is the page's before it is sent.
+  sub.sequence = session.sequence + 1;
+  view.sub = sub;
+  const { started } = await session.subscribe(subscribeCommand(topic, partition), handler);
+  if (!view.cursor) view.cursor = started.cursor;
+  for (const p of started.partitions ?? []) {
+    const part = view.parts.get(p.partition);
+    if (part) part.hwm = Math.max(part.hwm, p.highWatermark);
+    else view.parts.set(p.partition, { next: p.offset, hwm: p.highWatermark, caughtUp: false });
+  }
+  updateStats();
+  return ended;
+}
+
+/** Runs one stream: subscribes, waits while paused, resubscribes from the cursor after errors
+ * and reconnects. */
 async function run(stream, topic, partition) {
   while (stream === view.stream) {
     try {
       const session = await connect();
-      if (view.next == null) view.next = await startOffset(session, topic, partition);
       if (stream !== view.stream) return;
       if (view.paused) {
         setStatus("paused", "paused");
-        // Paused: keep the lag honest by watching the end of the log.
-        view.hwm = await session.listOffset(topic, partition, -1);
+        // Paused: keep the lag honest by watching the end of each partition's log.
+        for (const [p, part] of view.parts) part.hwm = await session.listOffset(topic, p, -1);
         updateStats();
         await sleep(1000);
         continue;
       }
       setStatus("live", "live");
-      const batch = await session.fetch(topic, partition, view.next);
-      if (stream !== view.stream) return;
-      const fresh = batch.messages.filter((m) => m.offset >= view.next);
-      if (fresh.length) {
-        addRows(fresh);
-        view.next = fresh[fresh.length - 1].offset + 1;
-        view.count += fresh.length;
-        view.arrivals.push({ at: performance.now(), n: fresh.length });
-      }
-      view.hwm = batch.highWatermark;
+      const ended = await subscribe(session, stream, topic, partition);
       view.retries = 0;
       if (!$("error").hidden && $("error").dataset.code !== "3") clearError();
-      updateStats();
+      await ended;
     } catch (error) {
+      view.sub = null;
       if (stream !== view.stream) return;
       explain(error);
       const retry =
@@ -315,6 +434,24 @@ async function run(stream, topic, partition) {
       setStatus("error", `retrying (${view.retries})…`);
       await sleep(Math.min(5000, 250 * 2 ** Math.min(view.retries, 5)));
     }
+  }
+}
+
+/** Pause: unsubscribe (the cursor says where it stopped). Resume: the stream subscribes again
+ * from that cursor. */
+async function togglePause() {
+  view.paused = !view.paused;
+  $("pause").textContent = view.paused ? "Resume" : "Pause";
+  if (!view.paused) return;
+  setStatus("paused", "paused");
+  const sub = view.sub;
+  if (!sub || !view.session || view.session.closed) return;
+  try {
+    view.cursor = await view.session.unsubscribe(sub.sequence);
+    view.sub = null;
+    sub.end.resolve();
+  } catch (error) {
+    sub.end.reject(error);
   }
 }
 
@@ -340,6 +477,7 @@ async function probePartitions() {
   }
   const keep = select.value;
   select.replaceChildren(
+    new Option("all", "all", false, keep === "all"),
     ...Array.from({ length: count }, (_, p) => new Option(String(p), String(p), false, String(p) === keep)),
   );
 }
@@ -366,11 +504,7 @@ function init() {
     event.preventDefault();
     start();
   });
-  $("pause").addEventListener("click", () => {
-    view.paused = !view.paused;
-    $("pause").textContent = view.paused ? "Resume" : "Pause";
-    if (view.paused) setStatus("paused", "paused");
-  });
+  $("pause").addEventListener("click", () => togglePause());
   setInterval(updateStats, 500);
   probePartitions().then(start);
 }

@@ -33,9 +33,10 @@ const consoleErrors = [];
 page.on("console", (m) => m.type() === "error" && consoleErrors.push(m.text()));
 page.on("pageerror", (e) => consoleErrors.push(String(e)));
 
-const rows = () => page.locator("#messages tbody tr").count();
-const offsets = () =>
-  page.$$eval("#messages tbody tr", (trs) => trs.map((tr) => Number(tr.dataset.offset)));
+const rows = () => page.locator("#messages tbody tr[data-offset]").count();
+/** Offsets of partition `p`'s rows, newest first. */
+const offsets = (p = "0") =>
+  page.$$eval(`#messages tbody tr[data-partition="${p}"]`, (trs) => trs.map((tr) => Number(tr.dataset.offset)));
 const check = (ok, what) => {
   if (!ok) throw new Error(what);
   console.log(`ok: ${what}`);
@@ -43,21 +44,33 @@ const check = (ok, what) => {
 
 try {
   await page.goto(url);
-  await page.waitForFunction(() => document.querySelectorAll("#messages tbody tr").length >= 3, null, {
+  await page.waitForFunction(() => document.querySelectorAll("#messages tbody tr[data-offset]").length >= 3, null, {
     timeout: 20_000,
   });
   check((await page.textContent("#status")) === "live", "the page is live and shows messages");
   const hwm = Number(await page.textContent("#hwm"));
-  check(hwm >= 3, `the high watermark is shown (${hwm})`);
+  check(hwm >= 3, `the high watermarks are shown (${hwm})`);
   check(!Number.isNaN(Number(await page.textContent("#lag"))), "the lag is shown");
   const partitions = await page.$$eval("#partition option", (o) => o.map((x) => x.value));
-  check(partitions.join(",") === "0,1", `the partition picker lists the topic's partitions (${partitions})`);
-  const first = await page.$$eval("#messages tbody tr:last-child td", (tds) => tds.map((td) => td.textContent));
+  check(partitions.join(",") === "all,0,1", `the partition picker lists the topic's partitions (${partitions})`);
+  // One subscription reads both partitions, each caught up once with the history.
+  await page.waitForSelector("#caughtup:not([hidden])", { timeout: 10_000 });
+  check(/Caught up at/.test(await page.textContent("#caughtup")), "the caught-up moment is shown");
+  check((await page.locator("#messages tbody tr.caught-up").count()) === 1, "one caught-up marker in the table");
+  const lags = await page.textContent("#lags");
+  check(/p0: \d+ behind ✓/.test(lags) && /p1: 0 behind ✓/.test(lags), `per-partition lag from the pushes (${lags})`);
+  const other = await page.$$eval('#messages tbody tr[data-partition="1"] td', (tds) => tds.map((td) => td.textContent));
+  check(other[4] === "other partition", `the other partition's record is there (${other})`);
+  const first = await page.$$eval('#messages tbody tr[data-partition="0"][data-offset="0"] td', (tds) =>
+    tds.map((td) => td.textContent),
+  );
   check(
-    first[0] === "0" && first[2] === "k" && first[3] === "demo-0" && first[4] === "n=x",
-    `from earliest the first row is offset 0 with its key, value and headers (${first})`,
+    first[1] === "0" && first[3] === "k" && first[4] === "demo-0" && first[5] === "n=x",
+    `from earliest partition 0 starts at offset 0 with its key, value and headers (${first})`,
   );
   await page.screenshot({ path: join(out, "demo-live.png"), fullPage: true });
+  // The README's picture (docs/demo-page.png) is this one.
+  await page.screenshot({ path: join(out, "demo-page.png"), clip: { x: 50, y: 0, width: 1100, height: 640 } });
 
   // Pause: nothing new arrives; resume: it flows again from where it stopped.
   await page.click("#pause");
@@ -67,7 +80,7 @@ try {
   check((await rows()) === paused, "no rows arrive while paused");
   check((await page.textContent("#status")) === "paused", "the status says paused");
   await page.click("#pause");
-  await page.waitForFunction((n) => document.querySelectorAll("#messages tbody tr").length > n, paused, {
+  await page.waitForFunction((n) => document.querySelectorAll("#messages tbody tr[data-offset]").length > n, paused, {
     timeout: 10_000,
   });
   const afterResume = await offsets();
@@ -78,13 +91,14 @@ try {
   );
   check(afterResume[0] - afterResume[afterResume.length - 1] === afterResume.length - 1, "offsets are contiguous");
 
-  // Start from an offset.
+  // Start from an offset, in partition 0.
+  await page.selectOption("#partition", "0");
   await page.selectOption("#from", "offset");
   await page.fill("#offset", "2");
   await page.click("#start");
   await page.waitForFunction(
     () => {
-      const trs = document.querySelectorAll("#messages tbody tr");
+      const trs = document.querySelectorAll("#messages tbody tr[data-offset]");
       return trs.length >= 2 && trs[trs.length - 1].dataset.offset === "2";
     },
     null,
@@ -92,14 +106,15 @@ try {
   );
   check(true, "start from offset 2 shows offset 2 first");
 
-  // Start from a time in the future: nothing old, only what arrives next.
+  // Start from latest: nothing old, only what arrives next.
+  const hwm0 = Number(await page.textContent("#hwm"));
   await page.selectOption("#from", "latest");
   await page.click("#start");
-  await page.waitForFunction(() => document.querySelectorAll("#messages tbody tr").length >= 1, null, {
+  await page.waitForFunction(() => document.querySelectorAll("#messages tbody tr[data-offset]").length >= 1, null, {
     timeout: 10_000,
   });
   const latest = await offsets();
-  check(latest[latest.length - 1] >= hwm, `start from latest skips history (first ${latest.at(-1)} >= ${hwm})`);
+  check(latest[latest.length - 1] >= hwm0, `start from latest skips history (first ${latest.at(-1)} >= ${hwm0})`);
 
   // A topic the route does not allow: a clear error naming the class.
   await page.fill("#topic", "secret");
