@@ -72,6 +72,18 @@ pub(crate) struct Slot {
     ip: Option<IpAddr>,
 }
 
+impl Slot {
+    /// Counts a failed authentication (a 401) from this request's client.
+    pub(crate) fn auth_failed(&self) {
+        if let Some(ip) = self.ip {
+            let _ = self
+                .limits
+                .auth_failures
+                .take(ip, std::time::Instant::now());
+        }
+    }
+}
+
 /// A pub/sub session's place in its consumer's count; given back on drop.
 #[derive(Debug)]
 pub(crate) struct ConsumerSlot {
@@ -173,13 +185,6 @@ impl ConnectionLimits {
             limits: Arc::clone(self),
             bytes,
         })
-    }
-
-    /// Counts a failed authentication (a 401) from `client`.
-    pub(crate) fn auth_failed(&self, client: Option<IpAddr>) {
-        if let Some(ip) = client.map(client_key) {
-            let _ = self.auth_failures.take(ip, std::time::Instant::now());
-        }
     }
 
     /// When `client` used up its failed authentications: the seconds until it may try again.

@@ -186,9 +186,6 @@ impl ProxyHttp for Gateway {
         for plugin in &route.plugins {
             if plugin.access(session, &mut ctx.req).await? {
                 tracing::debug!(route = %route.config.id, plugin = plugin.name(), "a plugin answered the request");
-                if ctx.req.status == Some(401) {
-                    self.limits.auth_failed(ctx.req.client);
-                }
                 return Ok(true);
             }
         }

@@ -15,6 +15,8 @@ pub(crate) struct Answer<'a> {
     field: &'static str,
     message: &'a str,
     retry_after: Option<u64>,
+    /// A 401 from an auth plugin: it counts against the caller's failed authentications.
+    failed_auth: bool,
 }
 
 impl<'a> Answer<'a> {
@@ -25,13 +27,16 @@ impl<'a> Answer<'a> {
             field: "error_msg",
             message,
             retry_after: None,
+            failed_auth: false,
         }
     }
 
     /// `{"message": message}`: the shape APISIX's auth plugins answer with.
+    /// A 401 counts as a failed authentication of the caller.
     pub(crate) fn auth(status: u16, message: &'a str) -> Self {
         Self {
             field: "message",
+            failed_auth: status == 401,
             ..Self::error(status, message)
         }
     }
@@ -45,12 +50,18 @@ impl<'a> Answer<'a> {
     }
 }
 
-/// Writes `answer` as the whole response.
+/// Writes `answer` as the whole response. A failed authentication is counted before the answer
+/// goes out, so the caller's next attempt already meets the count.
 pub(crate) async fn send(
     session: &mut Session,
     ctx: &mut RequestCtx,
     answer: Answer<'_>,
 ) -> pingora::Result<()> {
+    if answer.failed_auth {
+        if let Some(slot) = &ctx.slot {
+            slot.auth_failed();
+        }
+    }
     let mut body = serde_json::Map::with_capacity(1);
     body.insert(answer.field.into(), answer.message.into());
     let body = serde_json::Value::Object(body).to_string();
