@@ -110,23 +110,18 @@ impl PartitionReader {
         *self.high_watermark.borrow()
     }
 
-    /// Waits until the high watermark is beyond `offset` (polling the broker meanwhile), or
-    /// `deadline` passes; says whether it moved. Errors of the polls are left to the caller's
-    /// next fetch.
-    pub(crate) async fn wait_beyond(
-        self: &Arc<Self>,
-        offset: i64,
-        deadline: Instant,
-        timeout: Duration,
-    ) -> bool {
+    /// Resolves once the high watermark is beyond `offset`, polling the broker meanwhile
+    /// (callers bound the wait). Errors of the polls are left to the caller's next fetch.
+    pub(crate) async fn wait_beyond(self: &Arc<Self>, offset: i64, timeout: Duration) {
         let mut high_watermark = self.high_watermark.subscribe();
         if *high_watermark.borrow() > offset {
-            return true;
+            return;
         }
         self.ensure_poller(timeout);
-        tokio::time::timeout_at(deadline, high_watermark.wait_for(|hw| *hw > offset))
-            .await
-            .is_ok_and(|r| r.is_ok())
+        if high_watermark.wait_for(|hw| *hw > offset).await.is_err() {
+            // The reader went away: nothing will move; let the caller's bound end the wait.
+            std::future::pending::<()>().await;
+        }
     }
 
     /// The rskafka partition client (for offset look-ups).
@@ -152,7 +147,8 @@ impl PartitionReader {
             if has_records || !at_end || Instant::now() >= deadline {
                 return Ok(fetched);
             }
-            if !self.wait_beyond(offset, deadline, timeout).await {
+            let moved = tokio::time::timeout_at(deadline, self.wait_beyond(offset, timeout)).await;
+            if moved.is_err() {
                 return Ok(fetched);
             }
         }

@@ -266,7 +266,7 @@ pub(crate) async fn run<S>(
                 }
             }
             Some(out) = async { pushes.as_mut()?.recv().await }, if pushes.is_some() => {
-                let Outgoing { key, frame, cursor, ends, hold } = *out;
+                let Outgoing { key, frame, ends, hold } = *out;
                 let sequence = frame.sequence;
                 // Frames of a subscription that ended meanwhile are dropped unwritten.
                 if subs.by_sequence.get(&sequence).is_none_or(|s| s.key != key) {
@@ -279,8 +279,13 @@ pub(crate) async fn run<S>(
                 }
                 if ends {
                     subs.end(sequence);
-                } else if let (Some(cursor), Some(sub)) = (cursor, subs.by_sequence.get_mut(&sequence)) {
-                    sub.cursor = cursor;
+                } else if let Some(sub) = subs.by_sequence.get_mut(&sequence) {
+                    // The frame is written: its cursor is where a resume starts now.
+                    match frame.resp {
+                        Some(Resp::KafkaRecordsPush(push)) => sub.cursor = push.cursor,
+                        Some(Resp::KafkaSubscribeResp(started)) => sub.cursor = started.cursor,
+                        _ => {}
+                    }
                 }
             }
             Some(_) = subs.tasks.join_next(), if !subs.tasks.is_empty() => {}

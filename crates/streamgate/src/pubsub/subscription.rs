@@ -49,10 +49,9 @@ pub(crate) struct Granted {
 pub(crate) struct Outgoing {
     /// The session's own number for the subscription (sequences may be reused by clients).
     pub key: u64,
-    /// The frame: the subscribe answer, a push, or the error that ends the subscription.
+    /// The frame: the subscribe answer, a push (each carries the resume point once written), or
+    /// the error that ends the subscription.
     pub frame: PubSubResp,
-    /// The resume point once this frame is written (none for an error).
-    pub cursor: Option<String>,
     /// The subscription ends with this frame.
     pub ends: bool,
     /// The frame's place in the process's budget for frames not yet read by their clients.
@@ -96,6 +95,15 @@ pub(crate) async fn run(
     let route = Arc::clone(&access.target.route_id);
     let metrics = crate::metrics::metrics();
     let _open = GaugeGuard::new(metrics.subscriptions_open.with_label_values(&[&*route]));
+    // Looked up once: a label look-up per push would cost a hash and a lock each.
+    let label = [&*route];
+    let (pushed, delivered, pushed_bytes, filtered, paused) = (
+        metrics.records_pushed.with_label_values(&label),
+        metrics.records_delivered.with_label_values(&label),
+        metrics.record_bytes_pushed.with_label_values(&label),
+        metrics.records_filtered.with_label_values(&label),
+        metrics.subscriptions_paused.with_label_values(&label),
+    );
     let topic = cmd.topic.clone();
     // Boxed: the start's futures would otherwise stay part of every paused subscription's task.
     let mut parts = match Box::pin(start(&access, &cmd)).await {
@@ -122,14 +130,10 @@ pub(crate) async fn run(
         sequence,
         resp: Some(Resp::KafkaSubscribeResp(KafkaSubscribeResp {
             partitions: starts,
-            cursor: first_cursor.clone(),
+            cursor: first_cursor,
         })),
     };
-    if out
-        .send(Box::new(frame(key, answer, first_cursor)))
-        .await
-        .is_err()
-    {
+    if out.send(Box::new(frame(key, answer))).await.is_err() {
         return;
     }
     // Partitions that start at the watermark are caught up before any record: say so now, even
@@ -176,8 +180,7 @@ pub(crate) async fn run(
         let has_credit =
             |g: &Granted| g.records > used.records && (!byte_bound || g.bytes > used.bytes);
         if !has_credit(&grants.borrow()) {
-            let _paused =
-                GaugeGuard::new(metrics.subscriptions_paused.with_label_values(&[&*route]));
+            let _paused = GaugeGuard::new(paused.clone());
             if grants.wait_for(has_credit).await.is_err() {
                 return;
             }
@@ -240,17 +243,13 @@ pub(crate) async fn run(
             }
         };
         if batch.filtered > 0 {
-            metrics
-                .records_filtered
-                .with_label_values(&[&*route])
-                .inc_by(batch.filtered);
+            filtered.inc_by(batch.filtered);
         }
         if batch.records.is_empty() && !batch.caught_up {
             if batch.short_of_credit {
                 // The next record needs more bytes than are granted: wait for a grant.
                 drop(fetched);
-                let _paused =
-                    GaugeGuard::new(metrics.subscriptions_paused.with_label_values(&[&*route]));
+                let _paused = GaugeGuard::new(paused.clone());
                 if grants.changed().await.is_err() {
                     return;
                 }
@@ -280,18 +279,9 @@ pub(crate) async fn run(
         }
         used.records += batch.records.len() as u64;
         used.bytes += batch.bytes as u64;
-        metrics
-            .records_pushed
-            .with_label_values(&[&*route])
-            .inc_by(batch.records.len() as u64);
-        metrics
-            .records_delivered
-            .with_label_values(&[&*route])
-            .inc_by(batch.records.len() as u64);
-        metrics
-            .record_bytes_pushed
-            .with_label_values(&[&*route])
-            .inc_by(batch.bytes as u64);
+        pushed.inc_by(batch.records.len() as u64);
+        delivered.inc_by(batch.records.len() as u64);
+        pushed_bytes.inc_by(batch.bytes as u64);
         let records = KafkaPartitionRecords {
             partition: part.partition,
             messages: batch.records,
@@ -404,11 +394,11 @@ fn take(
 
 /// Waits until some partition has records past its position, or a while passes.
 async fn wait_at_head(parts: &[Part], timeout: Duration) {
-    let deadline = tokio::time::Instant::now() + HEAD_RECHECK;
+    // One timer for the whole wait, not one per partition.
     let waits = parts
         .iter()
-        .map(|p| Box::pin(p.reader.wait_beyond(p.next, deadline, timeout)));
-    futures_util::future::select_all(waits).await;
+        .map(|p| Box::pin(p.reader.wait_beyond(p.next, timeout)));
+    let _ = tokio::time::timeout(HEAD_RECHECK, futures_util::future::select_all(waits)).await;
 }
 
 /// The cursor after everything the positions in `parts` have passed.
@@ -416,11 +406,10 @@ fn cursor_of(topic: &str, parts: &[Part]) -> String {
     cursor::encode(topic, parts.iter().map(|p| (p.partition, p.next)))
 }
 
-fn frame(key: u64, frame: PubSubResp, cursor: String) -> Outgoing {
+fn frame(key: u64, frame: PubSubResp) -> Outgoing {
     Outgoing {
         key,
         frame,
-        cursor: Some(cursor),
         ends: false,
         hold: None,
     }
@@ -429,12 +418,9 @@ fn frame(key: u64, frame: PubSubResp, cursor: String) -> Outgoing {
 fn push(key: u64, sequence: i64, batches: Vec<KafkaPartitionRecords>, cursor: String) -> Outgoing {
     let push = PubSubResp {
         sequence,
-        resp: Some(Resp::KafkaRecordsPush(KafkaRecordsPush {
-            batches,
-            cursor: cursor.clone(),
-        })),
+        resp: Some(Resp::KafkaRecordsPush(KafkaRecordsPush { batches, cursor })),
     };
-    frame(key, push, cursor)
+    frame(key, push)
 }
 
 /// Ends the subscription with the error `f` on `partition`, under its sequence.
@@ -455,7 +441,6 @@ fn ending(key: u64, frame: PubSubResp) -> Outgoing {
     Outgoing {
         key,
         frame,
-        cursor: None,
         ends: true,
         hold: None,
     }
