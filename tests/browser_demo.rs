@@ -39,6 +39,12 @@ async fn the_demo_page_shows_live_messages_and_explains_errors() {
         files.addr,
         kafka_upstream("kafka", &broker.bootstrap, ""),
         kafka_route("kafka", "/kafka", "kafka", "topics = [\"demo\"]"),
+    ) + &kafka_route(
+        "events",
+        "/events-kafka",
+        "kafka",
+        // Streams end every 2 s, so the browser's EventSource must reconnect and resume.
+        "topics = [\"demo\"]\nmax_session_seconds = 2",
     );
     let gw = GatewayProcess::start(binary(), &config, addr).await;
 
@@ -62,7 +68,7 @@ async fn the_demo_page_shows_live_messages_and_explains_errors() {
         out.display(),
         gw.log()
     );
-    for shot in ["demo-live.png", "demo-forbidden.png"] {
+    for shot in ["demo-live.png", "demo-forbidden.png", "demo-events.png"] {
         let size = std::fs::metadata(out.join(shot))
             .map(|m| m.len())
             .unwrap_or(0);

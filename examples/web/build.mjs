@@ -26,7 +26,7 @@ await esbuild.build({
   outfile: join(dist, "app.js"),
   logLevel: "warning",
 });
-for (const file of ["index.html", "style.css"]) {
+for (const file of ["index.html", "events.html", "style.css"]) {
   copyFileSync(join(here, "src", file), join(dist, file));
 }
 console.log(`demo page built into ${dist}`);

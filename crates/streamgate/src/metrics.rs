@@ -43,6 +43,8 @@ pub(crate) struct Metrics {
     pub records_delivered: IntCounterVec,
     /// Record bytes (keys, values, headers) sent to pub/sub clients, by route.
     pub record_bytes_delivered: IntCounterVec,
+    /// Server-Sent Events streams started, by route.
+    pub sse_streams_opened: IntCounterVec,
     /// Push subscriptions open now, by route.
     pub subscriptions_open: IntGaugeVec,
     /// Push subscriptions waiting for credit, by route.
@@ -179,6 +181,11 @@ impl Metrics {
             record_bytes_delivered: counter(
                 "streamgate_pubsub_record_bytes_total",
                 "Encoded bytes of the Kafka records sent to pub/sub clients.",
+                &["route"],
+            ),
+            sse_streams_opened: counter(
+                "streamgate_sse_streams_opened_total",
+                "Server-Sent Events streams accepted (a 200 was sent), by route.",
                 &["route"],
             ),
             subscriptions_open: gauges(

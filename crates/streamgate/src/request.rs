@@ -41,6 +41,11 @@ pub(crate) fn query_param(query: &str, name: &str) -> Option<String> {
         .map(|(_, v)| v.into_owned())
 }
 
+/// Every parameter of a query string, names and values decoded, in order (names may repeat).
+pub(crate) fn query_params(query: &str) -> impl Iterator<Item = (String, String)> + '_ {
+    form_urlencoded::parse(query.as_bytes()).map(|(k, v)| (k.into_owned(), v.into_owned()))
+}
+
 /// Each `name=value` pair of a query string as written, with its decoded name.
 fn query_pairs(query: &str) -> impl Iterator<Item = (Cow<'_, str>, &str)> {
     query.split('&').map(|pair| {

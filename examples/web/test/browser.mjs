@@ -127,6 +127,19 @@ try {
   check((await page.textContent("#status")) === "stopped", "the page stops instead of retrying a refusal");
   await page.screenshot({ path: join(out, "demo-forbidden.png"), fullPage: true });
 
+  // The same topic through the browser's own EventSource. The route ends streams every 2 s: the
+  // browser reconnects with Last-Event-ID, and the records go on with no gap and no repeat.
+  await page.goto(new URL("events.html?route=/events-kafka&topic=demo&from=earliest", url).toString());
+  await page.waitForFunction(() => Number(document.getElementById("opens").textContent) >= 3, null, {
+    timeout: 20_000,
+  });
+  const received = await page.evaluate(() => window.received);
+  const p0 = received.filter(([p]) => p === 0).map(([, o]) => o);
+  check(p0.length > 10 && p0.every((o, i) => o === i), `EventSource: partition 0 is 0..${p0.length - 1} across 2 reconnects, nothing lost or repeated`);
+  check(received.filter(([p]) => p === 1).length === 1, "EventSource: partition 1's one record, once");
+  check((await page.textContent("#caught")) === "0, 1", "EventSource: both partitions caught up");
+  await page.screenshot({ path: join(out, "demo-events.png"), fullPage: true });
+
   check(consoleErrors.length === 0, `no errors in the browser console (${consoleErrors.join("; ")})`);
   console.log(`screenshots in ${out}`);
 } catch (error) {

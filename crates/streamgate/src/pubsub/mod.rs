@@ -31,6 +31,7 @@ mod failure;
 mod kafka_pool;
 mod reader;
 mod session;
+mod sse;
 mod subscription;
 mod target;
 mod upgrade;
@@ -115,9 +116,15 @@ impl PubSub {
             respond::send(session, ctx, Answer::error(403, message)).await?;
             return Ok(true);
         }
-        let not_websocket = "this route serves Kafka pub/sub over WebSocket: send `Connection: Upgrade` and `Upgrade: websocket`";
         let req = session.req_header();
-        if let Some(problem) = crate::request::websocket_handshake_problem(req, not_websocket) {
+        let event_stream = req.method == http::Method::GET
+            && !crate::request::asks_upgrade(req)
+            && sse::wanted(req);
+        let not_websocket = "this route serves Kafka pub/sub over WebSocket (send `Connection: Upgrade` and `Upgrade: websocket`) or as Server-Sent Events (GET with `Accept: text/event-stream` and ?topic=NAME)";
+        let req = session.req_header();
+        if let Some(problem) = crate::request::websocket_handshake_problem(req, not_websocket)
+            .filter(|_| !event_stream)
+        {
             respond::send(session, ctx, Answer::error(400, problem)).await?;
             return Ok(true);
         }
@@ -138,6 +145,26 @@ impl PubSub {
                 }
             },
         };
+        if event_stream {
+            // The stream holds its places in the limits until it ends.
+            let slots = (
+                ctx.slot.take(),
+                consumer_slot,
+                ActiveGuard::new(&self.active),
+            );
+            let access = target::KafkaAccess {
+                target: Arc::clone(target),
+                consumer: ctx.consumer.clone(),
+                pool: Arc::clone(&self.pool),
+                limits: Arc::clone(limits),
+            };
+            let lifelines = session::Lifelines {
+                shutdown: self.shutdown.subscribe(),
+                recheck: self.recheck.subscribe(),
+                credential_expires: ctx.credential_expires,
+            };
+            return sse::serve(session, ctx, access, lifelines, slots).await;
+        }
         let (stream, early) = upgrade::accept_and_detach(session, ctx).await?;
         // The session holds its places in the limits until it closes.
         let slots = (ctx.slot.take(), consumer_slot);
@@ -170,6 +197,23 @@ impl PubSub {
             tracing::debug!(route = %route_id, "pub/sub session ended");
         });
         Ok(true)
+    }
+}
+
+/// Counts an open event stream among the active sessions until dropped.
+#[derive(Debug)]
+struct ActiveGuard(Arc<AtomicUsize>);
+
+impl ActiveGuard {
+    fn new(active: &Arc<AtomicUsize>) -> Self {
+        active.fetch_add(1, Ordering::Relaxed);
+        Self(Arc::clone(active))
+    }
+}
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

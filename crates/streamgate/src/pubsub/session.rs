@@ -578,7 +578,7 @@ where
 }
 
 /// The session's access under a new configuration, or why it must end.
-fn renewed(
+pub(super) fn renewed(
     check: &dyn SessionCheck,
     access: &KafkaAccess,
     topics_read: &HashSet<String>,
