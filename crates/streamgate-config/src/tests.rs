@@ -739,3 +739,50 @@ fn queued_answer_bytes_have_a_floor() {
     );
     parse(&with("65536"), "t").expect("valid");
 }
+
+#[test]
+fn row_filters_are_checked() {
+    let kafka =
+        "[[upstreams]]\nid = \"k\"\nscheme = \"kafka\"\nnodes = { \"127.0.0.1:9092\" = 1 }\n";
+    let p = one_problem(&format!(
+        "{kafka}[[routes]]\nid = \"a\"\nuri = \"/\"\nupstream_id = \"k\"\n[routes.plugins.kafka-proxy]\nkey_prefix_from_claim = \"sub\"\n"
+    ));
+    assert!(p.message.contains("verifies no JWT"), "{}", p.message);
+    let p = one_problem(&format!(
+        "{kafka}[[consumers]]\nusername = \"c\"\nrecord_filter = {{ key_prefix = \"\" }}\n"
+    ));
+    assert!(
+        p.message.contains("lets every record through"),
+        "{}",
+        p.message
+    );
+    let p = one_problem(&format!(
+        "{kafka}[[consumers]]\nusername = \"c\"\nrecord_filter = {{ prefix = \"x\" }}\n"
+    ));
+    assert!(p.message.contains("prefix"), "{}", p.message);
+    let ok = parse(
+        &format!(
+            "{kafka}[[routes]]\nid = \"a\"\nuri = \"/\"\nupstream_id = \"k\"\n[routes.plugins.jwt-auth]\n[routes.plugins.kafka-proxy]\nkey_prefix_from_claim = \"sub\"\n\n\
+             [[consumers]]\nusername = \"c\"\nrecord_filter = {{ key_prefix = \"c:\", headers = {{ tenant = \"7\" }} }}\n\
+             [consumers.plugins.jwt-auth]\nkey = \"c\"\nsecret = \"0123456789abcdef-long\"\n"
+        ),
+        "test.toml",
+    )
+    .expect("valid");
+    assert_eq!(
+        ok.consumers[0].record_filter,
+        Some(RecordFilter {
+            key_prefix: Some("c:".into()),
+            headers: vec![("tenant".into(), "7".into())],
+        })
+    );
+    let route = &ok.routes[0];
+    assert_eq!(
+        route
+            .plugins
+            .kafka_proxy
+            .as_ref()
+            .and_then(|k| k.key_prefix_from_claim.as_deref()),
+        Some("sub")
+    );
+}

@@ -29,8 +29,17 @@ pub(crate) struct File {
 pub(crate) struct ConsumerToml {
     pub username: Text,
     pub topics: Option<Vec<Text>>,
+    pub record_filter: Option<RecordFilterToml>,
     #[serde(default)]
     pub plugins: ConsumerPluginsToml,
+}
+
+/// `[consumers.record_filter]`: the only records this consumer may receive.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RecordFilterToml {
+    pub key_prefix: Option<Text>,
+    pub headers: Option<std::collections::BTreeMap<String, Text>>,
 }
 
 /// `[consumers.plugins.NAME]`: a consumer's credentials, one table per auth plugin.
@@ -239,6 +248,7 @@ pub(crate) struct KafkaProxyToml {
     pub max_session_seconds: Option<i64>,
     pub send_timeout_ms: Option<i64>,
     pub max_subscriptions: Option<i64>,
+    pub key_prefix_from_claim: Option<Text>,
 }
 
 #[derive(Debug, Deserialize)]

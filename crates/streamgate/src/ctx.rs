@@ -26,6 +26,8 @@ pub(crate) struct RequestCtx {
     /// Set by an auth plugin whose credential expires (a JWT's `exp`): a WebSocket opened with
     /// it is closed then.
     pub credential_expires: Option<std::time::SystemTime>,
+    /// Set by `jwt-auth`: the verified token's claims (a route may filter records by one).
+    pub claims: Option<Arc<serde_json::Value>>,
     /// The query parameters that carry credentials on any route (every `key-auth` and
     /// `jwt-auth` `query` name): the access log writes their values as `***`, whichever route
     /// the request reached, or none.
@@ -46,6 +48,7 @@ impl RequestCtx {
             status: None,
             consumer: None,
             credential_expires: None,
+            claims: None,
             secret_params: Arc::new([]),
             slot: None,
             answer_headers: Vec::new(),

@@ -128,12 +128,34 @@ pub(super) fn build_consumers(
                 verify_with,
             })
         });
+        let record_filter = t.record_filter.and_then(|f| {
+            let filter = RecordFilter {
+                key_prefix: f.key_prefix.map(|p| p.0),
+                headers: f
+                    .headers
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|(k, v)| (k, v.0))
+                    .collect(),
+            };
+            if filter.key_prefix.as_deref().is_none_or(str::is_empty) && filter.headers.is_empty() {
+                c.at(
+                    span,
+                    format!("{key}.record_filter"),
+                    "an empty record filter lets every record through".into(),
+                    "give key_prefix or headers, or remove record_filter",
+                );
+                return None;
+            }
+            Some(filter)
+        });
         if c.problems.len() == before {
             out.push(Arc::new(Consumer {
                 username,
                 topics,
                 key: api_key,
                 jwt,
+                record_filter,
             }));
         }
     }

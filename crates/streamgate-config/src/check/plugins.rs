@@ -237,10 +237,20 @@ pub(crate) fn build_kafka_proxy(
         1024,
         d.max_subscriptions as i64,
     );
+    let key_prefix_from_claim = k.key_prefix_from_claim.map(|t| t.0);
+    if key_prefix_from_claim.as_deref() == Some("") {
+        c.at(
+            span,
+            format!("{key}.key_prefix_from_claim"),
+            "empty claim name".into(),
+            "name the JWT claim whose value prefixes the caller's record keys, e.g. \"sub\"",
+        );
+    }
     if c.problems.len() > before {
         return None;
     }
     Some(KafkaProxy {
+        key_prefix_from_claim,
         max_subscriptions: subscriptions as usize,
         max_commands_per_second: commands as u32,
         idle_timeout: Duration::from_millis(idle as u64),

@@ -278,6 +278,18 @@ pub(super) fn build_route(
             );
         }
     }
+    let claim_filter = kafka_proxy
+        .as_ref()
+        .and_then(|k| k.as_ref())
+        .is_some_and(|k| k.key_prefix_from_claim.is_some());
+    if claim_filter && jwt_auth.is_none() {
+        c.at(
+            span,
+            format!("{key}.plugins.kafka-proxy.key_prefix_from_claim"),
+            "the record filter comes from a JWT claim, and this route verifies no JWT".into(),
+            "add [routes.plugins.jwt-auth] to the route, or remove key_prefix_from_claim",
+        );
+    }
     if c.problems.len() > before {
         return None;
     }

@@ -15,6 +15,18 @@ pub struct Consumer {
     pub key: Option<String>,
     /// The consumer's `jwt-auth` credential.
     pub jwt: Option<JwtCredential>,
+    /// Records this consumer may receive at all, on every pub/sub route (row-level security);
+    /// `None` = every record of the topics it may read.
+    pub record_filter: Option<RecordFilter>,
+}
+
+/// An enforced record filter: every part given must hold.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct RecordFilter {
+    /// The record key starts with this.
+    pub key_prefix: Option<String>,
+    /// Each of these headers is present with exactly this value.
+    pub headers: Vec<(String, String)>,
 }
 
 /// How a consumer's tokens are signed.
@@ -44,6 +56,7 @@ impl fmt::Debug for Consumer {
             .field("topics", &self.topics)
             .field("key", &self.key.as_ref().map(|_| "<redacted>"))
             .field("jwt", &self.jwt)
+            .field("record_filter", &self.record_filter)
             .finish()
     }
 }

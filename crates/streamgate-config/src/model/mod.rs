@@ -11,7 +11,7 @@ mod route;
 mod server;
 mod upstream;
 
-pub use consumer::{Consumer, JwtCredential};
+pub use consumer::{Consumer, JwtCredential, RecordFilter};
 pub use plugins::{
     Cors, JwtAuth, KafkaProxy, KeyAuth, LimitKey, LimitReq, Sasl, SaslMechanism, TopicPattern,
 };

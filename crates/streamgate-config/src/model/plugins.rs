@@ -98,6 +98,9 @@ pub struct KafkaProxy {
     pub send_timeout: Duration,
     /// Push subscriptions one connection may hold at once.
     pub max_subscriptions: usize,
+    /// Row-level security from the caller's verified JWT: only records whose key starts with
+    /// this claim's value are sent (the route must have `jwt-auth`).
+    pub key_prefix_from_claim: Option<String>,
 }
 
 impl Default for KafkaProxy {
@@ -116,6 +119,7 @@ impl Default for KafkaProxy {
             max_session: Some(Duration::from_secs(24 * 3600)),
             send_timeout: Duration::from_secs(30),
             max_subscriptions: 16,
+            key_prefix_from_claim: None,
         }
     }
 }

@@ -170,13 +170,17 @@ impl Plugin for JwtAuthPlugin {
             let mut validation = Validation::new(entry.algorithm);
             validation.validate_nbf = true;
             jsonwebtoken::decode::<serde_json::Value>(&token, &entry.key, &validation)
-                .map(|data| (Arc::clone(&entry.consumer), expiry(&data.claims)))
+                .map(|data| {
+                    let expires = expiry(&data.claims);
+                    (Arc::clone(&entry.consumer), expires, data.claims)
+                })
                 .map_err(|_| "failed to verify jwt")
         });
         match verdict {
-            Ok((consumer, expires)) => {
+            Ok((consumer, expires, claims)) => {
                 ctx.consumer = Some(consumer);
                 ctx.credential_expires = expires;
+                ctx.claims = Some(Arc::new(claims));
                 Ok(false)
             }
             Err(message) => {

@@ -297,16 +297,49 @@ async fn fetch_inner(
         )
         .await?;
     let max_bytes = i32::try_from(max_bytes.max(1)).unwrap_or(i32::MAX);
-    let fetched = reader
-        .fetch(cmd.offset, max_bytes, wait, s.socket_timeout)
-        .await?;
+    let deadline = tokio::time::Instant::now() + wait;
+    // With a row filter, records the caller may not see are skipped: read on past them (waiting
+    // at the end of the log as usual) until some pass or the wait is over. The answer then has
+    // offset gaps and the true high watermark.
+    let mut from = cmd.offset;
+    let mut filtered = 0u64;
+    let fetched = loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let fetched = reader
+            .fetch(from, max_bytes, left, s.socket_timeout)
+            .await?;
+        let Some(row_filter) = &access.row_filter else {
+            break fetched;
+        };
+        let mut last = None;
+        let mut passes = false;
+        for m in fetched.messages.iter().filter(|m| m.offset >= from) {
+            if row_filter.passes(m) {
+                passes = true;
+                break;
+            }
+            filtered += 1;
+            last = Some(m.offset);
+        }
+        match last {
+            Some(offset) if !passes && tokio::time::Instant::now() < deadline => from = offset + 1,
+            _ => break fetched,
+        }
+    };
+    if filtered > 0 {
+        crate::metrics::metrics()
+            .records_filtered
+            .with_label_values(&[&*access.target.route_id])
+            .inc_by(filtered);
+    }
     let high_watermark = fetched.high_watermark;
+    let row_filter = access.row_filter.as_deref();
     let mut records = fetched
         .messages
         .iter()
-        .filter(|m| m.offset >= cmd.offset)
+        .filter(|m| m.offset >= from && row_filter.is_none_or(|f| f.passes(m)))
         .peekable();
-    if records.peek().is_none() && cmd.offset > high_watermark {
+    if records.peek().is_none() && from > high_watermark {
         return Err(out_of_range());
     }
     // Records served from the shared tail may reach past what this client asked for: its

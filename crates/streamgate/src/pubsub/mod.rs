@@ -100,9 +100,10 @@ impl PubSub {
     }
 
     /// Serves a request to a pub/sub route of `target`: 403 for a browser origin the route
-    /// does not list, 400 when it is not a WebSocket handshake, 429 when the consumer has its
-    /// maximum of sessions open; else the 101 and a detached session. Always answers the
-    /// request (returns `Ok(true)`).
+    /// does not list or a caller whose row filter cannot be built, 400 when it is neither a
+    /// WebSocket handshake nor an event-stream request, 429 when the consumer has its maximum of
+    /// sessions open; else the 101 and a detached session, or an event stream. Always answers
+    /// the request (returns `Ok(true)`).
     pub(crate) async fn serve(
         &self,
         session: &mut Session,
@@ -121,13 +122,24 @@ impl PubSub {
             && !crate::request::asks_upgrade(req)
             && sse::wanted(req);
         let not_websocket = "this route serves Kafka pub/sub over WebSocket (send `Connection: Upgrade` and `Upgrade: websocket`) or as Server-Sent Events (GET with `Accept: text/event-stream` and ?topic=NAME)";
-        let req = session.req_header();
         if let Some(problem) = crate::request::websocket_handshake_problem(req, not_websocket)
             .filter(|_| !event_stream)
         {
             respond::send(session, ctx, Answer::error(400, problem)).await?;
             return Ok(true);
         }
+        // Row-level security is settled before Kafka is asked anything.
+        let row_filter = match target::RowFilter::for_caller(
+            settings,
+            ctx.consumer.as_deref(),
+            ctx.claims.as_deref(),
+        ) {
+            Ok(filter) => filter,
+            Err(why) => {
+                respond::send(session, ctx, Answer::error(403, &why)).await?;
+                return Ok(true);
+            }
+        };
         let consumer_slot = match &ctx.consumer {
             None => None,
             Some(consumer) => match limits.acquire_consumer(&consumer.username) {
@@ -145,6 +157,19 @@ impl PubSub {
                 }
             },
         };
+        let access = target::KafkaAccess {
+            target: Arc::clone(target),
+            consumer: ctx.consumer.clone(),
+            pool: Arc::clone(&self.pool),
+            limits: Arc::clone(limits),
+            claims: ctx.claims.clone(),
+            row_filter,
+        };
+        let lifelines = session::Lifelines {
+            shutdown: self.shutdown.subscribe(),
+            recheck: self.recheck.subscribe(),
+            credential_expires: ctx.credential_expires,
+        };
         if event_stream {
             // The stream holds its places in the limits until it ends.
             let slots = (
@@ -152,40 +177,20 @@ impl PubSub {
                 consumer_slot,
                 ActiveGuard::new(&self.active),
             );
-            let access = target::KafkaAccess {
-                target: Arc::clone(target),
-                consumer: ctx.consumer.clone(),
-                pool: Arc::clone(&self.pool),
-                limits: Arc::clone(limits),
-            };
-            let lifelines = session::Lifelines {
-                shutdown: self.shutdown.subscribe(),
-                recheck: self.recheck.subscribe(),
-                credential_expires: ctx.credential_expires,
-            };
             return sse::serve(session, ctx, access, lifelines, slots).await;
         }
         let (stream, early) = upgrade::accept_and_detach(session, ctx).await?;
         // The session holds its places in the limits until it closes.
-        let slots = (ctx.slot.take(), consumer_slot);
+        let slots = (
+            ctx.slot.take(),
+            consumer_slot,
+            ActiveGuard::new(&self.active),
+        );
         crate::metrics::metrics()
             .pubsub_sessions_opened
             .with_label_values(&[&*target.route_id])
             .inc();
-        let access = target::KafkaAccess {
-            target: Arc::clone(target),
-            consumer: ctx.consumer.clone(),
-            pool: Arc::clone(&self.pool),
-            limits: Arc::clone(limits),
-        };
         let config = session::websocket_config(settings.max_frame_bytes);
-        let lifelines = session::Lifelines {
-            shutdown: self.shutdown.subscribe(),
-            recheck: self.recheck.subscribe(),
-            credential_expires: ctx.credential_expires,
-        };
-        let active = Arc::clone(&self.active);
-        active.fetch_add(1, Ordering::Relaxed);
         tokio::spawn(async move {
             let ws =
                 WebSocketStream::from_partially_read(stream, early, Role::Server, Some(config))
@@ -193,14 +198,13 @@ impl PubSub {
             let route_id = Arc::clone(&access.target.route_id);
             session::run(ws, access, lifelines).await;
             drop(slots);
-            active.fetch_sub(1, Ordering::Relaxed);
             tracing::debug!(route = %route_id, "pub/sub session ended");
         });
         Ok(true)
     }
 }
 
-/// Counts an open event stream among the active sessions until dropped.
+/// Counts an open session or event stream among the active ones until dropped.
 #[derive(Debug)]
 struct ActiveGuard(Arc<AtomicUsize>);
 

@@ -19,7 +19,7 @@
 
 use super::commands;
 use super::subscription::{self, Granted, Outgoing};
-use super::target::{KafkaAccess, SessionCheck};
+use super::target::{KafkaAccess, RowFilter, SessionCheck};
 use crate::limits::AnswerHold;
 use crate::rate::TokenBucket;
 use futures_util::{SinkExt, StreamExt};
@@ -584,11 +584,19 @@ pub(super) fn renewed(
     topics_read: &HashSet<String>,
 ) -> Result<KafkaAccess, String> {
     let (target, consumer) = check.recheck(&access.target.route_id, access.consumer.as_deref())?;
+    // The row filter follows the new settings and consumer; a caller the new ones refuse ends.
+    let row_filter = RowFilter::for_caller(
+        &target.settings,
+        consumer.as_deref(),
+        access.claims.as_deref(),
+    )?;
     let renewed = KafkaAccess {
         target,
         consumer,
         pool: Arc::clone(&access.pool),
         limits: Arc::clone(&access.limits),
+        claims: access.claims.clone(),
+        row_filter,
     };
     for topic in topics_read {
         if let Some(why) = renewed.refusal(topic) {

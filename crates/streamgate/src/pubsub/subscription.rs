@@ -20,7 +20,7 @@ use super::commands::{failed, forget_if_gone, invalid_timestamp, invalid_topic, 
 use super::cursor;
 use super::failure::KafkaFailure;
 use super::reader::{record_size, Fetched, PartitionReader};
-use super::target::KafkaAccess;
+use super::target::{KafkaAccess, RowFilter};
 use crate::limits::AnswerHold;
 use futures_util::future::join_all;
 use prost::Message as _;
@@ -163,7 +163,7 @@ pub(crate) async fn run(
     }
 
     let settings = &access.target.settings;
-    let filter = Filter::new(cmd_filter.unwrap_or_default());
+    let filter = Filter::new(cmd_filter.unwrap_or_default(), access.row_filter.clone());
     let byte_bound = credit_bytes > 0;
     let mut used = Granted::default();
     let mut turn = 0usize;
@@ -608,23 +608,28 @@ async fn start(
     Ok(parts)
 }
 
-/// A subscription's record filter, compiled once.
+/// A subscription's record filter: the client's, and the caller's row filter, which the
+/// client's can narrow but never widen.
 #[derive(Debug)]
 struct Filter {
     filter: RecordFilter,
     any: bool,
+    row: Option<Arc<RowFilter>>,
 }
 
 impl Filter {
-    fn new(filter: RecordFilter) -> Self {
+    fn new(filter: RecordFilter, row: Option<Arc<RowFilter>>) -> Self {
         let any =
             filter.keys.is_empty() && filter.key_prefix.is_empty() && filter.headers.is_empty();
-        Self { filter, any }
+        Self { filter, any, row }
     }
 
-    /// Every part given must pass: the key is one of `keys`, starts with `key_prefix`, and every
-    /// listed header is present with that value.
+    /// Every part given must pass: the key is one of `keys`, starts with `key_prefix`, every
+    /// listed header is present with that value, and the row filter lets it through.
     fn passes(&self, m: &KafkaMessage) -> bool {
+        if self.row.as_ref().is_some_and(|row| !row.passes(m)) {
+            return false;
+        }
         if self.any {
             return true;
         }
@@ -679,14 +684,17 @@ mod tests {
 
     #[test]
     fn every_part_of_a_filter_must_pass() {
-        let filter = Filter::new(RecordFilter {
-            keys: vec![Bytes::from_static(b"eu-1"), Bytes::from_static(b"us-1")],
-            key_prefix: Bytes::from_static(b"eu"),
-            headers: vec![KafkaHeader {
-                key: "kind".into(),
-                value: Bytes::from_static(b"order"),
-            }],
-        });
+        let filter = Filter::new(
+            RecordFilter {
+                keys: vec![Bytes::from_static(b"eu-1"), Bytes::from_static(b"us-1")],
+                key_prefix: Bytes::from_static(b"eu"),
+                headers: vec![KafkaHeader {
+                    key: "kind".into(),
+                    value: Bytes::from_static(b"order"),
+                }],
+            },
+            None,
+        );
         assert!(filter.passes(&message(0, "eu-1", &[("kind", "order"), ("x", "y")])));
         assert!(
             !filter.passes(&message(0, "us-1", &[("kind", "order")])),
@@ -701,6 +709,6 @@ mod tests {
             "header value"
         );
         assert!(!filter.passes(&message(0, "eu-1", &[])), "header missing");
-        assert!(Filter::new(RecordFilter::default()).passes(&message(0, "", &[])));
+        assert!(Filter::new(RecordFilter::default(), None).passes(&message(0, "", &[])));
     }
 }

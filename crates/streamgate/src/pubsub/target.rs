@@ -7,6 +7,7 @@ use crate::error::StartupError;
 use crate::limits::ConnectionLimits;
 use std::sync::Arc;
 use streamgate_config::model::{Consumer, KafkaProxy, Route, SaslMechanism};
+use streamgate_protocol::KafkaMessage;
 
 /// The Kafka side of one route to a kafka upstream.
 #[derive(Debug)]
@@ -65,6 +66,72 @@ pub(crate) struct KafkaAccess {
     pub pool: Arc<KafkaPool>,
     /// The process's limits (the budget for answers waiting to be written).
     pub limits: Arc<ConnectionLimits>,
+    /// The caller's verified JWT claims, when a token was presented (for the row filter).
+    pub claims: Option<Arc<serde_json::Value>>,
+    /// The records this caller may receive at all (row-level security), from its consumer's
+    /// `record_filter` and the route's `key_prefix_from_claim`; `None` = every record.
+    pub row_filter: Option<Arc<RowFilter>>,
+}
+
+/// The records a caller may receive at all: every part must hold. Applied to fetches,
+/// subscriptions and event streams alike; a client's own filter can narrow it, never widen it.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct RowFilter {
+    /// Each of these prefixes the key.
+    key_prefixes: Vec<Vec<u8>>,
+    /// Each of these headers is present with this value.
+    headers: Vec<(String, Vec<u8>)>,
+}
+
+impl RowFilter {
+    /// The filter for a caller of `settings`' route: `consumer`'s record filter, and the route's
+    /// claim-derived key prefix taken from `claims`. Errs (the caller is refused with 403) when
+    /// the route derives a prefix from a claim the caller's token does not carry.
+    pub(crate) fn for_caller(
+        settings: &KafkaProxy,
+        consumer: Option<&Consumer>,
+        claims: Option<&serde_json::Value>,
+    ) -> Result<Option<Arc<Self>>, String> {
+        let mut filter = Self::default();
+        if let Some(f) = consumer.and_then(|c| c.record_filter.as_ref()) {
+            filter
+                .key_prefixes
+                .extend(f.key_prefix.iter().map(|p| p.as_bytes().to_vec()));
+            filter.headers.extend(
+                f.headers
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.as_bytes().to_vec())),
+            );
+        }
+        if let Some(claim) = &settings.key_prefix_from_claim {
+            let value = claims
+                .and_then(|c| c.get(claim))
+                .and_then(|v| match v {
+                    serde_json::Value::String(s) => Some(s.clone()),
+                    serde_json::Value::Number(n) => Some(n.to_string()),
+                    _ => None,
+                })
+                .filter(|v| !v.is_empty())
+                .ok_or_else(|| {
+                    format!("403 Forbidden: this route shows each caller only its own records, by the token's `{claim}` claim, and the token has none")
+                })?;
+            filter.key_prefixes.push(value.into_bytes());
+        }
+        if filter.key_prefixes.is_empty() && filter.headers.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(Arc::new(filter)))
+    }
+
+    /// Whether the caller may receive `m`.
+    pub(crate) fn passes(&self, m: &KafkaMessage) -> bool {
+        self.key_prefixes.iter().all(|p| m.key.starts_with(p))
+            && self.headers.iter().all(|(k, v)| {
+                m.headers
+                    .iter()
+                    .any(|h| h.key == *k && h.value[..] == v[..])
+            })
+    }
 }
 
 impl KafkaAccess {
