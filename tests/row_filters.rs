@@ -299,3 +299,71 @@ async fn tokens_without_the_claim_or_for_another_consumer_are_refused_before_kaf
         "Kafka was never asked: {readyz}"
     );
 }
+
+#[tokio::test]
+async fn a_reload_that_changes_a_consumers_filter_applies_to_open_sessions() {
+    let broker = Broker::start_with(BrokerOptions {
+        engine: Engine::Sqlite,
+        ..Default::default()
+    })
+    .await;
+    let topic = unique_topic("orders");
+    orders(&broker, &topic).await;
+    let (gw, _admin) = gateway(&broker).await;
+    let mut pull = connect(&gw, &format!("/carol?apikey={CAROL_KEY}")).await;
+    assert_eq!(fetch_all(&mut pull, &topic).await.len(), 1);
+    let mut push = connect(&gw, &format!("/carol?apikey={CAROL_KEY}")).await;
+    let (sub, _) = push
+        .subscribe(CmdKafkaSubscribe {
+            topic: topic.clone(),
+            from: StartFrom::Latest as i32,
+            credit_records: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let stream = http()
+        .get(gw.http_url(&format!("/carol?topic={topic}&apikey={CAROL_KEY}")))
+        .header("accept", "text/event-stream")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stream.status(), 200);
+    let mut body = stream.bytes_stream();
+
+    // Carol now sees bob's records instead.
+    let config = std::fs::read_to_string(gw.config_path()).unwrap();
+    gw.reload(&config.replace("tenant = \"carol\"", "tenant = \"bob\""));
+    // The subscription ends under its sequence (after the caught-up markers of the start).
+    let ended = loop {
+        let frame = tokio::time::timeout(Duration::from_secs(10), push.recv())
+            .await
+            .expect("the subscription ends")
+            .unwrap();
+        if let Some(Resp::ErrorResp(e)) = frame.resp {
+            assert_eq!(frame.sequence, sub);
+            break e;
+        }
+    };
+    assert_eq!(ended.code, 3, "{}", ended.message);
+    assert!(
+        ended.message.contains("subscribe again"),
+        "{}",
+        ended.message
+    );
+    // The event stream ends with an error event.
+    let mut text = String::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !text.contains("event: error") {
+        match tokio::time::timeout_at(deadline.into(), body.next()).await {
+            Ok(Some(Ok(chunk))) => text.push_str(&String::from_utf8_lossy(&chunk)),
+            other => panic!("no error event: {other:?}; {text}"),
+        }
+    }
+    // Pull commands on the open session use the new filter.
+    let fetched = fetch_all(&mut pull, &topic).await;
+    assert!(
+        fetched.len() == 3 && fetched.iter().all(|(_, _, v)| v == "bob"),
+        "{fetched:?}"
+    );
+}

@@ -81,6 +81,8 @@ struct Subscribed {
     /// The resume point after the last frame written to the client.
     cursor: String,
     task: AbortHandle,
+    /// The row filter the subscription's task applies (a reload that changes it ends it).
+    row_filter: Option<Arc<RowFilter>>,
 }
 
 /// The push subscriptions of one session.
@@ -542,13 +544,14 @@ fn subscribe(
             byte_bound,
             cursor: String::new(),
             task,
+            row_filter: access.row_filter.clone(),
         },
     );
     None
 }
 
 /// Ends, each with a FORBIDDEN error under its sequence, the subscriptions whose topic `access`
-/// (just renewed by a reload) no longer allows.
+/// (just renewed by a reload) no longer allows, or whose row filter it changed.
 async fn end_refused<S>(
     ws: &mut WebSocketStream<S>,
     access: &KafkaAccess,
@@ -558,10 +561,19 @@ async fn end_refused<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
+    // The topic no longer allowed, or the caller's row filter changed (the task applies the one
+    // it started with): the subscription ends and the client subscribes again.
     let refused: Vec<(i64, String, &'static str)> = subs
         .by_sequence
         .iter()
-        .filter_map(|(seq, sub)| Some((*seq, sub.topic.clone(), access.refusal(&sub.topic)?)))
+        .filter_map(|(seq, sub)| {
+            let why = access.refusal(&sub.topic).or_else(|| {
+                (sub.row_filter != access.row_filter).then_some(
+                    "forbidden: the records this caller may receive changed; subscribe again",
+                )
+            })?;
+            Some((*seq, sub.topic.clone(), why))
+        })
         .collect();
     for (sequence, topic, why) in refused {
         subs.end(sequence);

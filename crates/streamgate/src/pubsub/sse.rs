@@ -294,8 +294,16 @@ impl Writer {
                 Ok(()) = recheck.changed() => {
                     let check = recheck.borrow_and_update().clone();
                     if let Some(check) = check {
-                        // A reload that no longer allows the caller or the topic ends the stream.
-                        if let Err(why) = session::renewed(&*check, access, &read) {
+                        // A reload that no longer allows the caller or the topic, or that
+                        // changes the records it may receive, ends the stream.
+                        let why = match session::renewed(&*check, access, &read) {
+                            Err(why) => Some(why),
+                            Ok(renewed) if renewed.row_filter != access.row_filter => Some(
+                                "the records this caller may receive changed: reconnect".to_string(),
+                            ),
+                            Ok(_) => None,
+                        };
+                        if let Some(why) = why {
                             let _ = self.error(ErrorCode::Forbidden as i32, &why).await;
                             return "revoked";
                         }
