@@ -3,7 +3,8 @@
 #   install-deps.sh        what `make run` needs: cmake (Pingora builds zlib-ng with it), a C
 #                          compiler, python3 (the demo's static web server), node + npm (the
 #                          demo page's build)
-#   install-deps.sh test   the above, and chromium for the browser test
+#   install-deps.sh test   the above, chromium for the browser test and haproxy for the
+#                          scale-out test (two gateways behind a real load balancer)
 set -euo pipefail
 missing=()
 command -v cmake >/dev/null 2>&1 || missing+=(cmake)
@@ -13,6 +14,7 @@ command -v node >/dev/null 2>&1 || missing+=(nodejs)
 command -v npm >/dev/null 2>&1 || missing+=(npm)
 if [ "${1:-}" = test ]; then
   command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+  command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || missing+=(haproxy)
 fi
 if [ ${#missing[@]} -gt 0 ]; then
   echo "install-deps: installing ${missing[*]} with apt-get" >&2
