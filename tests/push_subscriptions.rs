@@ -1145,3 +1145,69 @@ async fn a_log_cut_short_under_a_paused_position_ends_the_subscription_naming_th
         "the session goes on"
     );
 }
+
+#[tokio::test]
+async fn metrics_show_lag_and_why_subscriptions_stall() {
+    let broker = sqlite_broker().await;
+    let kafka = broker.client().await;
+    let topic = unique_topic("push-lag");
+    fixtures::create_topic(&kafka, &topic, 1).await;
+    produce(&broker, &topic, 0, "r", 10).await;
+    let admin = listen_addr();
+    let gw = gateway_for(&broker, "", &format!("[admin]\nlisten = \"{admin}\"\n")).await;
+    let lag = format!("streamgate_subscription_lag_records{{route=\"kafka\",topic=\"{topic}\"}}");
+    let credit = "streamgate_pubsub_subscriptions_stalled{reason=\"credit\",route=\"kafka\"}";
+    let slow = "streamgate_pubsub_subscriptions_stalled{reason=\"slow_reader\",route=\"kafka\"}";
+    let mut c = PubSubClient::connect(&gw.ws_url("/kafka")).await.unwrap();
+    let (sub, _) = c
+        .subscribe(subscribe(&topic, StartFrom::Earliest, 2))
+        .await
+        .unwrap();
+    let mut seen = Seen::default();
+    receive_until(&mut c, sub, &mut seen, Duration::from_secs(5), |s| {
+        s.count() == 2
+    })
+    .await;
+    assert_eq!(settled(admin, &lag, 8.0).await, 8.0, "8 records behind");
+    assert_eq!(settled(admin, credit, 1.0).await, 1.0, "waiting for credit");
+    c.credit(sub, 100, 0).await.unwrap();
+    receive_until(&mut c, sub, &mut seen, Duration::from_secs(5), |s| {
+        s.count() == 10
+    })
+    .await;
+    assert_eq!(settled(admin, &lag, 0.0).await, 0.0);
+    assert_eq!(settled(admin, credit, 0.0).await, 0.0);
+    drop(c);
+    assert_eq!(
+        settled(
+            admin,
+            "streamgate_pubsub_subscriptions{route=\"kafka\"}",
+            0.0
+        )
+        .await,
+        0.0
+    );
+
+    // A client that stops reading while records keep coming: its subscription stalls on the
+    // connection, not on credit.
+    let big = unique_topic("push-slow");
+    fixtures::create_topic(&kafka, &big, 1).await;
+    // 32 MiB: more than loopback socket buffers hold.
+    for _ in 0..32 {
+        let records = (0..16)
+            .map(|_| fixtures::record(None, Some(&vec![b'x'; 64 * 1024]), &[], None))
+            .collect();
+        fixtures::produce_batch(&kafka, &big, 0, records, fixtures::Codec::NoCompression).await;
+    }
+    let mut quiet = PubSubClient::connect(&gw.ws_url("/kafka")).await.unwrap();
+    quiet
+        .subscribe(subscribe(&big, StartFrom::Earliest, 1_000_000))
+        .await
+        .unwrap();
+    assert_eq!(
+        settled(admin, slow, 1.0).await,
+        1.0,
+        "stalled by a slow reader"
+    );
+    assert_eq!(metric(admin, credit).await, 0.0);
+}

@@ -47,8 +47,10 @@ pub(crate) struct Metrics {
     pub sse_streams_opened: IntCounterVec,
     /// Push subscriptions open now, by route.
     pub subscriptions_open: IntGaugeVec,
-    /// Push subscriptions waiting for credit, by route.
-    pub subscriptions_paused: IntGaugeVec,
+    /// Push subscriptions stalled, by route and reason (`credit`, `slow_reader`).
+    pub subscriptions_stalled: IntGaugeVec,
+    /// Records behind the head, summed over open subscriptions, by route and topic.
+    pub subscription_lag: IntGaugeVec,
     /// Records pushed to subscriptions, by route.
     pub records_pushed: IntCounterVec,
     /// Record bytes (as credit counts them) pushed to subscriptions, by route.
@@ -193,10 +195,15 @@ impl Metrics {
                 "Push subscriptions open now, by route.",
                 &["route"],
             ),
-            subscriptions_paused: gauges(
-                "streamgate_pubsub_subscriptions_paused",
-                "Push subscriptions waiting for their client to grant credit, by route.",
-                &["route"],
+            subscriptions_stalled: gauges(
+                "streamgate_pubsub_subscriptions_stalled",
+                "Push subscriptions stalled now, by route and reason: credit (waiting for their client to grant more) or slow_reader (their last push not yet taken by the client's connection).",
+                &["route", "reason"],
+            ),
+            subscription_lag: gauges(
+                "streamgate_subscription_lag_records",
+                "Records between each open subscription's position and the partition's high watermark, summed by route and topic (sessions and users are not named).",
+                &["route", "topic"],
             ),
             records_pushed: counter(
                 "streamgate_pubsub_records_pushed_total",

@@ -97,12 +97,17 @@ pub(crate) async fn run(
     let _open = GaugeGuard::new(metrics.subscriptions_open.with_label_values(&[&*route]));
     // Looked up once: a label look-up per push would cost a hash and a lock each.
     let label = [&*route];
-    let (pushed, delivered, pushed_bytes, filtered, paused) = (
+    let (pushed, delivered, pushed_bytes, filtered, paused, slow) = (
         metrics.records_pushed.with_label_values(&label),
         metrics.records_delivered.with_label_values(&label),
         metrics.record_bytes_pushed.with_label_values(&label),
         metrics.records_filtered.with_label_values(&label),
-        metrics.subscriptions_paused.with_label_values(&label),
+        metrics
+            .subscriptions_stalled
+            .with_label_values(&[&*route, "credit"]),
+        metrics
+            .subscriptions_stalled
+            .with_label_values(&[&*route, "slow_reader"]),
     );
     let topic = cmd.topic.clone();
     // Boxed: the start's futures would otherwise stay part of every paused subscription's task.
@@ -162,6 +167,11 @@ pub(crate) async fn run(
         }
     }
 
+    let mut lag = Lag::new(
+        metrics
+            .subscription_lag
+            .with_label_values(&[&*route, &*topic]),
+    );
     let settings = &access.target.settings;
     let filter = Filter::new(cmd_filter.unwrap_or_default(), access.row_filter.clone());
     let byte_bound = credit_bytes > 0;
@@ -176,6 +186,12 @@ pub(crate) async fn run(
     let fetch_bytes =
         i32::try_from(settings.fetch_max_bytes.min(frame_budget).max(1)).unwrap_or(i32::MAX);
     loop {
+        lag.set(
+            parts
+                .iter()
+                .map(|p| (p.reader.known_high_watermark() - p.next).max(0))
+                .sum(),
+        );
         // Credit first: a paused subscription holds no records and asks the broker nothing.
         let has_credit =
             |g: &Granted| g.records > used.records && (!byte_bound || g.bytes > used.bytes);
@@ -302,9 +318,41 @@ pub(crate) async fn run(
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         };
-        if out.send(Box::new(frame)).await.is_err() {
+        // A full channel: the session is still writing earlier frames to a slow client.
+        let frame = match out.try_send(Box::new(frame)) {
+            Ok(()) => continue,
+            Err(mpsc::error::TrySendError::Closed(_)) => return,
+            Err(mpsc::error::TrySendError::Full(frame)) => frame,
+        };
+        let _slow = GaugeGuard::new(slow.clone());
+        if out.send(frame).await.is_err() {
             return;
         }
+    }
+}
+
+/// A subscription's share of the route's and topic's lag; taken back when it ends.
+struct Lag {
+    gauge: prometheus::IntGauge,
+    value: i64,
+}
+
+impl Lag {
+    fn new(gauge: prometheus::IntGauge) -> Self {
+        Self { gauge, value: 0 }
+    }
+
+    fn set(&mut self, value: i64) {
+        if value != self.value {
+            self.gauge.add(value - self.value);
+            self.value = value;
+        }
+    }
+}
+
+impl Drop for Lag {
+    fn drop(&mut self) {
+        self.gauge.sub(self.value);
     }
 }
 
