@@ -1030,6 +1030,8 @@ enum Mode {
     Push,
     /// APISIX's loop: a fetch per partition per round trip (all partitions' fetches in flight).
     Pull,
+    /// The same subscription as Server-Sent Events over plain HTTP/1.1.
+    Sse,
 }
 
 /// What one fan-out run measured.
@@ -1083,6 +1085,72 @@ async fn ws_recv(ws: &mut BenchWs) -> Result<streamgate_protocol::PubSubResp, St
     }
 }
 
+/// A scenario-6 reader of the Server-Sent Events stream (plain HTTP/1.1, no library).
+async fn sse_client(
+    addr: SocketAddr,
+    topic: String,
+    ready: Arc<Semaphore>,
+    gate: Arc<Semaphore>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    from_ms: Arc<std::sync::atomic::AtomicI64>,
+) -> Result<Vec<u32>, String> {
+    let mut latencies = Vec::new();
+    let permit = gate.acquire().await.map_err(|e| e.to_string())?;
+    let mut tcp = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| e.to_string())?;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let request = format!(
+        "GET /kafka?topic={topic} HTTP/1.1\r\nHost: bench\r\nAccept: text/event-stream\r\n\r\n"
+    );
+    tcp.write_all(request.as_bytes())
+        .await
+        .map_err(|e| e.to_string())?;
+    drop(permit);
+    let mut buf = vec![0u8; 16 * 1024];
+    let mut pending: Vec<u8> = Vec::new();
+    let mut started = false;
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        let n = match tokio::time::timeout(Duration::from_millis(200), tcp.read(&mut buf))
+            .await
+        {
+            Err(_) => continue,
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(n)) => n,
+        };
+        pending.extend_from_slice(&buf[..n]);
+        // Whole lines only; each `data:` line is one record.
+        let Some(end) = pending.iter().rposition(|&b| b == b'\n') else {
+            continue;
+        };
+        let lines: Vec<u8> = pending.drain(..=end).collect();
+        for line in lines.split(|&b| b == b'\n') {
+            if !started && line.starts_with(b"HTTP/1.1 200") {
+                started = true;
+                ready.add_permits(1);
+            }
+            if let Some(data) = line.strip_prefix(b"data: {") {
+                let text = String::from_utf8_lossy(data);
+                let Some(at) = text.find("\"timestamp\":") else {
+                    continue;
+                };
+                let digits: String = text[at + 12..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_digit())
+                    .collect();
+                if let Ok(timestamp) = digits.parse::<i64>() {
+                    let start = from_ms.load(std::sync::atomic::Ordering::Relaxed);
+                    if start > 0 && timestamp >= start {
+                        latencies
+                            .push(((fixtures::now_ms() - timestamp).max(0) * 1000) as u32);
+                    }
+                }
+            }
+        }
+    }
+    Ok(latencies)
+}
+
 /// One client of scenario 6: reads every partition of `topic` until `stop`, keeping the
 /// produce-to-client delay of each record produced in the window (after `from_ms`).
 #[allow(clippy::too_many_arguments)]
@@ -1097,6 +1165,9 @@ async fn fan_client(
     from_ms: Arc<std::sync::atomic::AtomicI64>,
 ) -> Result<Vec<u32>, String> {
     use streamgate_protocol::{pub_sub_req::Req, pub_sub_resp::Resp, PubSubReq};
+    if mode == Mode::Sse {
+        return sse_client(addr, topic, ready, gate, stop, from_ms).await;
+    }
     let mut ws = {
         let _permit = gate.acquire().await.map_err(|e| e.to_string())?;
         bench_ws(addr).await?
@@ -1159,6 +1230,7 @@ async fn fan_client(
                 }
             }
         }
+        Mode::Sse => unreachable!("event-stream clients are sse_client"),
         Mode::Pull => {
             let mut offsets = Vec::new();
             for p in 0..partitions {
@@ -1328,13 +1400,20 @@ async fn push_vs_pull(
         (scaled(10_000), 8, 20),
     ] {
         let name = format!("6. {subscribers} subscribers, {partitions} partition(s), {rate} rec/s");
-        let mut per_cpu = [Vec::new(), Vec::new()];
-        let mut p50 = [Vec::new(), Vec::new()];
-        let mut p99 = [Vec::new(), Vec::new()];
-        let mut fetches = [Vec::new(), Vec::new()];
-        let mut complete = [Vec::new(), Vec::new()];
+        let mut per_cpu = [Vec::new(), Vec::new(), Vec::new()];
+        let mut p50 = [Vec::new(), Vec::new(), Vec::new()];
+        let mut p99 = [Vec::new(), Vec::new(), Vec::new()];
+        let mut fetches = [Vec::new(), Vec::new(), Vec::new()];
+        let mut complete = [Vec::new(), Vec::new(), Vec::new()];
+        // Event streams beside WebSocket push, at 1,000 readers of one partition.
+        let with_sse = partitions == 1 && rate == 100;
+        let modes: &[Mode] = if with_sse {
+            &[Mode::Push, Mode::Pull, Mode::Sse]
+        } else {
+            &[Mode::Push, Mode::Pull]
+        };
         for run in 0..cli.reps {
-            for (i, mode) in [Mode::Push, Mode::Pull].into_iter().enumerate() {
+            for (i, &mode) in modes.iter().enumerate() {
                 progress(&format!("{name}: {mode:?}, run {}", run + 1));
                 let r = fan_run(
                     gateway_bin,
@@ -1361,6 +1440,28 @@ async fn push_vs_pull(
                     );
                 }
             }
+        }
+        if with_sse {
+            let ratio = stat(&per_cpu[2]).median / stat(&per_cpu[0]).median.max(0.001);
+            report.row(
+                &name,
+                "Server-Sent Events vs WebSocket push: records delivered per gateway CPU-second",
+                fmt(stat(&per_cpu[2]), 0),
+                fmt(stat(&per_cpu[0]), 0),
+                format!("{ratio:.2}×"),
+            );
+            report.row(
+                &name,
+                "Server-Sent Events: produce-to-client p50 / p99 ms, delivered %",
+                format!(
+                    "{} / {}, {}",
+                    fmt(stat(&p50[2]), 1),
+                    fmt(stat(&p99[2]), 1),
+                    fmt(stat(&complete[2]), 1)
+                ),
+                "-".into(),
+                "-".into(),
+            );
         }
         let ratio = stat(&per_cpu[0]).median / stat(&per_cpu[1]).median.max(0.001);
         report.row(
