@@ -1,7 +1,8 @@
 //! Several gateways behind a plain TCP load balancer serve as one: two gateway processes behind a
-//! real HAProxy (Debian's package), a producer writing all along, readers through the balancer (a
-//! WebSocket push subscriber resuming from its cursor, and `curl` reading Server-Sent Events,
-//! restarted with `Last-Event-ID`), and one gateway killed (SIGKILL) and restarted three times,
+//! real HAProxy (Debian's package), a producer writing all along, readers through the balancer
+//! (WebSocket push subscribers resuming from their cursors, `curl` reading Server-Sent Events,
+//! restarted with `Last-Event-ID`, and Chromium's own `EventSource` on the events page, which
+//! reconnects by itself), and one gateway killed (SIGKILL) and restarted three times,
 //! alternating. Every reader ends with exactly the produced sequence: nothing lost, nothing
 //! repeated. No gateway keeps state a restart would lose.
 
@@ -34,10 +35,13 @@ fn haproxy() -> &'static str {
     }
 }
 
-/// A gateway at `addr` with its admin listener at `admin` (HAProxy checks `/readyz` there).
-fn config(broker: &Broker, addr: SocketAddr, admin: SocketAddr) -> String {
+/// A gateway at `addr` with its admin listener at `admin` (HAProxy checks `/readyz` there), the
+/// pub/sub route `/kafka` and the demo pages from `web` on every other path.
+fn config(broker: &Broker, addr: SocketAddr, admin: SocketAddr, web: SocketAddr) -> String {
     format!(
-        "{}[admin]\nlisten = \"{admin}\"\n\n{}{}",
+        "{}[admin]\nlisten = \"{admin}\"\n\n{}{}\
+         [[upstreams]]\nid = \"web\"\nnodes = {{ \"{web}\" = 1 }}\n\n\
+         [[routes]]\nid = \"web\"\nuri = \"/*\"\nupstream_id = \"web\"\n",
         server_toml(addr),
         kafka_upstream("kafka", &broker.bootstrap, ""),
         kafka_route("kafka", "/kafka", "kafka", ""),
@@ -162,11 +166,18 @@ async fn two_gateways_behind_haproxy_serve_as_one_through_kills_and_restarts() {
     let topic = unique_topic("scale-out");
     fixtures::create_topic(&kafka, &topic, PARTITIONS).await;
 
+    let pages = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/web");
+    assert!(
+        pages.join("dist/events.html").exists() && pages.join("node_modules/playwright-core").exists(),
+        "the demo pages are not built: run `make test` (or `npm ci && npm run build` in examples/web)"
+    );
+    let files = streamgate_testkit::Upstream::start_static(&pages.join("dist")).await;
     let gateways: Vec<(SocketAddr, SocketAddr)> =
         (0..2).map(|_| (listen_addr(), listen_addr())).collect();
     let mut running = Vec::new();
     for (addr, admin) in &gateways {
-        running.push(GatewayProcess::start(binary(), &config(&broker, *addr, *admin), *addr).await);
+        let config = config(&broker, *addr, *admin, files.addr);
+        running.push(GatewayProcess::start(binary(), &config, *addr).await);
     }
     // The balancer: TCP only, health checks on /readyz, a refused connection tried elsewhere.
     let lb = SocketAddr::from(([127, 0, 0, 1], free_port()));
@@ -231,6 +242,21 @@ async fn two_gateways_behind_haproxy_serve_as_one_through_kills_and_restarts() {
         });
     }
 
+    // Chromium's EventSource on the events page, through the balancer.
+    let browser = tokio::process::Command::new("node")
+        .arg(pages.join("test/events-reader.mjs"))
+        .arg(format!(
+            "http://{lb}/events.html?route=/kafka&topic={topic}&from=earliest"
+        ))
+        .arg((PER_PARTITION * PARTITIONS as usize).to_string())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("node runs (make test installs it)");
+    // Let the page open its stream before the first kill.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+
     // The producer writes all along.
     let producer = {
         let kafka = broker.client().await;
@@ -275,7 +301,8 @@ async fn two_gateways_behind_haproxy_serve_as_one_through_kills_and_restarts() {
         );
         tokio::time::sleep(Duration::from_millis(600)).await;
         let (addr, admin) = gateways[i];
-        running[i] = GatewayProcess::start(binary(), &config(&broker, addr, admin), addr).await;
+        running[i] =
+            GatewayProcess::start(binary(), &config(&broker, addr, admin, files.addr), addr).await;
     }
     producer.await.unwrap();
 
@@ -297,6 +324,37 @@ async fn two_gateways_behind_haproxy_serve_as_one_through_kills_and_restarts() {
         let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
     }
     let _ = balancer.kill().await;
+    let output = tokio::time::timeout(Duration::from_secs(100), browser.wait_with_output())
+        .await
+        .expect("the browser reader finished")
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "the browser reader: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let seen: serde_json::Value =
+        serde_json::from_slice(&output.stdout).expect("JSON from the page");
+    let opens = seen["opens"].as_u64().unwrap_or(0);
+    for p in 0..PARTITIONS {
+        let offsets: Vec<i64> = seen["received"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r[0] == p)
+            .map(|r| r[1].as_i64().unwrap())
+            .collect();
+        assert_eq!(
+            offsets,
+            (0..PER_PARTITION as i64).collect::<Vec<_>>(),
+            "Chromium's EventSource, partition {p} ({opens} connections): exactly the produced offsets"
+        );
+    }
+    println!("Chromium's EventSource connected {opens} times");
+    assert!(
+        opens > 1,
+        "the browser lost its gateway and came back: {opens} connections"
+    );
     let reconnects: Vec<(&str, usize)> = readers
         .iter()
         .map(|(kind, _, c)| (*kind, c.load(std::sync::atomic::Ordering::Relaxed)))

@@ -1111,9 +1111,7 @@ async fn sse_client(
     let mut pending: Vec<u8> = Vec::new();
     let mut started = false;
     while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-        let n = match tokio::time::timeout(Duration::from_millis(200), tcp.read(&mut buf))
-            .await
-        {
+        let n = match tokio::time::timeout(Duration::from_millis(200), tcp.read(&mut buf)).await {
             Err(_) => continue,
             Ok(Ok(0)) | Ok(Err(_)) => break,
             Ok(Ok(n)) => n,
@@ -1141,8 +1139,7 @@ async fn sse_client(
                 if let Ok(timestamp) = digits.parse::<i64>() {
                     let start = from_ms.load(std::sync::atomic::Ordering::Relaxed);
                     if start > 0 && timestamp >= start {
-                        latencies
-                            .push(((fixtures::now_ms() - timestamp).max(0) * 1000) as u32);
+                        latencies.push(((fixtures::now_ms() - timestamp).max(0) * 1000) as u32);
                     }
                 }
             }
