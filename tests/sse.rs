@@ -407,3 +407,85 @@ async fn a_reader_that_stops_reading_is_disconnected() {
     }
     drop(tcp);
 }
+
+#[tokio::test]
+async fn event_streams_over_http2_on_a_tls_listener() {
+    use streamgate_testkit::TestCa;
+    let broker = sqlite_broker().await;
+    let kafka = broker.client().await;
+    let topic = unique_topic("sse-h2");
+    fixtures::create_topic(&kafka, &topic, 1).await;
+    produce(&broker, &topic, 0, &["one", "two"]).await;
+    let ca = TestCa::new();
+    let plain = listen_addr();
+    let admin = listen_addr();
+    let tls = listen_addr();
+    let config = format!(
+        "{}[[server.tls_listen]]\naddress = \"{tls}\"\ncert_file = \"{}\"\nkey_file = \"{}\"\n\n[admin]\nlisten = \"{admin}\"\n\n{}{}",
+        server_toml(plain),
+        ca.cert_file().display(),
+        ca.key_file().display(),
+        kafka_upstream("kafka", &broker.bootstrap, ""),
+        kafka_route("kafka", "/kafka", "kafka", ""),
+    );
+    let _gw = streamgate_testkit::GatewayProcess::start(binary(), &config, plain).await;
+    streamgate_testkit::wait_for_port(tls, Duration::from_secs(5))
+        .await
+        .unwrap();
+    let https = reqwest::Client::builder()
+        .no_proxy()
+        .add_root_certificate(reqwest::Certificate::from_pem(ca.ca_pem.as_bytes()).unwrap())
+        .build()
+        .unwrap();
+    let url = format!(
+        "https://localhost:{}/kafka?topic={topic}&from=earliest",
+        tls.port()
+    );
+    let response = https
+        .get(&url)
+        .header("accept", "text/event-stream")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        response.version(),
+        reqwest::Version::HTTP_2,
+        "ALPN chose h2"
+    );
+    let mut events = Events::new(response);
+    let got = events.records(2).await;
+    let values: Vec<String> = got
+        .iter()
+        .filter(|e| e.event == "record")
+        .map(|e| json(e)["value"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(values, vec!["one", "two"]);
+    // Live over the same HTTP/2 stream.
+    produce(&broker, &topic, 0, &["three"]).await;
+    let live = events.records(1).await;
+    assert!(live
+        .iter()
+        .any(|e| e.event == "record" && json(e)["value"] == "three"));
+    // The client goes: the stream ends at the gateway.
+    drop(events);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = http()
+            .get(format!("http://{admin}/readyz"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if text.contains("pubsub_sessions 0\n") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the stream ends when its client goes: {text}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -7,8 +7,10 @@
 //! reconnects) resumes exactly after that event, since every event id is a resume cursor.
 //!
 //! The subscription starts before the answer: a refusal is the usual JSON answer with its status
-//! (400, 403, 404, ...). Then a 200 with chunked `text/event-stream`, and the connection leaves
-//! Pingora like a WebSocket after its 101: a task renders the subscription's pushes as events.
+//! (400, 403, 404, ...). Then a 200 `text/event-stream` (chunked on HTTP/1.1), and the response
+//! leaves Pingora like a WebSocket after its 101 (on HTTP/2 the request's stream does, the connection
+//! stays multiplexed): a task renders the subscription's pushes as events, and ends when the client
+//! closes its connection or resets its stream.
 //! Flow control is TCP's: credit is granted back as events are written, and a reader that takes
 //! nothing for `send_timeout_ms` is disconnected (it resumes with its last id).
 
@@ -17,19 +19,19 @@ use super::session::{self, Lifelines};
 use super::subscription::{self, Granted, Outgoing};
 use super::target::KafkaAccess;
 use crate::ctx::RequestCtx;
+use crate::detach::ResponseBody;
 use crate::respond::{self, Answer};
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
 use bytes::Bytes;
 use pingora::http::{RequestHeader, ResponseHeader};
-use pingora::protocols::Stream;
 use pingora::proxy::Session;
 use std::time::Duration;
 use streamgate_protocol::{
     cmd_kafka_subscribe::StartFrom, pub_sub_resp::Resp, CmdKafkaSubscribe, ErrorCode, KafkaHeader,
     KafkaMessage, KafkaRecordsPush, PartitionOffset, RecordFilter,
 };
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, watch};
 
 /// Records an event stream may have pushed ahead of what it has written.
@@ -190,13 +192,16 @@ pub(super) async fn serve(
     let mut resp = ResponseHeader::build(200, Some(4 + ctx.answer_headers.len()))?;
     resp.insert_header("content-type", "text/event-stream")?;
     resp.insert_header("cache-control", "no-cache")?;
-    resp.insert_header("transfer-encoding", "chunked")?;
+    if !session.as_downstream().is_http2() {
+        // HTTP/1.1 has the writer frame the body; HTTP/2 frames it itself.
+        resp.insert_header("transfer-encoding", "chunked")?;
+    }
     resp.insert_header("x-accel-buffering", "no")?;
     for (name, value) in &ctx.answer_headers {
         resp.append_header(name.clone(), value.clone())?;
     }
     respond::header(session, ctx, resp, false).await?;
-    let (stream, _early) = crate::detach::detach(session).await?;
+    let body = crate::detach::detach_response(session).await?;
     crate::metrics::metrics()
         .sse_streams_opened
         .with_label_values(&[&*access.target.route_id])
@@ -207,7 +212,7 @@ pub(super) async fn serve(
     let topic = started_topic(&started.cursor);
     tokio::spawn(async move {
         let writer = Writer {
-            stream,
+            body,
             send_timeout,
             grants,
             granted: u64::from(CREDIT_WINDOW),
@@ -239,7 +244,7 @@ fn started_topic(cursor_text: &str) -> String {
 
 /// Writes one event stream.
 struct Writer {
-    stream: Stream,
+    body: ResponseBody,
     send_timeout: Duration,
     grants: watch::Sender<Granted>,
     /// Records granted so far, in total.
@@ -317,6 +322,7 @@ impl Writer {
                     let _ = self.end().await;
                     return "lifetime";
                 }
+                () = client_gone(&mut self.body) => return "client",
                 _ = keep_alive.tick() => {
                     if self.write(b": keep-alive\n\n").await.is_err() {
                         return "slow_reader";
@@ -397,15 +403,35 @@ impl Writer {
         self.end().await
     }
 
-    /// The last chunk: the response is complete.
+    /// The end of the body: HTTP/1.1's last chunk, HTTP/2's end of stream.
     async fn end(&mut self) -> Result<(), ()> {
-        self.raw(b"0\r\n\r\n").await?;
-        let _ = self.stream.shutdown().await;
-        Ok(())
+        match &mut self.body {
+            ResponseBody::Http1(_) => {
+                self.raw(b"0\r\n\r\n").await?;
+                if let ResponseBody::Http1(stream) = &mut self.body {
+                    let _ = stream.shutdown().await;
+                }
+                Ok(())
+            }
+            ResponseBody::Http2(h2) => {
+                let end = h2.write_body(Bytes::new(), true);
+                match tokio::time::timeout(self.send_timeout, end).await {
+                    Ok(Ok(())) => Ok(()),
+                    _ => Err(()),
+                }
+            }
+        }
     }
 
-    /// Writes `text` as one chunk, within the send timeout.
+    /// Writes `text` (one chunk on HTTP/1.1, one DATA frame on HTTP/2), within the send timeout.
     async fn write(&mut self, text: &[u8]) -> Result<(), ()> {
+        if let ResponseBody::Http2(h2) = &mut self.body {
+            let write = h2.write_body(Bytes::copy_from_slice(text), false);
+            return match tokio::time::timeout(self.send_timeout, write).await {
+                Ok(Ok(())) => Ok(()),
+                _ => Err(()),
+            };
+        }
         let mut chunk = Vec::with_capacity(text.len() + 12);
         chunk.extend_from_slice(format!("{:x}\r\n", text.len()).as_bytes());
         chunk.extend_from_slice(text);
@@ -413,14 +439,36 @@ impl Writer {
         self.raw(&chunk).await
     }
 
+    /// Writes bytes to an HTTP/1.1 connection as they are.
     async fn raw(&mut self, bytes: &[u8]) -> Result<(), ()> {
+        let ResponseBody::Http1(stream) = &mut self.body else {
+            return Err(());
+        };
         let write = async {
-            self.stream.write_all(bytes).await?;
-            self.stream.flush().await
+            stream.write_all(bytes).await?;
+            stream.flush().await
         };
         match tokio::time::timeout(self.send_timeout, write).await {
             Ok(Ok(())) => Ok(()),
             _ => Err(()),
+        }
+    }
+}
+
+/// Resolves when the client has gone: its HTTP/1.1 connection closed (an event-stream client
+/// sends nothing after its request), or its HTTP/2 stream was reset.
+async fn client_gone(body: &mut ResponseBody) {
+    match body {
+        ResponseBody::Http1(stream) => {
+            let mut byte = [0u8; 1];
+            while let Ok(n) = stream.read(&mut byte).await {
+                if n == 0 {
+                    return;
+                }
+            }
+        }
+        ResponseBody::Http2(h2) => {
+            let _ = h2.idle().await;
         }
     }
 }
