@@ -166,6 +166,7 @@ pub(super) async fn serve(
         bytes: 0,
     });
     let (sender, mut frames) = mpsc::channel(2);
+    let topic = cmd.topic.clone();
     let task = tokio::spawn(subscription::run(
         access.clone(),
         0,
@@ -209,7 +210,6 @@ pub(super) async fn serve(
     let route = std::sync::Arc::clone(&access.target.route_id);
     let send_timeout = access.target.settings.send_timeout;
     let max_session = access.target.settings.max_session;
-    let topic = started_topic(&started.cursor);
     tokio::spawn(async move {
         let writer = Writer {
             body,
@@ -233,13 +233,6 @@ pub(super) async fn serve(
         tracing::debug!(route = %route, why, "event stream ended");
     });
     Ok(true)
-}
-
-/// The topic a cursor is a position in.
-fn started_topic(cursor_text: &str) -> String {
-    cursor::decode(cursor_text)
-        .map(|c| c.topic)
-        .unwrap_or_default()
 }
 
 /// Writes one event stream.
@@ -335,7 +328,7 @@ impl Writer {
                     };
                     let Outgoing { frame, ends, hold, .. } = *out;
                     let written = match frame.resp {
-                        Some(Resp::KafkaRecordsPush(push)) => self.push(push).await,
+                        Some(Resp::KafkaRecordsPush(push)) => self.push(topic, push).await,
                         Some(Resp::ErrorResp(e)) => {
                             let _ = self.error(e.code, &e.message).await;
                             return "error";
@@ -357,11 +350,12 @@ impl Writer {
 
     /// One push as events: a `record` per record, its id the cursor after it; a `caught_up`
     /// when its batch says so. Then the records written are granted again.
-    async fn push(&mut self, push: KafkaRecordsPush) -> Result<(), ()> {
-        let (topic, mut positions) = match cursor::decode(&push.cursor) {
-            Ok(c) => (c.topic, c.positions),
-            Err(_) => (String::new(), Vec::new()),
-        };
+    async fn push(&mut self, topic: &str, push: KafkaRecordsPush) -> Result<(), ()> {
+        // The push's cursor holds every partition's position after it; each record's id is that
+        // with its own partition's position just after the record.
+        let mut positions = cursor::decode(&push.cursor)
+            .map(|c| c.positions)
+            .unwrap_or_default();
         let mut text = String::new();
         let mut written = 0u32;
         for batch in &push.batches {
@@ -369,7 +363,7 @@ impl Writer {
                 if let Some(at) = positions.iter_mut().find(|(p, _)| *p == batch.partition) {
                     at.1 = m.offset + 1;
                 }
-                let id = cursor::encode(&topic, positions.iter().copied());
+                let id = cursor::encode(topic, positions.iter().copied());
                 text.push_str("id: ");
                 text.push_str(&id);
                 text.push_str("\nevent: record\ndata: ");
