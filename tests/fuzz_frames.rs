@@ -1,7 +1,8 @@
 //! The frame decoder and the session command loop under random and mutated frames, through the
 //! real gateway against a real broker: every binary frame must get exactly one answer (the
-//! contract: a decodable request under its sequence, anything else `wrong command` under 0), the
-//! gateway must not crash, and a fresh session must work afterwards.
+//! contract: a decodable request under its sequence, anything else `wrong command` under 0), except
+//! a credit, which is answered only when it fails; pushes come only under the sequence of a
+//! subscribe that was sent. The gateway must not crash, and a fresh session must work afterwards.
 //!
 //! `STREAMGATE_FUZZ_FRAMES` sets the count (CI: 200,000; `make fuzz`: 1,000,000); the seed is
 //! printed so that a failure can be replayed with `STREAMGATE_FUZZ_SEED`.
@@ -12,8 +13,9 @@ use common::*;
 use futures_util::{SinkExt, StreamExt};
 use std::time::{Duration, Instant};
 use streamgate_protocol::{
-    pub_sub_req::Req, CmdEmpty, CmdKafkaFetch, CmdKafkaListOffset, CmdPing, Message as _,
-    PubSubClient, PubSubReq, PubSubResp,
+    pub_sub_req::Req, pub_sub_resp::Resp, CmdEmpty, CmdKafkaCredit, CmdKafkaFetch,
+    CmdKafkaListOffset, CmdKafkaSubscribe, CmdKafkaUnsubscribe, CmdPing, Message as _,
+    PartitionOffset, PubSubClient, PubSubReq, PubSubResp, RecordFilter,
 };
 use streamgate_testkit::fuzz::{self, Rng};
 use streamgate_testkit::{fixtures, Broker};
@@ -45,7 +47,43 @@ fn request(rng: &mut Rng) -> PubSubReq {
     let sequence = rng.pick(NUMBERS).wrapping_add(rng.below(1000) as i64);
     let topic = rng.pick(TOPICS).to_string();
     let partition = rng.pick(NUMBERS) as i32;
-    let cmd = match rng.below(5) {
+    let cmd = match rng.below(8) {
+        5 => Req::CmdKafkaSubscribe(CmdKafkaSubscribe {
+            topic,
+            partitions: (0..rng.below(3))
+                .map(|_| rng.pick(NUMBERS) as i32)
+                .collect(),
+            from: rng.pick(NUMBERS) as i32,
+            timestamp_ms: rng.pick(NUMBERS),
+            offsets: (0..rng.below(2))
+                .map(|_| PartitionOffset {
+                    partition: rng.pick(NUMBERS) as i32,
+                    offset: rng.pick(NUMBERS),
+                })
+                .collect(),
+            cursor: if rng.below(4) == 0 {
+                (0..rng.below(40))
+                    .map(|_| (b'A' + rng.below(58) as u8) as char)
+                    .collect()
+            } else {
+                String::new()
+            },
+            credit_records: rng.pick(NUMBERS) as u32,
+            credit_bytes: rng.pick(NUMBERS) as u64,
+            filter: (rng.below(2) == 0).then(|| RecordFilter {
+                keys: vec![vec![rng.next_u64() as u8; rng.below(4)].into()],
+                key_prefix: vec![rng.next_u64() as u8; rng.below(3)].into(),
+                headers: vec![],
+            }),
+        }),
+        6 => Req::CmdKafkaCredit(CmdKafkaCredit {
+            subscription: rng.pick(NUMBERS).wrapping_add(rng.below(1000) as i64),
+            records: rng.pick(NUMBERS) as u32,
+            bytes: rng.pick(NUMBERS) as u64,
+        }),
+        7 => Req::CmdKafkaUnsubscribe(CmdKafkaUnsubscribe {
+            subscription: rng.pick(NUMBERS).wrapping_add(rng.below(1000) as i64),
+        }),
         0 => Req::CmdPing(CmdPing {
             state: vec![rng.next_u64() as u8; rng.below(64)].into(),
         }),
@@ -114,33 +152,77 @@ async fn every_random_or_mutated_frame_is_answered_and_nothing_crashes() {
             let (mut tx, mut rx) = ws.split();
             let (mut sent, mut answered) = (0u64, 0u64);
             // The sequences owed: each frame's own when it decodes, else 0. Every answer must
-            // pay one off: a stray or duplicate answer, or a missing one, fails the test.
+            // pay one off: a stray or duplicate answer, or a missing one, fails the test. A credit
+            // may be answered (when it fails) or not; pushes may come under any subscribe's
+            // sequence, any number of times.
             let mut owed: std::collections::HashMap<i64, u64> = Default::default();
-            while answered < per_connection {
-                while sent < per_connection && sent - answered < WINDOW as u64 {
+            let mut maybe: std::collections::HashMap<i64, u64> = Default::default();
+            let mut subscribed: std::collections::HashSet<i64> = Default::default();
+            let mut outstanding = 0u64;
+            let mut maybe_sent = 0u64;
+            while sent < per_connection || outstanding > 0 {
+                while sent < per_connection && outstanding < WINDOW as u64 {
                     let bytes = frame(&mut rng);
-                    let sequence = PubSubReq::decode(&bytes[..]).map_or(0, |r| r.sequence);
-                    *owed.entry(sequence).or_default() += 1;
+                    match PubSubReq::decode(&bytes[..]) {
+                        Ok(PubSubReq {
+                            sequence,
+                            req: Some(Req::CmdKafkaCredit(_)),
+                        }) => {
+                            *maybe.entry(sequence).or_default() += 1;
+                            maybe_sent += 1;
+                        }
+                        Ok(PubSubReq { sequence, req }) => {
+                            if matches!(req, Some(Req::CmdKafkaSubscribe(_))) {
+                                subscribed.insert(sequence);
+                            }
+                            *owed.entry(sequence).or_default() += 1;
+                            outstanding += 1;
+                        }
+                        Err(_) => {
+                            *owed.entry(0).or_default() += 1;
+                            outstanding += 1;
+                        }
+                    }
                     tx.feed(Message::Binary(bytes.into()))
                         .await
                         .expect("send a frame");
                     sent += 1;
                 }
                 tx.flush().await.expect("flush");
+                if outstanding == 0 {
+                    continue;
+                }
                 let next = tokio::time::timeout(Duration::from_secs(20), rx.next())
                     .await
                     .unwrap_or_else(|_| panic!("no answer within 20 s after {answered} answers"));
                 match next {
                     Some(Ok(Message::Binary(data))) => {
                         let answer = PubSubResp::decode(data).expect("every answer decodes");
-                        match owed.get_mut(&answer.sequence) {
-                            Some(n) if *n > 0 => *n -= 1,
-                            _ => panic!(
-                                "an answer under sequence {} that no frame was owed",
+                        if matches!(answer.resp, Some(Resp::KafkaRecordsPush(_))) {
+                            assert!(
+                                subscribed.contains(&answer.sequence),
+                                "a push under sequence {} that no subscribe used",
                                 answer.sequence
-                            ),
+                            );
+                            continue;
                         }
-                        answered += 1;
+                        match owed.get_mut(&answer.sequence) {
+                            Some(n) if *n > 0 => {
+                                *n -= 1;
+                                outstanding -= 1;
+                                answered += 1;
+                            }
+                            _ => match maybe.get_mut(&answer.sequence) {
+                                Some(n) if *n > 0 => *n -= 1,
+                                // A subscription that ends with an error after its answer.
+                                _ if subscribed.contains(&answer.sequence)
+                                    && matches!(answer.resp, Some(Resp::ErrorResp(_))) => {}
+                                _ => panic!(
+                                    "an answer under sequence {} that no frame was owed: {answer:?}",
+                                    answer.sequence
+                                ),
+                            },
+                        }
                     }
                     Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
                     other => {
@@ -149,7 +231,8 @@ async fn every_random_or_mutated_frame_is_answered_and_nothing_crashes() {
                 }
             }
             assert!(owed.values().all(|n| *n == 0), "every frame answered once");
-            answered
+            // Frames accounted for: the answered ones and the credits (answered or not).
+            answered + maybe_sent
         });
     }
     let mut total = 0;
@@ -158,7 +241,7 @@ async fn every_random_or_mutated_frame_is_answered_and_nothing_crashes() {
     }
     let took = started.elapsed().as_secs_f64();
     println!(
-        "frame fuzz: {total} frames answered in {took:.1} s ({:.0}/s)",
+        "frame fuzz: {total} frames answered (or credits taken) in {took:.1} s ({:.0}/s)",
         total as f64 / took
     );
     assert_eq!(total, per_connection * CONNECTIONS as u64);

@@ -83,6 +83,8 @@ struct Subscribed {
     task: AbortHandle,
     /// The row filter the subscription's task applies (a reload that changes it ends it).
     row_filter: Option<Arc<RowFilter>>,
+    /// Its subscribe has been answered (the first frame written).
+    answered: bool,
 }
 
 /// The push subscriptions of one session.
@@ -94,6 +96,9 @@ struct Subscriptions {
     sender: Option<mpsc::Sender<Box<Outgoing>>>,
     /// The receiving end of a channel just made, for the session loop to take.
     made: Option<mpsc::Receiver<Box<Outgoing>>>,
+    /// The answer owed to a subscribe that was unsubscribed before it was answered: written
+    /// before the unsubscribe's own answer, so every request gets its one answer.
+    owed: Option<PubSubResp>,
     next_key: u64,
 }
 
@@ -142,6 +147,7 @@ pub(crate) async fn run<S>(
         tasks: JoinSet::new(),
         sender: None,
         made: None,
+        owed: None,
         next_key: 0,
     };
     let mut rate = CommandRate::new(settings.max_commands_per_second);
@@ -243,6 +249,11 @@ pub(crate) async fn run<S>(
                                         if let Some(made) = subs.made.take() {
                                             pushes = Some(made);
                                         }
+                                        if let Some(owed) = subs.owed.take() {
+                                            if let Err(why) = send_bounded(&mut ws, &owed, settings.send_timeout).await {
+                                                break (None, why);
+                                            }
+                                        }
                                         answer
                                     }
                                     _ => dispatch(req, &access, &mut tasks, &mut topics_read),
@@ -282,6 +293,7 @@ pub(crate) async fn run<S>(
                 if ends {
                     subs.end(sequence);
                 } else if let Some(sub) = subs.by_sequence.get_mut(&sequence) {
+                    sub.answered = true;
                     // The frame is written: its cursor is where a resume starts now.
                     match frame.resp {
                         Some(Resp::KafkaRecordsPush(push)) => sub.cursor = push.cursor,
@@ -460,12 +472,21 @@ fn dispatch_push(
         }
         Some(Req::CmdKafkaUnsubscribe(CmdKafkaUnsubscribe { subscription })) => {
             let answer = match subs.end(subscription) {
-                Some(ended) => PubSubResp {
-                    sequence,
-                    resp: Some(Resp::KafkaUnsubscribeResp(KafkaUnsubscribeResp {
-                        cursor: ended.cursor,
-                    })),
-                },
+                Some(ended) => {
+                    if !ended.answered {
+                        subs.owed = Some(PubSubResp::error(
+                            subscription,
+                            ErrorCode::BadRequest,
+                            "unsubscribed before the subscription started",
+                        ));
+                    }
+                    PubSubResp {
+                        sequence,
+                        resp: Some(Resp::KafkaUnsubscribeResp(KafkaUnsubscribeResp {
+                            cursor: ended.cursor,
+                        })),
+                    }
+                }
                 None => PubSubResp::error(
                     sequence,
                     ErrorCode::BadRequest,
@@ -545,6 +566,7 @@ fn subscribe(
             cursor: String::new(),
             task,
             row_filter: access.row_filter.clone(),
+            answered: false,
         },
     );
     None
