@@ -219,14 +219,7 @@ async fn each_user_gets_only_its_own_records_over_every_transport() {
     );
 
     // Counted, without naming anyone.
-    let text = http()
-        .get(format!("http://{admin}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = get_text(&format!("http://{admin}/metrics")).await;
     let filtered = text
         .lines()
         .find(|l| l.starts_with("streamgate_pubsub_records_filtered_total{route=\"orders\"}"))
@@ -286,14 +279,7 @@ async fn tokens_without_the_claim_or_for_another_consumer_are_refused_before_kaf
         );
         assert_eq!(status(url(&wrong_alg), sse).await, 401, "another algorithm");
     }
-    let readyz = http()
-        .get(format!("http://{admin}/readyz"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let readyz = get_text(&format!("http://{admin}/readyz")).await;
     assert!(
         readyz.contains("kafka_clients 0\n") && readyz.contains("kafka_broker_fetches 0\n"),
         "Kafka was never asked: {readyz}"

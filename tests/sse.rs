@@ -382,29 +382,20 @@ async fn a_reader_that_stops_reading_is_disconnected() {
         "GET /kafka?topic={topic}&from=earliest HTTP/1.1\r\nHost: gw\r\nAccept: text/event-stream\r\n\r\n"
     );
     tcp.write_all(request.as_bytes()).await.unwrap();
-    let readyz = || async {
-        http()
-            .get(format!("http://{admin}/readyz"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
-    };
-    let deadline = Instant::now() + Duration::from_secs(3);
-    while !readyz().await.contains("pubsub_sessions 1\n") {
-        assert!(Instant::now() < deadline, "the stream started");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while !readyz().await.contains("pubsub_sessions 0\n") {
-        assert!(
-            Instant::now() < deadline,
-            "a reader that reads nothing is dropped after send_timeout_ms"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_readyz(
+        admin,
+        "pubsub_sessions 1\n",
+        Duration::from_secs(3),
+        "the stream started",
+    )
+    .await;
+    wait_readyz(
+        admin,
+        "pubsub_sessions 0\n",
+        Duration::from_secs(15),
+        "a reader that reads nothing is dropped after send_timeout_ms",
+    )
+    .await;
     drop(tcp);
 }
 
@@ -469,23 +460,11 @@ async fn event_streams_over_http2_on_a_tls_listener() {
         .any(|e| e.event == "record" && json(e)["value"] == "three"));
     // The client goes: the stream ends at the gateway.
     drop(events);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let text = http()
-            .get(format!("http://{admin}/readyz"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        if text.contains("pubsub_sessions 0\n") {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the stream ends when its client goes: {text}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_readyz(
+        admin,
+        "pubsub_sessions 0\n",
+        Duration::from_secs(10),
+        "the stream ends when its client goes",
+    )
+    .await;
 }

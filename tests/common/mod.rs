@@ -71,6 +71,32 @@ pub fn http() -> reqwest::Client {
         .expect("HTTP client")
 }
 
+/// GETs `url` and returns its body as text.
+pub async fn get_text(url: &str) -> String {
+    http()
+        .get(url)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("GET {url}: {e}"))
+        .text()
+        .await
+        .unwrap_or_else(|e| panic!("GET {url}: {e}"))
+}
+
+/// Waits (up to `within`) until the admin listener's `/readyz` shows `line`; panics with what it
+/// showed last otherwise.
+pub async fn wait_readyz(admin: SocketAddr, line: &str, within: std::time::Duration, why: &str) {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        let text = get_text(&format!("http://{admin}/readyz")).await;
+        if text.contains(line) {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "{why}: {text}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
 /// GETs `url` and returns its JSON body.
 pub async fn get_json(url: &str) -> serde_json::Value {
     http()
