@@ -258,6 +258,33 @@ async fn refusals_before_the_stream_are_json_with_their_status() {
         let message = body["error_msg"].as_str().unwrap_or_default();
         assert!(message.contains(words), "{query}: {message}");
     }
+    // A page on another origin may read it (CORS), one the route does not list may not.
+    let listed = gateway_for(
+        &broker,
+        &format!("topics = [\"{topic}\"]\nallowed_origins = [\"https://app.example\"]"),
+        "",
+    )
+    .await;
+    let url = listed.http_url(&format!("/kafka?topic={topic}&sse=1"));
+    let response = http()
+        .get(&url)
+        .header("origin", "https://app.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        response.headers()["access-control-allow-origin"],
+        "https://app.example"
+    );
+    drop(response);
+    let response = http()
+        .get(&url)
+        .header("origin", "https://evil.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 403, "an origin the route does not list");
     // ?sse=1 works without the Accept header.
     let response = http()
         .get(gw.http_url(&format!("/kafka?topic={topic}&sse=1")))

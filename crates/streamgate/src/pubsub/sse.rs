@@ -198,6 +198,18 @@ pub(super) async fn serve(
         resp.insert_header("transfer-encoding", "chunked")?;
     }
     resp.insert_header("x-accel-buffering", "no")?;
+    // A page on another origin reads the stream with EventSource only when the answer names its
+    // origin (CORS). `PubSub::serve` already refused origins the route does not list.
+    if let Some(origin) = session
+        .req_header()
+        .headers
+        .get(http::header::ORIGIN)
+        .cloned()
+    {
+        resp.insert_header("access-control-allow-origin", origin)?;
+        resp.insert_header("access-control-allow-credentials", "true")?;
+        resp.insert_header("vary", "origin")?;
+    }
     for (name, value) in &ctx.answer_headers {
         resp.append_header(name.clone(), value.clone())?;
     }
