@@ -113,7 +113,8 @@ impl PubSub {
     ) -> pingora::Result<bool> {
         let settings = &target.settings;
         if !upgrade::origin_allowed(session, settings.allowed_origins.as_deref()) {
-            let message = "403 Forbidden: this origin may not read this route (WebSocket or event stream)";
+            let message =
+                "403 Forbidden: this origin may not read this route (WebSocket or event stream)";
             respond::send(session, ctx, Answer::error(403, message)).await?;
             return Ok(true);
         }
