@@ -699,3 +699,50 @@ async fn scram_sha_512_over_tls_with_a_wrong_password_refused() {
     let (code, message) = code_of(bad.list_offset("test-consumer", 0, -1).await);
     assert_eq!(code, ErrorCode::AuthFailed, "{message}");
 }
+
+/// A small `max_bytes` against batches larger than it, read twice in a row (the second time the
+/// shared window holds the newest results): every record, in order, both times. The window once
+/// cut answers at the asker's budget, so the next fetch started inside a broker batch, which
+/// re-reads the whole batch from a real broker and, from tansu's memory engine, skipped records.
+#[tokio::test]
+async fn small_fetches_over_large_batches_read_every_record_twice_over() {
+    let broker = Broker::start().await;
+    let kafka = broker.client().await;
+    let topic = unique_topic("small-fetch");
+    fixtures::create_topic(&kafka, &topic, 1).await;
+    for _ in 0..20 {
+        let records = (0..100)
+            .map(|_| fixtures::record(None, Some(&[b'x'; 100]), &[], None))
+            .collect();
+        fixtures::produce_batch(&kafka, &topic, 0, records, Codec::NoCompression).await;
+    }
+    let gw = gateway_for(&broker, "", "").await;
+    let mut c = PubSubClient::connect(&gw.ws_url("/kafka")).await.unwrap();
+    for pass in 1..=2 {
+        let mut offset = 0;
+        let mut read = 0;
+        while offset < 2000 {
+            let batch = c
+                .fetch_with(CmdKafkaFetch {
+                    topic: topic.clone(),
+                    partition: 0,
+                    offset,
+                    max_bytes: 4096,
+                    max_wait_ms: 0,
+                })
+                .await
+                .unwrap();
+            assert!(
+                !batch.messages.is_empty(),
+                "pass {pass}: stalled at {offset}"
+            );
+            assert_eq!(
+                batch.messages[0].offset, offset,
+                "pass {pass}: a gap after offset {offset}"
+            );
+            read += batch.messages.len();
+            offset = batch.messages.last().unwrap().offset + 1;
+        }
+        assert_eq!(read, 2000, "pass {pass}");
+    }
+}

@@ -342,15 +342,12 @@ async fn fetch_inner(
     if records.peek().is_none() && from > high_watermark {
         return Err(out_of_range());
     }
-    // Records served from the shared tail may reach past what this client asked for: its
-    // max_bytes bounds the answer after the first record, as a broker's would.
-    let asked = max_bytes as usize;
     let mut messages = Vec::new();
     let mut used = 0usize;
     for message in records {
         let len = message.encoded_len();
         let framed = 1 + prost::encoding::encoded_len_varint(len as u64) + len;
-        if used + framed > frame_budget || (!messages.is_empty() && used + framed > asked) {
+        if used + framed > frame_budget {
             if messages.is_empty() {
                 return Err(KafkaFailure::new(
                     ErrorCode::TooLarge,

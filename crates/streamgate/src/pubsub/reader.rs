@@ -161,7 +161,12 @@ impl PartitionReader {
         max_bytes: i32,
         timeout: Duration,
     ) -> Result<Arc<Fetched>, KafkaFailure> {
-        if let Some(hit) = self.in_window(offset) {
+        // Only a result within the asker's budget: a smaller one would have to be cut, and a fetch
+        // that starts inside a broker batch re-reads (and re-decompresses) the whole batch.
+        if let Some(hit) = self
+            .in_window(offset)
+            .filter(|hit| hit.record_bytes <= usize::try_from(max_bytes).unwrap_or(0))
+        {
             return Ok(hit);
         }
         let key = (offset, max_bytes);
