@@ -4,14 +4,18 @@
 //! and fetch answers that never exceed the route's frame limit.
 
 use super::failure::KafkaFailure;
+use super::reader::Fetched;
 use super::target::KafkaAccess;
+use super::wire::WireFrame;
+use crate::limits::AnswerHold;
 use prost::Message as _;
 use rskafka::chrono::{TimeZone, Utc};
 use rskafka::client::partition::OffsetAt;
+use std::sync::Arc;
 use std::time::Duration;
 use streamgate_protocol::{
-    pub_sub_resp::Resp, CmdKafkaFetch, CmdKafkaListOffset, ErrorCode, KafkaFetchResp,
-    KafkaListOffsetResp, PubSubResp,
+    pub_sub_resp::Resp, CmdKafkaFetch, CmdKafkaListOffset, ErrorCode, KafkaListOffsetResp,
+    KafkaMessage, PubSubResp,
 };
 
 /// Room kept in every frame for the response envelope (sequence, tags, high watermark).
@@ -41,36 +45,79 @@ pub(crate) async fn list_offset(
     }
 }
 
-/// Answers a fetch command; also returns the answer's encoded size, known from assembling it
-/// (a second pass over the records to measure it would cost per record).
-pub(crate) async fn fetch(
-    access: &KafkaAccess,
-    sequence: i64,
-    cmd: CmdKafkaFetch,
-) -> (PubSubResp, usize) {
+/// A command's answer ready to write, holding its place in the process's budget for answers not
+/// yet written by their clients (`None`: nothing held).
+pub(crate) type Reply = (WireFrame, Option<AnswerHold>);
+
+/// `answer` held in the budget (or LIMIT_EXCEEDED when it is spent), counted and encoded.
+pub(crate) fn reply(access: &KafkaAccess, command: &str, answer: PubSubResp) -> Reply {
+    let (answer, held) = match hold(access, answer.sequence, answer.encoded_len()) {
+        Ok(held) => (answer, Some(held)),
+        Err(refused) => (refused, None),
+    };
+    crate::metrics::metrics().command(&access.target.route_id, command, &answer);
+    (WireFrame::answer(&answer), held)
+}
+
+/// A place for `size` bytes in the process's budget for answers not yet written: a reader that
+/// does not read keeps its answers, and the budget is shared by every session.
+fn hold(access: &KafkaAccess, sequence: i64, size: usize) -> Result<AnswerHold, PubSubResp> {
+    access.limits.hold_answer(size).ok_or_else(|| {
+        let limit = access.limits.config().max_queued_answer_bytes;
+        PubSubResp::error(
+            sequence,
+            ErrorCode::LimitExceeded,
+            format!("the gateway holds its maximum of answers not yet read by their clients (max_queued_answer_bytes = {limit}): retry shortly"),
+        )
+    })
+}
+
+/// Answers a fetch command. The answer is encoded from the shared decoded records (no record is
+/// cloned), its size for the budget known from choosing them.
+pub(crate) async fn fetch(access: &KafkaAccess, sequence: i64, cmd: CmdKafkaFetch) -> Reply {
     let answer = fetch_inner(access, &cmd).await;
     forget_if_gone(access, &cmd.topic, cmd.partition, &answer);
-    match answer {
-        Ok((resp, records_bytes)) => (
-            PubSubResp {
-                sequence,
-                resp: Some(Resp::KafkaFetchResp(resp)),
-            },
-            records_bytes + ENVELOPE_BYTES,
-        ),
-        Err(f) => {
-            let resp = failed(
-                access,
-                sequence,
-                "fetch message",
-                &cmd.topic,
-                Some(cmd.partition),
-                f,
-            );
-            let size = resp.encoded_len();
-            (resp, size)
-        }
-    }
+    let failure = match answer {
+        Ok((fetched, from)) => match pick(access, &fetched, from) {
+            Ok((records, size)) => {
+                return match hold(access, sequence, size + ENVELOPE_BYTES) {
+                    Ok(held) => {
+                        delivered(access, records.len(), size);
+                        let frame =
+                            WireFrame::fetch_answer(sequence, &records, fetched.high_watermark);
+                        (frame, Some(held))
+                    }
+                    Err(refused) => reply(access, "fetch", refused),
+                };
+            }
+            Err(f) => f,
+        },
+        Err(f) => f,
+    };
+    let answer = failed(
+        access,
+        sequence,
+        "fetch message",
+        &cmd.topic,
+        Some(cmd.partition),
+        failure,
+    );
+    reply(access, "fetch", answer)
+}
+
+/// Counts a fetch answered with `records` of `bytes` (encoded).
+fn delivered(access: &KafkaAccess, records: usize, bytes: usize) {
+    let metrics = crate::metrics::metrics();
+    let route = &*access.target.route_id;
+    metrics.command(route, "fetch", &PubSubResp::default());
+    metrics
+        .records_delivered
+        .with_label_values(&[route])
+        .inc_by(records as u64);
+    metrics
+        .record_bytes_delivered
+        .with_label_values(&[route])
+        .inc_by(bytes as u64);
 }
 
 /// The error answer for a failed command on `topic`/`partition`, in APISIX's wording.
@@ -272,7 +319,7 @@ fn out_of_range() -> KafkaFailure {
 async fn fetch_inner(
     access: &KafkaAccess,
     cmd: &CmdKafkaFetch,
-) -> Result<(KafkaFetchResp, usize), KafkaFailure> {
+) -> Result<(Arc<Fetched>, i64), KafkaFailure> {
     check_target(access, &cmd.topic, cmd.partition)?;
     let s = &access.target.settings;
     if cmd.offset < 0 {
@@ -332,55 +379,48 @@ async fn fetch_inner(
             .with_label_values(&[&*access.target.route_id])
             .inc_by(filtered);
     }
-    let high_watermark = fetched.high_watermark;
-    let row_filter = access.row_filter.as_deref();
-    let mut records = fetched
-        .messages
-        .iter()
-        .filter(|m| m.offset >= from && row_filter.is_none_or(|f| f.passes(m)))
-        .peekable();
-    if records.peek().is_none() && from > high_watermark {
+    if from > fetched.high_watermark && !fetched.messages.iter().any(|m| m.offset >= from) {
         return Err(out_of_range());
     }
-    let mut messages = Vec::new();
+    Ok((fetched, from))
+}
+
+/// The records of `fetched` from `from` on that the caller may see and the frame holds, with
+/// their encoded size; TOO_LARGE when not even the first fits.
+fn pick<'a>(
+    access: &KafkaAccess,
+    fetched: &'a Fetched,
+    from: i64,
+) -> Result<(Vec<&'a KafkaMessage>, usize), KafkaFailure> {
+    let max_frame_bytes = access.target.settings.max_frame_bytes;
+    let frame_budget = max_frame_bytes.saturating_sub(ENVELOPE_BYTES);
+    let row_filter = access.row_filter.as_deref();
+    let records = fetched
+        .messages
+        .iter()
+        .filter(|m| m.offset >= from && row_filter.is_none_or(|f| f.passes(m)));
+    let mut picked = Vec::with_capacity(fetched.messages.len());
     let mut used = 0usize;
     for message in records {
         let len = message.encoded_len();
         let framed = 1 + prost::encoding::encoded_len_varint(len as u64) + len;
         if used + framed > frame_budget {
-            if messages.is_empty() {
+            if picked.is_empty() {
                 return Err(KafkaFailure::new(
                     ErrorCode::TooLarge,
                     format!(
-                        "record at offset {} needs {} bytes, more than this route's max_frame_bytes of {}",
+                        "record at offset {} needs {} bytes, more than this route's max_frame_bytes of {max_frame_bytes}",
                         message.offset,
                         framed + ENVELOPE_BYTES,
-                        s.max_frame_bytes
                     ),
                 ));
             }
             break;
         }
         used += framed;
-        // Keys and values are shared buffers: this clones reference counts, not payloads.
-        messages.push(message.clone());
+        picked.push(message);
     }
-    let metrics = crate::metrics::metrics();
-    metrics
-        .records_delivered
-        .with_label_values(&[&*access.target.route_id])
-        .inc_by(messages.len() as u64);
-    metrics
-        .record_bytes_delivered
-        .with_label_values(&[&*access.target.route_id])
-        .inc_by(used as u64);
-    Ok((
-        KafkaFetchResp {
-            messages,
-            high_watermark,
-        },
-        used,
-    ))
+    Ok((picked, used))
 }
 
 #[cfg(test)]

@@ -9,7 +9,8 @@
 //!                        │
 //!                        ▼  tokio task, one per connection
 //!              session loop (session.rs) ── ping ──▶ pong
-//!                        │ list offset / fetch (commands.rs), concurrently
+//!                        │ list offset / fetch (commands.rs), concurrently; answers written as
+//!                        │   frames encoded once (wire.rs)
 //!                        │ subscribe / credit / unsubscribe: push tasks (subscription.rs),
 //!                        │   resume cursors (cursor.rs)
 //!                        ▼
@@ -35,6 +36,7 @@ mod sse;
 mod subscription;
 mod target;
 mod upgrade;
+mod wire;
 
 pub(crate) use kafka_pool::{KafkaCluster, KafkaPool};
 pub(crate) use target::{KafkaTarget, SessionCheck};

@@ -17,10 +17,10 @@
 //! read: while an answer waits to be written the loop reads no more commands, at most
 //! `max_in_flight` answers wait behind it, and after `send_timeout` the connection is dropped.
 
-use super::commands;
+use super::commands::{self, Reply};
 use super::subscription::{self, Granted, Outgoing};
 use super::target::{KafkaAccess, RowFilter, SessionCheck};
-use crate::limits::AnswerHold;
+use super::wire::{self, WireFrame};
 use crate::rate::TokenBucket;
 use futures_util::{SinkExt, StreamExt};
 use prost::Message as _;
@@ -35,8 +35,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{mpsc, watch};
 use tokio::task::{AbortHandle, JoinSet};
 use tokio::time::{Duration, Instant};
-use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
-use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::WebSocketStream;
@@ -140,7 +139,7 @@ pub(crate) async fn run<S>(
             .unwrap_or(Duration::from_secs(u32::MAX.into())),
     );
     tokio::pin!(expiry);
-    let mut tasks: JoinSet<(PubSubResp, Option<AnswerHold>)> = JoinSet::new();
+    let mut tasks: JoinSet<Reply> = JoinSet::new();
     let mut pushes: Option<mpsc::Receiver<Box<Outgoing>>> = None;
     let mut subs = Subscriptions {
         by_sequence: HashMap::new(),
@@ -191,8 +190,8 @@ pub(crate) async fn run<S>(
                 break (Some((CloseCode::Policy, "credentials expired: reconnect with a fresh token".into())), "expired");
             }
             Some(joined) = tasks.join_next(), if !tasks.is_empty() => match joined {
-                Ok((answer, hold)) => {
-                    let sent = send_bounded(&mut ws, &answer, settings.send_timeout).await;
+                Ok((frame, hold)) => {
+                    let sent = write_bounded(&mut ws, &frame, settings.send_timeout).await;
                     drop(hold);
                     if let Err(why) = sent {
                         break (None, why);
@@ -344,7 +343,7 @@ fn close_reason(reason: Cow<'static, str>) -> String {
 fn dispatch(
     req: PubSubReq,
     access: &KafkaAccess,
-    tasks: &mut JoinSet<(PubSubResp, Option<AnswerHold>)>,
+    tasks: &mut JoinSet<Reply>,
     topics_read: &mut HashSet<String>,
 ) -> Option<PubSubResp> {
     let sequence = req.sequence;
@@ -394,36 +393,19 @@ fn dispatch(
     }
     let access = access.clone();
     tasks.spawn(async move {
-        let (answer, size) = match cmd {
+        match cmd {
             Req::CmdKafkaListOffset(c) => {
                 let answer = commands::list_offset(&access, sequence, c).await;
-                let size = answer.encoded_len();
-                (answer, size)
+                commands::reply(&access, kind, answer)
             }
             Req::CmdKafkaFetch(c) => commands::fetch(&access, sequence, c).await,
             // Answered inline above or by `dispatch_push`; never spawned.
             _ => {
                 let answer =
                     PubSubResp::error(sequence, ErrorCode::Internal, "command dispatched twice");
-                (answer, 0)
+                commands::reply(&access, kind, answer)
             }
-        };
-        // Held until written: a reader that does not read keeps it, and the process's budget
-        // for such answers is shared by every session.
-        let (answer, hold) = match access.limits.hold_answer(size) {
-            Some(hold) => (answer, Some(hold)),
-            None => {
-                let limit = access.limits.config().max_queued_answer_bytes;
-                let refused = PubSubResp::error(
-                    sequence,
-                    ErrorCode::LimitExceeded,
-                    format!("the gateway holds its maximum of answers not yet read by their clients (max_queued_answer_bytes = {limit}): retry shortly"),
-                );
-                (refused, None)
-            }
-        };
-        crate::metrics::metrics().command(&access.target.route_id, kind, &answer);
-        (answer, hold)
+        }
     });
     None
 }
@@ -686,39 +668,21 @@ async fn send_bounded<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    match tokio::time::timeout(limit, send(ws, answer)).await {
+    write_bounded(ws, &WireFrame::answer(answer), limit).await
+}
+
+/// Writes an encoded answer within `limit`; a client that does not read is given up on.
+async fn write_bounded<S>(
+    ws: &mut WebSocketStream<S>,
+    frame: &WireFrame,
+    limit: Duration,
+) -> Result<(), &'static str>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    match tokio::time::timeout(limit, wire::write(ws, frame)).await {
         Ok(Ok(())) => Ok(()),
         Ok(Err(_)) => Err("client"),
         Err(_) => Err("slow_reader"),
     }
-}
-
-/// Answers larger than this go out as several frames of one WebSocket message (RFC 6455 §5.4;
-/// every client reassembles them). tungstenite shifts its whole send buffer forward after each
-/// partial socket write, so a 1 MiB frame cost several MiB of memmove; 64 KiB fragments keep that
-/// work proportional to the answer (measured in BENCHMARKS.md, scenario 1).
-const FRAGMENT_BYTES: usize = 64 * 1024;
-
-async fn send<S>(ws: &mut WebSocketStream<S>, answer: &PubSubResp) -> Result<(), WsError>
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
-    let encoded = bytes::Bytes::from(answer.encode_to_vec());
-    if encoded.len() <= FRAGMENT_BYTES {
-        return ws.send(Message::Binary(encoded)).await;
-    }
-    let mut start = 0;
-    while start < encoded.len() {
-        let end = (start + FRAGMENT_BYTES).min(encoded.len());
-        let opcode = if start == 0 {
-            Data::Binary
-        } else {
-            Data::Continue
-        };
-        let last = end == encoded.len();
-        let fragment = Frame::message(encoded.slice(start..end), OpCode::Data(opcode), last);
-        ws.feed(Message::Frame(fragment)).await?;
-        start = end;
-    }
-    ws.flush().await
 }
