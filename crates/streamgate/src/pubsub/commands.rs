@@ -6,7 +6,7 @@
 use super::failure::KafkaFailure;
 use super::reader::Fetched;
 use super::target::KafkaAccess;
-use super::wire::WireFrame;
+use super::wire::{Picked, WireFrame};
 use crate::limits::AnswerHold;
 use prost::Message as _;
 use rskafka::chrono::{TimeZone, Utc};
@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use streamgate_protocol::{
     pub_sub_resp::Resp, CmdKafkaFetch, CmdKafkaListOffset, ErrorCode, KafkaListOffsetResp,
-    KafkaMessage, PubSubResp,
+    PubSubResp,
 };
 
 /// Room kept in every frame for the response envelope (sequence, tags, high watermark).
@@ -391,7 +391,7 @@ fn pick<'a>(
     access: &KafkaAccess,
     fetched: &'a Fetched,
     from: i64,
-) -> Result<(Vec<&'a KafkaMessage>, usize), KafkaFailure> {
+) -> Result<(Vec<Picked<'a>>, usize), KafkaFailure> {
     let max_frame_bytes = access.target.settings.max_frame_bytes;
     let frame_budget = max_frame_bytes.saturating_sub(ENVELOPE_BYTES);
     let row_filter = access.row_filter.as_deref();
@@ -402,8 +402,8 @@ fn pick<'a>(
     let mut picked = Vec::with_capacity(fetched.messages.len());
     let mut used = 0usize;
     for message in records {
-        let len = message.encoded_len();
-        let framed = 1 + prost::encoding::encoded_len_varint(len as u64) + len;
+        let record = Picked::new(message);
+        let framed = record.framed_len();
         if used + framed > frame_budget {
             if picked.is_empty() {
                 return Err(KafkaFailure::new(
@@ -418,7 +418,7 @@ fn pick<'a>(
             break;
         }
         used += framed;
-        picked.push(message);
+        picked.push(record);
     }
     Ok((picked, used))
 }

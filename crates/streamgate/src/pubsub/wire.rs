@@ -24,7 +24,7 @@ const SEQUENCE: u32 = 1;
 /// `PubSubResp.kafka_fetch_resp`.
 const FETCH_RESP: u32 = 33;
 /// `KafkaFetchResp.messages`.
-const MESSAGES: u32 = 1;
+const MESSAGES: u8 = 1;
 /// `KafkaFetchResp.high_watermark`.
 const HIGH_WATERMARK: u32 = 2;
 
@@ -45,38 +45,119 @@ impl WireFrame {
 
     /// The fetch answer holding `records` and `high_watermark`, the bytes the same as prost's
     /// encoding of that [`PubSubResp`], without cloning a record into one first.
-    pub(crate) fn fetch_answer(
-        sequence: i64,
-        records: &[&KafkaMessage],
-        high_watermark: i64,
-    ) -> Self {
-        let records_len: usize = records
-            .iter()
-            .map(|m| encoding::message::encoded_len(MESSAGES, *m))
-            .sum();
+    pub(crate) fn fetch_answer(sequence: i64, records: &[Picked<'_>], high_watermark: i64) -> Self {
+        let records_len: usize = records.iter().map(Picked::framed_len).sum();
         let fetch_len = records_len + int64_len(HIGH_WATERMARK, high_watermark);
         let total = int64_len(SEQUENCE, sequence)
             + key_len(FETCH_RESP)
             + encoded_len_varint(fetch_len as u64)
             + fetch_len;
         let mut bytes = with_header(total);
+        let expected = bytes.len() + total;
         if sequence != 0 {
             encoding::int64::encode(SEQUENCE, &sequence, &mut bytes);
         }
         encoding::encode_key(FETCH_RESP, WireType::LengthDelimited, &mut bytes);
         encoding::encode_varint(fetch_len as u64, &mut bytes);
-        for m in records {
-            encoding::message::encode(MESSAGES, *m, &mut bytes);
+        for record in records {
+            record.encode(&mut bytes);
         }
         if high_watermark != 0 {
             encoding::int64::encode(HIGH_WATERMARK, &high_watermark, &mut bytes);
         }
+        debug_assert_eq!(
+            bytes.len(),
+            expected,
+            "the frame's length as its header states"
+        );
         Self { bytes }
     }
 
     /// The whole frame, header first.
     pub(crate) fn as_bytes(&self) -> &[u8] {
         &self.bytes
+    }
+}
+
+/// A record chosen for a fetch answer, its encoded size measured once: the size decides whether
+/// it fits the frame and sizes the buffer it is encoded into.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Picked<'a> {
+    message: &'a KafkaMessage,
+    len: usize,
+}
+
+impl<'a> Picked<'a> {
+    pub(crate) fn new(message: &'a KafkaMessage) -> Self {
+        Self {
+            message,
+            len: message.encoded_len(),
+        }
+    }
+
+    /// The record's place in an answer: field key, length, body.
+    pub(crate) fn framed_len(&self) -> usize {
+        1 + encoded_len_varint(self.len as u64) + self.len
+    }
+
+    /// Writes the record as a `KafkaFetchResp.messages` entry. Keys and values are copied
+    /// straight from the shared buffers (prost's own encoder clones each `Bytes` first, which
+    /// allocates the first time a buffer is shared).
+    fn encode(&self, buf: &mut Vec<u8>) {
+        let m = self.message;
+        buf.push(tag(MESSAGES, LENGTH_DELIMITED));
+        put_varint(buf, self.len as u64);
+        if m.offset != 0 {
+            buf.push(tag(1, VARINT));
+            put_varint(buf, m.offset as u64);
+        }
+        if m.timestamp != 0 {
+            buf.push(tag(2, VARINT));
+            put_varint(buf, m.timestamp as u64);
+        }
+        put_bytes(buf, 3, &m.key);
+        put_bytes(buf, 4, &m.value);
+        for h in &m.headers {
+            let len = bytes_len(h.key.len()) + bytes_len(h.value.len());
+            buf.push(tag(5, LENGTH_DELIMITED));
+            put_varint(buf, len as u64);
+            put_bytes(buf, 1, h.key.as_bytes());
+            put_bytes(buf, 2, &h.value);
+        }
+    }
+}
+
+const VARINT: u8 = 0;
+const LENGTH_DELIMITED: u8 = 2;
+
+/// A field key of one byte (fields 1 to 15).
+const fn tag(field: u8, wire_type: u8) -> u8 {
+    field << 3 | wire_type
+}
+
+fn put_varint(buf: &mut Vec<u8>, mut value: u64) {
+    while value >= 0x80 {
+        buf.push(value as u8 | 0x80);
+        value >>= 7;
+    }
+    buf.push(value as u8);
+}
+
+/// A `bytes` or `string` field (fields 1 to 15); proto3 leaves an empty one out.
+fn put_bytes(buf: &mut Vec<u8>, field: u8, value: &[u8]) {
+    if !value.is_empty() {
+        buf.push(tag(field, LENGTH_DELIMITED));
+        put_varint(buf, value.len() as u64);
+        buf.extend_from_slice(value);
+    }
+}
+
+/// The encoded size of a `bytes` field of `len` bytes (fields 1 to 15).
+fn bytes_len(len: usize) -> usize {
+    if len == 0 {
+        0
+    } else {
+        1 + encoded_len_varint(len as u64) + len
     }
 }
 
@@ -146,16 +227,29 @@ mod tests {
         &b[start..]
     }
 
+    /// Records that vary in every field proto3 may leave out: zero offsets and timestamps,
+    /// negative ones, empty keys and values, no headers, headers with empty parts.
     fn record(offset: i64, value_len: usize) -> KafkaMessage {
+        let headers = (0..offset % 3)
+            .map(|h| KafkaHeader {
+                key: if h == 1 {
+                    String::new()
+                } else {
+                    "h".repeat(h as usize * 70 + 1)
+                },
+                value: Bytes::from(vec![b'1'; (offset as usize * 37) % 200]),
+            })
+            .collect();
         KafkaMessage {
-            offset,
-            timestamp: 1_700_000_000_000 + offset,
-            key: Bytes::from_static(b"k"),
-            value: Bytes::from(vec![b'v'; value_len]),
-            headers: vec![KafkaHeader {
-                key: "h".into(),
-                value: Bytes::from_static(b"1"),
-            }],
+            offset: if offset % 4 == 3 { -offset } else { offset },
+            timestamp: match offset % 5 {
+                0 => 0,
+                1 => -1,
+                _ => 1_700_000_000_000 + offset,
+            },
+            key: Bytes::from(vec![b'k'; (offset as usize * 13) % 150]),
+            value: Bytes::from(vec![b'v'; value_len + offset as usize % 2]),
+            headers,
         }
     }
 
@@ -168,9 +262,11 @@ mod tests {
             (-3, 3, 100, 1 << 40),
             (1 << 33, 20, 1024, 99),
             (5, 100, 1024, 5),
+            (9, 3, 20_000, 0),
+            (10, 12, 0, -1),
         ] {
             let records: Vec<KafkaMessage> = (0..count).map(|o| record(o, value_len)).collect();
-            let refs: Vec<&KafkaMessage> = records.iter().collect();
+            let refs: Vec<Picked<'_>> = records.iter().map(Picked::new).collect();
             let frame = WireFrame::fetch_answer(sequence, &refs, hw);
             let expected = PubSubResp {
                 sequence,
