@@ -24,7 +24,7 @@ const SEQUENCE: u32 = 1;
 /// `PubSubResp.kafka_fetch_resp`.
 const FETCH_RESP: u32 = 33;
 /// `KafkaFetchResp.messages`.
-const MESSAGES: u8 = 1;
+const MESSAGES: u32 = 1;
 /// `KafkaFetchResp.high_watermark`.
 const HIGH_WATERMARK: u32 = 2;
 
@@ -105,59 +105,31 @@ impl<'a> Picked<'a> {
     /// allocates the first time a buffer is shared).
     fn encode(&self, buf: &mut Vec<u8>) {
         let m = self.message;
-        buf.push(tag(MESSAGES, LENGTH_DELIMITED));
-        put_varint(buf, self.len as u64);
+        encoding::encode_key(MESSAGES, WireType::LengthDelimited, buf);
+        encoding::encode_varint(self.len as u64, buf);
         if m.offset != 0 {
-            buf.push(tag(1, VARINT));
-            put_varint(buf, m.offset as u64);
+            encoding::int64::encode(1, &m.offset, buf);
         }
         if m.timestamp != 0 {
-            buf.push(tag(2, VARINT));
-            put_varint(buf, m.timestamp as u64);
+            encoding::int64::encode(2, &m.timestamp, buf);
         }
         put_bytes(buf, 3, &m.key);
         put_bytes(buf, 4, &m.value);
         for h in &m.headers {
-            let len = bytes_len(h.key.len()) + bytes_len(h.value.len());
-            buf.push(tag(5, LENGTH_DELIMITED));
-            put_varint(buf, len as u64);
+            encoding::encode_key(5, WireType::LengthDelimited, buf);
+            encoding::encode_varint(h.encoded_len() as u64, buf);
             put_bytes(buf, 1, h.key.as_bytes());
             put_bytes(buf, 2, &h.value);
         }
     }
 }
 
-const VARINT: u8 = 0;
-const LENGTH_DELIMITED: u8 = 2;
-
-/// A field key of one byte (fields 1 to 15).
-const fn tag(field: u8, wire_type: u8) -> u8 {
-    field << 3 | wire_type
-}
-
-fn put_varint(buf: &mut Vec<u8>, mut value: u64) {
-    while value >= 0x80 {
-        buf.push(value as u8 | 0x80);
-        value >>= 7;
-    }
-    buf.push(value as u8);
-}
-
-/// A `bytes` or `string` field (fields 1 to 15); proto3 leaves an empty one out.
-fn put_bytes(buf: &mut Vec<u8>, field: u8, value: &[u8]) {
+/// A `bytes` or `string` field, copied from its slice; proto3 leaves an empty one out.
+fn put_bytes(buf: &mut Vec<u8>, field: u32, value: &[u8]) {
     if !value.is_empty() {
-        buf.push(tag(field, LENGTH_DELIMITED));
-        put_varint(buf, value.len() as u64);
+        encoding::encode_key(field, WireType::LengthDelimited, buf);
+        encoding::encode_varint(value.len() as u64, buf);
         buf.extend_from_slice(value);
-    }
-}
-
-/// The encoded size of a `bytes` field of `len` bytes (fields 1 to 15).
-fn bytes_len(len: usize) -> usize {
-    if len == 0 {
-        0
-    } else {
-        1 + encoded_len_varint(len as u64) + len
     }
 }
 
