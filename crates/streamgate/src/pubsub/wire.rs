@@ -97,12 +97,13 @@ impl<'a> Picked<'a> {
 
     /// The record's place in an answer: field key, length, body.
     pub(crate) fn framed_len(&self) -> usize {
-        1 + encoded_len_varint(self.len as u64) + self.len
+        key_len(MESSAGES) + encoded_len_varint(self.len as u64) + self.len
     }
 
     /// Writes the record as a `KafkaFetchResp.messages` entry. Keys and values are copied
     /// straight from the shared buffers (prost's own encoder clones each `Bytes` first, which
-    /// allocates the first time a buffer is shared).
+    /// allocates the first time a buffer is shared). Field numbers as in `proto/pubsub.proto`:
+    /// offset 1, timestamp 2, key 3, value 4, headers 5 (each a key 1 and a value 2).
     fn encode(&self, buf: &mut Vec<u8>) {
         let m = self.message;
         encoding::encode_key(MESSAGES, WireType::LengthDelimited, buf);
