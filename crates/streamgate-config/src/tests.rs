@@ -701,6 +701,27 @@ fn auth_failures_per_minute_are_checked() {
 }
 
 #[test]
+fn max_decompressed_bytes_is_for_kafka_upstreams_within_range() {
+    let kafka = |v: &str| {
+        format!("[[upstreams]]\nid = \"k\"\nscheme = \"kafka\"\nnodes = {{ \"127.0.0.1:9092\" = 1 }}\nmax_decompressed_bytes = {v}\n")
+    };
+    let ok = parse(&kafka("4194304"), "t").expect("valid");
+    assert_eq!(ok.upstreams[0].max_decompressed_bytes, 4 << 20);
+    for bad in ["1000", "2147483648"] {
+        assert_eq!(
+            one_problem(&kafka(bad)).key,
+            "upstreams[0].max_decompressed_bytes"
+        );
+    }
+    let p = one_problem(&format!("{UPSTREAM}max_decompressed_bytes = 4194304\n"));
+    assert!(p.message.contains("only a kafka upstream"), "{p:?}");
+    assert_eq!(
+        parse(UPSTREAM, "t").expect("valid").upstreams[0].max_decompressed_bytes,
+        crate::model::DEFAULT_MAX_DECOMPRESSED_BYTES
+    );
+}
+
+#[test]
 fn broker_fetch_wait_is_for_kafka_upstreams() {
     let kafka = |v: &str| {
         format!("[[upstreams]]\nid = \"k\"\nscheme = \"kafka\"\nnodes = {{ \"127.0.0.1:9092\" = 1 }}\nbroker_fetch_wait_ms = {v}\n")

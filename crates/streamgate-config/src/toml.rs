@@ -132,6 +132,7 @@ pub(crate) struct UpstreamToml {
     pub tls: Option<UpstreamTlsToml>,
     pub health_check: Option<HealthCheckToml>,
     pub broker_fetch_wait_ms: Option<i64>,
+    pub max_decompressed_bytes: Option<i64>,
 }
 
 #[derive(Debug, Deserialize)]

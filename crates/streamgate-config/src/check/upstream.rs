@@ -278,6 +278,28 @@ pub(super) fn build_upstream(
                 .map_or(Duration::ZERO, |ms| Duration::from_millis(ms as u64))
         }
     };
+    let max_decompressed_bytes = match u.max_decompressed_bytes {
+        None => DEFAULT_MAX_DECOMPRESSED_BYTES,
+        Some(bytes) => {
+            if scheme != Scheme::Kafka {
+                c.at(
+                    span,
+                    format!("{key}.max_decompressed_bytes"),
+                    "only a kafka upstream decodes record batches".into(),
+                    "remove max_decompressed_bytes from this upstream",
+                );
+            }
+            in_range(
+                c,
+                span,
+                &format!("{key}.max_decompressed_bytes"),
+                bytes,
+                1 << 20,
+                1 << 30,
+            )
+            .map_or(DEFAULT_MAX_DECOMPRESSED_BYTES, |b| b as usize)
+        }
+    };
     let health_check = u.health_check.map(|h| {
         if scheme == Scheme::Kafka {
             c.at(
@@ -331,5 +353,6 @@ pub(super) fn build_upstream(
         tls,
         health_check,
         broker_fetch_wait,
+        max_decompressed_bytes,
     })
 }

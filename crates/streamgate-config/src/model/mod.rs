@@ -19,6 +19,7 @@ pub use route::{HostPattern, PathPattern, Plugins, Route};
 pub use server::{Admin, Limits, LogFormat, Server, TlsListener};
 pub use upstream::{
     Balance, HashOn, HealthCheck, HostPolicy, Node, Scheme, Timeouts, Upstream, UpstreamTls,
+    DEFAULT_MAX_DECOMPRESSED_BYTES,
 };
 
 use std::sync::Arc;

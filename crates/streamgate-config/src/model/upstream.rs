@@ -39,7 +39,14 @@ pub struct Upstream {
     /// Kafka: how long a fetch may wait at the broker for records (0: never, the gateway waits
     /// itself; see the README before raising it).
     pub broker_fetch_wait: Duration,
+    /// Kafka: how many bytes the compressed record batches of one broker fetch answer may expand
+    /// to; a batch past it is refused with TOO_LARGE rather than decompressed.
+    pub max_decompressed_bytes: usize,
 }
+
+/// The default of an upstream's `max_decompressed_bytes`: 32 MiB, far above what a fetch of the
+/// largest `fetch_max_bytes` decodes to at any real compression ratio.
+pub const DEFAULT_MAX_DECOMPRESSED_BYTES: usize = 32 << 20;
 
 /// A `host:port` node with its weight.
 #[derive(Debug, Clone, PartialEq, Eq)]
