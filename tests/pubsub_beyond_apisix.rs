@@ -187,6 +187,63 @@ async fn a_5_mib_record_needs_a_raised_frame_limit() {
     assert_eq!(got.messages[0].value.len(), 5 << 20);
 }
 
+/// A decompression bomb: one zstd batch of a few KiB that expands to 256 MiB. The gateway refuses
+/// it at the upstream's `max_decompressed_bytes` (32 MiB by default) with TOO_LARGE naming the
+/// sizes, its memory never grows by the expansion, and the record after it is still served.
+/// (Through rskafka's decoder the whole 256 MiB was built before any limit applied.)
+#[tokio::test]
+async fn a_decompression_bomb_is_refused_within_the_budget() {
+    let broker = Broker::start().await;
+    let kafka = broker.client().await;
+    let topic = unique_topic("bomb");
+    fixtures::create_topic(&kafka, &topic, 1).await;
+    let zeros = vec![0u8; 256 << 20];
+    fixtures::produce_batch(
+        &kafka,
+        &topic,
+        0,
+        vec![fixtures::record(None, Some(&zeros), &[], None)],
+        Codec::Zstd,
+    )
+    .await;
+    drop(zeros);
+    fixtures::produce_batch(
+        &kafka,
+        &topic,
+        0,
+        vec![fixtures::record(None, Some(b"after"), &[], None)],
+        Codec::Zstd,
+    )
+    .await;
+    let admin = listen_addr();
+    let gw = gateway_for(&broker, "", &format!("[admin]\nlisten = \"{admin}\"\n")).await;
+    let mut c = PubSubClient::connect(&gw.ws_url("/kafka")).await.unwrap();
+    c.ping(&b"warm"[..]).await.unwrap();
+    let before = gw.peak_rss_kib();
+    for _ in 0..3 {
+        let (code, message) = code_of(c.fetch(&topic, 0, 0).await);
+        assert_eq!(code, ErrorCode::TooLarge, "{message}");
+        assert!(
+            message.contains("record batch at offset 0")
+                && message.contains("zstd")
+                && message.contains("more than the 33554432 bytes")
+                && message.contains("max_decompressed_bytes"),
+            "{message}"
+        );
+    }
+    let grown = gw.peak_rss_kib().saturating_sub(before);
+    assert!(
+        grown < 96 << 10,
+        "peak memory grew by {grown} KiB decoding a bomb"
+    );
+    let after = c.fetch(&topic, 0, 1).await.unwrap();
+    assert_eq!(&after.messages[0].value[..], b"after");
+    assert_eq!(
+        metric(admin, "streamgate_kafka_batches_refused_total").await,
+        3.0
+    );
+}
+
 #[tokio::test]
 async fn a_fetch_returns_fewer_records_rather_than_exceed_the_frame_limit() {
     let broker = Broker::start_with(BrokerOptions {

@@ -113,6 +113,19 @@ impl GatewayProcess {
             .unwrap_or_else(|| panic!("no VmRSS line in {path}"))
     }
 
+    /// The gateway's peak resident memory since start (`VmHWM`), in KiB: a short spike between
+    /// two [`Self::rss_kib`] readings still shows here. Panics when it cannot be read.
+    pub fn peak_rss_kib(&self) -> u64 {
+        let path = format!("/proc/{}/status", self.pid());
+        let status = std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("cannot read the gateway's memory from {path}: {e}"));
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or_else(|| panic!("no VmHWM line in {path}"))
+    }
+
     /// Starts a second gateway with `config` in upgrade mode (`--upgrade`): it waits to take the
     /// listening sockets over from a running one. Returns at once; see [`Self::wait_log`].
     pub fn start_upgrade(binary: &Path, config: &str, addr: SocketAddr) -> GatewayProcess {

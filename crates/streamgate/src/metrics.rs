@@ -63,9 +63,11 @@ pub(crate) struct Metrics {
     pub kafka_clients: IntGauge,
     /// Fetch requests sent to brokers (many client fetches may share one).
     pub kafka_broker_fetches: IntCounter,
+    /// Record batches refused because they expand past the upstream's max_decompressed_bytes.
+    pub kafka_batches_refused: IntCounter,
     /// Kafka request latency, by operation.
     pub kafka_duration: HistogramVec,
-    /// Time to build a Kafka client (connect, TLS, SASL, metadata).
+    /// Time to build a Kafka client or a fetch connection (connect, TLS, SASL, metadata).
     pub kafka_connect_duration: Histogram,
     /// Configuration reloads, by result (applied, refused).
     pub reloads: IntCounterVec,
@@ -120,10 +122,18 @@ impl Metrics {
         registry
             .register(Box::new(kafka_broker_fetches.clone()))
             .expect("metric names are unique");
+        let kafka_batches_refused = IntCounter::new(
+            "streamgate_kafka_batches_refused_total",
+            "Record batches refused because they decompress past the upstream's max_decompressed_bytes.",
+        )
+        .expect("static metric definition");
+        registry
+            .register(Box::new(kafka_batches_refused.clone()))
+            .expect("metric names are unique");
         let kafka_connect_duration = Histogram::with_opts(
             HistogramOpts::new(
                 "streamgate_kafka_connect_duration_seconds",
-                "Time to build a shared Kafka client: connect, TLS, SASL and metadata.",
+                "Time to build a shared Kafka client or fetch connection: connect, TLS, SASL and metadata.",
             )
             .buckets(LATENCY_BUCKETS.to_vec()),
         )
@@ -225,6 +235,7 @@ impl Metrics {
                 "Shared Kafka clients open now (one per brokers, TLS settings and SASL identity).",
             ),
             kafka_broker_fetches,
+            kafka_batches_refused,
             kafka_duration: histogram(
                 "streamgate_kafka_request_duration_seconds",
                 "Latency of Kafka requests, by operation (fetch, list_offsets).",

@@ -36,17 +36,7 @@ impl KafkaFailure {
     /// Classifies an rskafka error.
     pub(crate) fn from_kafka(e: &KafkaError) -> Self {
         match e {
-            KafkaError::ServerError { protocol_error, .. } => match protocol_error {
-                ProtocolError::UnknownTopicOrPartition => {
-                    Self::new(ErrorCode::NotFound, "not found topic")
-                }
-                ProtocolError::TopicAuthorizationFailed
-                | ProtocolError::ClusterAuthorizationFailed
-                | ProtocolError::SaslAuthenticationFailed => {
-                    Self::new(ErrorCode::AuthFailed, kafka_name(protocol_error))
-                }
-                other => Self::new(ErrorCode::KafkaError, kafka_name(other)),
-            },
+            KafkaError::ServerError { protocol_error, .. } => Self::from_protocol(protocol_error),
             KafkaError::InvalidResponse(text)
                 if text.contains("Could not find metadata for partition") =>
             {
@@ -56,6 +46,21 @@ impl KafkaFailure {
                 Self::new(ErrorCode::Unavailable, "the broker did not answer in time")
             }
             other => Self::from_description(other.to_string()),
+        }
+    }
+
+    /// Classifies an error code a broker answered with.
+    pub(crate) fn from_protocol(e: &ProtocolError) -> Self {
+        match e {
+            ProtocolError::UnknownTopicOrPartition => {
+                Self::new(ErrorCode::NotFound, "not found topic")
+            }
+            ProtocolError::TopicAuthorizationFailed
+            | ProtocolError::ClusterAuthorizationFailed
+            | ProtocolError::SaslAuthenticationFailed => {
+                Self::new(ErrorCode::AuthFailed, kafka_name(e))
+            }
+            other => Self::new(ErrorCode::KafkaError, kafka_name(other)),
         }
     }
 

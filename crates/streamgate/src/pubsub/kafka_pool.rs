@@ -1,6 +1,8 @@
 //! Shared Kafka clients.
 //!
 //! One rskafka client per [`KafkaIdentity`] (bootstrap brokers, TLS settings, SASL identity),
+//! for listings and offset look-ups, and beside it the identity's own fetch connections
+//! ([`Brokers`], see fetcher.rs),
 //! reused by every session of every route with the same three; two routes with different
 //! credentials never share a connection. Identities are built once per route when the route
 //! table is built, not per command. Partition clients are cached per client. Clients idle for
@@ -8,6 +10,7 @@
 //! entry, never across a network call.
 
 use super::failure::KafkaFailure;
+use super::fetcher::{Brokers, PartitionFetcher};
 use super::reader::PartitionReader;
 use crate::error::StartupError;
 use crate::rate::TokenBucket;
@@ -42,6 +45,8 @@ pub(crate) struct KafkaCluster {
     pub connect_timeout: Duration,
     /// The upstream's `broker_fetch_wait_ms`.
     pub broker_fetch_wait: Duration,
+    /// The upstream's `max_decompressed_bytes`: what one fetch answer's batches may expand to.
+    pub max_decompressed_bytes: usize,
 }
 
 impl KafkaCluster {
@@ -72,6 +77,7 @@ impl KafkaCluster {
             tls,
             connect_timeout: upstream.timeouts.connect,
             broker_fetch_wait: upstream.broker_fetch_wait,
+            max_decompressed_bytes: upstream.max_decompressed_bytes,
         })
     }
 }
@@ -102,6 +108,7 @@ impl KafkaIdentity {
             tls: cluster.tls.as_ref().map(|(t, _)| t.clone()),
             sasl: sasl.clone(),
             broker_fetch_wait: cluster.broker_fetch_wait,
+            max_decompressed_bytes: cluster.max_decompressed_bytes,
         };
         Self { cluster, sasl, key }
     }
@@ -123,12 +130,16 @@ struct ClientKey {
     sasl: Option<Sasl>,
     /// Readers of the client fetch with it, so upstreams that differ in it share nothing.
     broker_fetch_wait: Duration,
+    /// Likewise: readers decode within it.
+    max_decompressed_bytes: usize,
 }
 
 type PartitionKey = (String, i32);
 
 struct ClientSlot {
     client: OnceCell<Arc<Client>>,
+    /// The identity's own broker connections, which carry its fetches.
+    brokers: Arc<Brokers>,
     partitions: Mutex<HashMap<PartitionKey, Arc<OnceCell<Arc<PartitionReader>>>>>,
     /// The cluster's topics and their partitions, as last listed, and when.
     topics: Mutex<Option<(Instant, Arc<TopicList>)>>,
@@ -198,10 +209,13 @@ impl KafkaPool {
                 // up in the listing of all topics (a request that creates nothing) first, and
                 // only one that exists is ever named to the broker.
                 exists(&slot, &client, topic, partition).await?;
+                let fetcher = PartitionFetcher::new(Arc::clone(&slot.brokers), topic, partition);
                 client
                     .partition_client(topic, partition, UnknownTopicHandling::Error)
                     .await
-                    .map(|pc| Arc::new(PartitionReader::new(pc, cluster.broker_fetch_wait)))
+                    .map(|pc| {
+                        Arc::new(PartitionReader::new(pc, fetcher, cluster.broker_fetch_wait))
+                    })
                     .map_err(|e| KafkaFailure::from_kafka(&e))
             })
             .await
@@ -242,7 +256,7 @@ impl KafkaPool {
         timeout: Duration,
     ) -> Result<(Arc<ClientSlot>, Arc<Client>), KafkaFailure> {
         let (cluster, sasl) = (&*identity.cluster, identity.sasl.as_ref());
-        let slot = self.slot(&identity.key);
+        let slot = self.slot(identity);
         let connect = timeout.min(cluster.connect_timeout);
         // rskafka gives up at `connect` with the real cause (refused, TLS, SASL); the outer bound
         // only catches a hang, so it must not race that answer.
@@ -266,14 +280,19 @@ impl KafkaPool {
         *lock(&slot.topics) = None;
     }
 
-    fn slot(&self, key: &ClientKey) -> Arc<ClientSlot> {
+    fn slot(&self, identity: &KafkaIdentity) -> Arc<ClientSlot> {
         self.sweep_idle();
+        let key = &identity.key;
         let mut slots = lock(&self.slots);
         let slot = match slots.get(key) {
             Some(slot) => slot,
             None => slots.entry(key.clone()).or_insert_with(|| {
                 Arc::new(ClientSlot {
                     client: OnceCell::new(),
+                    brokers: Arc::new(Brokers::new(
+                        Arc::clone(&identity.cluster),
+                        identity.sasl.clone(),
+                    )),
                     partitions: Mutex::default(),
                     topics: Mutex::default(),
                     relists: Mutex::new(TokenBucket::full(
@@ -384,12 +403,7 @@ async fn build_client(
         builder = builder.tls_config(Arc::clone(config));
     }
     if let Some(s) = sasl {
-        let credentials = Credentials::new(s.username.clone(), s.password.clone());
-        builder = builder.sasl_config(match s.mechanism {
-            SaslMechanism::Plain => SaslConfig::Plain(credentials),
-            SaslMechanism::ScramSha256 => SaslConfig::ScramSha256(credentials),
-            SaslMechanism::ScramSha512 => SaslConfig::ScramSha512(credentials),
-        });
+        builder = builder.sasl_config(sasl_config(s));
     }
     let started = std::time::Instant::now();
     let client = builder.build().await;
@@ -399,6 +413,16 @@ async fn build_client(
     let client = client.map_err(|e| KafkaFailure::from_kafka(&e))?;
     tracing::debug!(upstream = %cluster.upstream_id, "connected a Kafka client");
     Ok(Arc::new(client))
+}
+
+/// rskafka's form of a route's SASL settings.
+pub(crate) fn sasl_config(s: &Sasl) -> SaslConfig {
+    let credentials = Credentials::new(s.username.clone(), s.password.clone());
+    match s.mechanism {
+        SaslMechanism::Plain => SaslConfig::Plain(credentials),
+        SaslMechanism::ScramSha256 => SaslConfig::ScramSha256(credentials),
+        SaslMechanism::ScramSha512 => SaslConfig::ScramSha512(credentials),
+    }
 }
 
 /// rskafka retries forever by default; bound every operation by the route's socket timeout.

@@ -17,7 +17,10 @@
 //!              partition readers (reader.rs): coalesced fetches, tail polling, the shared
 //!              window of recent records
 //!                        ▼
-//!              shared Kafka clients (kafka_pool.rs) ──▶ brokers
+//!              fetches from partition leaders (fetcher.rs), record batches decoded within a
+//!                        │   budget (batch.rs)
+//!                        ▼
+//!              shared Kafka clients and connections (kafka_pool.rs) ──▶ brokers
 //! ```
 //!
 //! A route's Kafka side ([`KafkaTarget`]: settings and client identity) is resolved once when
@@ -26,9 +29,11 @@
 //! Detached sessions no longer see Pingora's shutdown, so [`ShutdownRelay`] (a Pingora
 //! background service) passes the signal on and sessions send Close 1001.
 
+mod batch;
 mod commands;
 mod cursor;
 mod failure;
+mod fetcher;
 mod kafka_pool;
 mod reader;
 mod session;

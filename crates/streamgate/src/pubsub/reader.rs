@@ -17,14 +17,14 @@
 //! the broker one fetch loop per partition, whatever their number.
 
 use super::failure::KafkaFailure;
+use super::fetcher::PartitionFetcher;
 use crate::sync::lock;
-use bytes::Bytes;
 use futures_util::future::{BoxFuture, FutureExt, Shared};
 use rskafka::client::partition::PartitionClient;
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use streamgate_protocol::{KafkaHeader, KafkaMessage};
+use streamgate_protocol::KafkaMessage;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
@@ -71,7 +71,10 @@ type SharedFetch = Shared<BoxFuture<'static, Result<Arc<Fetched>, KafkaFailure>>
 
 /// One partition of one shared client.
 pub(crate) struct PartitionReader {
+    /// rskafka's client of the partition, for offset look-ups.
     client: Arc<PartitionClient>,
+    /// Fetches go to the leader over the gateway's own connections, decoded within a budget.
+    fetcher: Arc<PartitionFetcher>,
     /// How long a fetch may wait at the broker, in ms (the upstream's `broker_fetch_wait_ms`).
     broker_wait_ms: i32,
     high_watermark: watch::Sender<i64>,
@@ -94,9 +97,14 @@ impl std::fmt::Debug for PartitionReader {
 impl PartitionReader {
     /// A reader over `client`; every broker fetch it sends is counted in the process's
     /// `streamgate_kafka_broker_fetches_total`.
-    pub(crate) fn new(client: PartitionClient, broker_wait: Duration) -> Self {
+    pub(crate) fn new(
+        client: PartitionClient,
+        fetcher: PartitionFetcher,
+        broker_wait: Duration,
+    ) -> Self {
         Self {
             client: Arc::new(client),
+            fetcher: Arc::new(fetcher),
             broker_wait_ms: i32::try_from(broker_wait.as_millis()).unwrap_or(i32::MAX),
             high_watermark: watch::channel(-1).0,
             poller_running: Mutex::new(false),
@@ -178,7 +186,7 @@ impl PartitionReader {
                     // Entries whose every waiter went away are never polled again: drop them.
                     in_flight.retain(|_, f| f.strong_count().is_some_and(|n| n > 1));
                     let request = broker_fetch(
-                        Arc::clone(&self.client),
+                        Arc::clone(&self.fetcher),
                         offset,
                         max_bytes,
                         self.broker_wait_ms,
@@ -284,7 +292,7 @@ impl PartitionReader {
 }
 
 async fn broker_fetch(
-    client: Arc<PartitionClient>,
+    fetcher: Arc<PartitionFetcher>,
     offset: i64,
     max_bytes: i32,
     broker_wait_ms: i32,
@@ -293,41 +301,15 @@ async fn broker_fetch(
     let metrics = crate::metrics::metrics();
     metrics.kafka_broker_fetches.inc();
     let started = std::time::Instant::now();
-    let result = tokio::time::timeout(
-        timeout,
-        client.fetch_records(offset, 1..max_bytes.max(2), broker_wait_ms),
-    )
-    .await;
+    let result =
+        tokio::time::timeout(timeout, fetcher.fetch(offset, max_bytes, broker_wait_ms)).await;
     metrics.kafka_call("fetch", started.elapsed());
-    let (records, high_watermark) = match result {
-        Ok(result) => result.map_err(|e| KafkaFailure::from_kafka(&e))?,
-        Err(_) => return Err(KafkaFailure::timeout(timeout)),
-    };
-    let mut record_bytes = 0;
-    let messages: Vec<KafkaMessage> = records
-        .into_iter()
-        .map(|r| KafkaMessage {
-            offset: r.offset,
-            timestamp: r.record.timestamp.timestamp_millis(),
-            key: r.record.key.map(Bytes::from).unwrap_or_default(),
-            value: r.record.value.map(Bytes::from).unwrap_or_default(),
-            headers: r
-                .record
-                .headers
-                .into_iter()
-                .map(|(key, value)| KafkaHeader {
-                    key,
-                    value: Bytes::from(value),
-                })
-                .collect(),
-        })
-        .inspect(|m| record_bytes += record_size(m))
-        .collect();
+    let answer = result.unwrap_or_else(|_| Err(KafkaFailure::timeout(timeout)))?;
     Ok(Arc::new(Fetched {
         from: offset,
-        messages,
-        high_watermark,
-        record_bytes,
+        messages: answer.messages,
+        high_watermark: answer.high_watermark,
+        record_bytes: answer.record_bytes,
     }))
 }
 

@@ -1,0 +1,519 @@
+//! Fetching a partition's records from its leader over the gateway's own broker connections.
+//!
+//! rskafka's `fetch_records` decodes every batch of an answer in full, however far it expands,
+//! before anything can look at the size. So fetches take another road: one connection per
+//! (identity, broker) built on rskafka's own `Messenger` (TLS, version negotiation, SASL and
+//! pipelining as rskafka does them), a Fetch request whose answer keeps each partition's record
+//! bytes undecoded, and [`batch::decode`](super::batch::decode) within the upstream's
+//! `max_decompressed_bytes`. Leaders come from a Metadata request that never asks the broker to
+//! create the topic. Listings and offset look-ups stay on rskafka's client.
+
+use super::batch::{self, BatchError, Budget};
+use super::failure::KafkaFailure;
+use super::kafka_pool::{sasl_config, KafkaCluster};
+use crate::sync::lock;
+use bytes::{Buf, Bytes};
+use rskafka::messenger::{Messenger, RequestError};
+use rskafka::protocol::api_key::ApiKey;
+use rskafka::protocol::api_version::{ApiVersion, ApiVersionRange};
+use rskafka::protocol::error::Error as ProtocolError;
+use rskafka::protocol::messages::{
+    FetchRequest, FetchRequestPartition, FetchRequestTopic, IsolationLevel, MetadataRequest,
+    MetadataRequestTopic, ReadVersionedError, ReadVersionedType, RequestBody, WriteVersionedError,
+    WriteVersionedType,
+};
+use rskafka::protocol::primitives::{Boolean, Int16, Int32, Int64, String_};
+use rskafka::protocol::traits::ReadError;
+use std::collections::HashMap;
+use std::io::Cursor;
+use std::sync::{Arc, Mutex};
+use streamgate_config::model::Sasl;
+use streamgate_protocol::{ErrorCode, KafkaMessage};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+use tokio::sync::OnceCell;
+
+/// The largest broker answer read off a fetch connection: fetches ask for at most the route's
+/// `fetch_max_bytes` (a broker may exceed it by one batch), metadata answers are small.
+const MAX_ANSWER_BYTES: usize = 64 << 20;
+
+/// A consumer's replica id in a Fetch request.
+const CONSUMER: i32 = -1;
+
+/// A broker connection's byte stream, plain or TLS.
+trait Stream: AsyncRead + AsyncWrite + Send + Unpin {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin> Stream for T {}
+
+type Connection = Messenger<Box<dyn Stream>>;
+
+/// The fetch connections of one Kafka identity (cluster, TLS, SASL), by broker address.
+pub(crate) struct Brokers {
+    cluster: Arc<KafkaCluster>,
+    sasl: Option<Sasl>,
+    connections: Mutex<HashMap<String, Arc<OnceCell<Arc<Connection>>>>>,
+}
+
+impl std::fmt::Debug for Brokers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Brokers")
+            .field("upstream", &self.cluster.upstream_id)
+            .field("connections", &lock(&self.connections).len())
+            .finish()
+    }
+}
+
+impl Brokers {
+    pub(crate) fn new(cluster: Arc<KafkaCluster>, sasl: Option<Sasl>) -> Self {
+        Self {
+            cluster,
+            sasl,
+            connections: Mutex::default(),
+        }
+    }
+
+    /// The connection to `address`, connecting (TLS, versions, SASL) first if needed.
+    async fn connection(&self, address: &str) -> Result<Arc<Connection>, KafkaFailure> {
+        let cell = Arc::clone(
+            lock(&self.connections)
+                .entry(address.to_string())
+                .or_default(),
+        );
+        let result = cell
+            .get_or_try_init(|| self.connect(address))
+            .await
+            .cloned();
+        if result.is_err() {
+            self.forget(address, None);
+        }
+        result
+    }
+
+    /// Drops the connection to `address` (only `dead` when given: another caller may have
+    /// replaced it already), so the next request connects again.
+    fn forget(&self, address: &str, dead: Option<&Arc<Connection>>) {
+        let mut connections = lock(&self.connections);
+        let stale = connections.get(address).is_some_and(|cell| match dead {
+            None => cell.get().is_none(),
+            Some(dead) => cell.get().is_some_and(|c| Arc::ptr_eq(c, dead)),
+        });
+        if stale {
+            connections.remove(address);
+        }
+    }
+
+    async fn connect(&self, address: &str) -> Result<Arc<Connection>, KafkaFailure> {
+        let cluster = &*self.cluster;
+        let started = std::time::Instant::now();
+        let work = async {
+            let unreachable = |e: std::io::Error| {
+                KafkaFailure::new(
+                    ErrorCode::Unavailable,
+                    format!("error connecting to broker {address:?}: {e}"),
+                )
+            };
+            let tcp = TcpStream::connect(address).await.map_err(unreachable)?;
+            // Latency matters more than packet count for small fetches.
+            let _ = tcp.set_nodelay(true);
+            let stream: Box<dyn Stream> = match &cluster.tls {
+                None => Box::new(tcp),
+                Some((_, config)) => {
+                    let host = address
+                        .rsplit_once(':')
+                        .map_or(address, |(host, _)| host)
+                        .trim_start_matches('[')
+                        .trim_end_matches(']');
+                    let name =
+                        rustls_pki_types::ServerName::try_from(host.to_string()).map_err(|e| {
+                            KafkaFailure::new(
+                                ErrorCode::TlsError,
+                                format!("broker {address:?}: not a TLS server name: {e}"),
+                            )
+                        })?;
+                    let tls = tokio_rustls::TlsConnector::from(Arc::clone(config))
+                        .connect(name, tcp)
+                        .await
+                        .map_err(|e| {
+                            KafkaFailure::new(
+                                ErrorCode::TlsError,
+                                format!("TLS handshake with broker {address:?} failed: {e}"),
+                            )
+                        })?;
+                    Box::new(tls)
+                }
+            };
+            let mut messenger = Messenger::new(stream, MAX_ANSWER_BYTES, Arc::from("streamgate"));
+            messenger.sync_versions().await.map_err(|e| {
+                KafkaFailure::new(
+                    ErrorCode::Unavailable,
+                    format!("broker {address:?}: API versions: {e}"),
+                )
+            })?;
+            if let Some(sasl) = &self.sasl {
+                messenger.do_sasl(sasl_config(sasl)).await.map_err(|e| {
+                    KafkaFailure::new(
+                        ErrorCode::AuthFailed,
+                        format!("broker {address:?}: SASL authentication failed: {e}"),
+                    )
+                })?;
+            }
+            Ok(Arc::new(messenger))
+        };
+        let result = tokio::time::timeout(cluster.connect_timeout, work)
+            .await
+            .unwrap_or_else(|_| Err(KafkaFailure::timeout(cluster.connect_timeout)));
+        crate::metrics::metrics()
+            .kafka_connect_duration
+            .observe(started.elapsed().as_secs_f64());
+        if result.is_ok() {
+            tracing::debug!(upstream = %cluster.upstream_id, broker = %address, "connected for fetches");
+        }
+        result
+    }
+
+    /// The address of `topic`/`partition`'s leader, from the first bootstrap broker that answers
+    /// a Metadata request for that one topic (sent with `allow_auto_topic_creation = false`).
+    async fn leader(&self, topic: &str, partition: i32) -> Result<String, KafkaFailure> {
+        let mut last = None;
+        for address in &self.cluster.brokers {
+            let connection = match self.connection(address).await {
+                Ok(c) => c,
+                Err(e) => {
+                    last = Some(e);
+                    continue;
+                }
+            };
+            let request = MetadataRequest {
+                topics: Some(vec![MetadataRequestTopic {
+                    name: String_(topic.to_string()),
+                }]),
+                allow_auto_topic_creation: Some(Boolean(false)),
+            };
+            let answer = match connection.request(request).await {
+                Ok(a) => a,
+                Err(e) => {
+                    self.forget(address, Some(&connection));
+                    last = Some(request_failure(&e));
+                    continue;
+                }
+            };
+            let found = answer.topics.iter().find(|t| t.name.0 == topic);
+            let Some(found) = found else {
+                return Err(KafkaFailure::new(ErrorCode::NotFound, "not found topic"));
+            };
+            if let Some(e) = &found.error {
+                return Err(KafkaFailure::from_protocol(e));
+            }
+            let Some(p) = found
+                .partitions
+                .iter()
+                .find(|p| p.partition_index.0 == partition)
+            else {
+                return Err(KafkaFailure::new(
+                    ErrorCode::NotFound,
+                    "not found partition",
+                ));
+            };
+            if let Some(e) = &p.error {
+                return Err(KafkaFailure::from_protocol(e));
+            }
+            return answer
+                .brokers
+                .iter()
+                .find(|b| b.node_id.0 == p.leader_id.0)
+                .map(|b| format!("{}:{}", b.host.0, b.port.0))
+                .ok_or_else(|| {
+                    KafkaFailure::new(
+                        ErrorCode::Unavailable,
+                        format!("partition {partition} of {topic} has no leader now"),
+                    )
+                });
+        }
+        Err(last.unwrap_or_else(|| {
+            KafkaFailure::new(ErrorCode::Unavailable, "the upstream has no brokers")
+        }))
+    }
+}
+
+/// What one fetch brought back.
+#[derive(Debug)]
+pub(crate) struct FetchAnswer {
+    pub messages: Vec<KafkaMessage>,
+    pub record_bytes: usize,
+    pub high_watermark: i64,
+}
+
+/// Fetches of one partition, sent to its leader (looked up once, and again when it moves).
+pub(crate) struct PartitionFetcher {
+    brokers: Arc<Brokers>,
+    topic: String,
+    partition: i32,
+    leader: Mutex<Option<String>>,
+}
+
+impl std::fmt::Debug for PartitionFetcher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PartitionFetcher")
+            .field("topic", &self.topic)
+            .field("partition", &self.partition)
+            .field("leader", &*lock(&self.leader))
+            .finish()
+    }
+}
+
+impl PartitionFetcher {
+    pub(crate) fn new(brokers: Arc<Brokers>, topic: &str, partition: i32) -> Self {
+        Self {
+            brokers,
+            topic: topic.to_string(),
+            partition,
+            leader: Mutex::new(None),
+        }
+    }
+
+    /// Records from `offset` on: the broker answers up to `max_bytes` after waiting up to
+    /// `wait_ms` for some; decoding keeps at most `max_bytes` of records and expands at most the
+    /// upstream's `max_decompressed_bytes`. A moved leader or a dropped connection is looked up
+    /// or connected again once.
+    pub(crate) async fn fetch(
+        &self,
+        offset: i64,
+        max_bytes: i32,
+        wait_ms: i32,
+    ) -> Result<FetchAnswer, KafkaFailure> {
+        let mut retried = false;
+        loop {
+            match self.fetch_once(offset, max_bytes, wait_ms).await {
+                Err(Attempt::Stale(_)) if !retried => retried = true,
+                Err(Attempt::Stale(e) | Attempt::Final(e)) => return Err(e),
+                Ok(answer) => return Ok(answer),
+            }
+        }
+    }
+
+    async fn fetch_once(
+        &self,
+        offset: i64,
+        max_bytes: i32,
+        wait_ms: i32,
+    ) -> Result<FetchAnswer, Attempt> {
+        let known = lock(&self.leader).clone();
+        let address = match known {
+            Some(a) => a,
+            None => {
+                let a = self
+                    .brokers
+                    .leader(&self.topic, self.partition)
+                    .await
+                    .map_err(Attempt::Final)?;
+                *lock(&self.leader) = Some(a.clone());
+                a
+            }
+        };
+        let stale = |e: KafkaFailure| {
+            *lock(&self.leader) = None;
+            Attempt::Stale(e)
+        };
+        let connection = self.brokers.connection(&address).await.map_err(stale)?;
+        let max_bytes = max_bytes.max(1);
+        let request = RawFetch(FetchRequest {
+            replica_id: Int32(CONSUMER),
+            max_wait_ms: Int32(wait_ms),
+            min_bytes: Int32(1),
+            max_bytes: Some(Int32(max_bytes)),
+            isolation_level: Some(IsolationLevel::ReadCommitted),
+            topics: vec![FetchRequestTopic {
+                topic: String_(self.topic.clone()),
+                partitions: vec![FetchRequestPartition {
+                    partition: Int32(self.partition),
+                    fetch_offset: Int64(offset),
+                    partition_max_bytes: Int32(max_bytes),
+                }],
+            }],
+        });
+        let answer = match connection.request(request).await {
+            Ok(a) => a,
+            Err(e) => {
+                self.brokers.forget(&address, Some(&connection));
+                return Err(stale(request_failure(&e)));
+            }
+        };
+        let part = answer
+            .partitions
+            .into_iter()
+            .find(|p| p.topic == self.topic && p.partition == self.partition)
+            .ok_or_else(|| {
+                Attempt::Final(KafkaFailure::new(
+                    ErrorCode::KafkaError,
+                    "the broker's fetch answer does not name the partition asked for",
+                ))
+            })?;
+        if let Some(e) = ProtocolError::new(part.error_code) {
+            let failure = KafkaFailure::from_protocol(&e);
+            return Err(match e {
+                ProtocolError::NotLeaderOrFollower
+                | ProtocolError::LeaderNotAvailable
+                | ProtocolError::FencedLeaderEpoch
+                | ProtocolError::UnknownLeaderEpoch => stale(failure),
+                _ => Attempt::Final(failure),
+            });
+        }
+        let budget = Budget {
+            from: offset,
+            max_record_bytes: usize::try_from(max_bytes).unwrap_or(usize::MAX),
+            max_decompressed: self.brokers.cluster.max_decompressed_bytes,
+        };
+        let decoded = batch::decode(part.records, budget).map_err(|e| {
+            Attempt::Final(match e {
+                BatchError::TooLarge { .. } => {
+                    crate::metrics::metrics().kafka_batches_refused.inc();
+                    KafkaFailure::new(ErrorCode::TooLarge, e.to_string())
+                }
+                BatchError::Malformed { .. } => {
+                    KafkaFailure::new(ErrorCode::KafkaError, e.to_string())
+                }
+            })
+        })?;
+        Ok(FetchAnswer {
+            messages: decoded.messages,
+            record_bytes: decoded.record_bytes,
+            high_watermark: part.high_watermark,
+        })
+    }
+}
+
+/// How an attempt failed: `Stale` when a new leader look-up or connection may help.
+enum Attempt {
+    Stale(KafkaFailure),
+    Final(KafkaFailure),
+}
+
+fn request_failure(e: &RequestError) -> KafkaFailure {
+    KafkaFailure::new(
+        ErrorCode::Unavailable,
+        format!("the broker connection failed: {e}"),
+    )
+}
+
+/// rskafka's Fetch request (v4), answered as [`RawFetchAnswer`]: record bytes left undecoded.
+struct RawFetch(FetchRequest);
+
+impl RequestBody for RawFetch {
+    type ResponseBody = RawFetchAnswer;
+    const API_KEY: ApiKey = ApiKey::Fetch;
+    const API_VERSION_RANGE: ApiVersionRange =
+        ApiVersionRange::new(ApiVersion(Int16(4)), ApiVersion(Int16(4)));
+    const FIRST_TAGGED_FIELD_IN_REQUEST_VERSION: ApiVersion =
+        <FetchRequest as RequestBody>::FIRST_TAGGED_FIELD_IN_REQUEST_VERSION;
+}
+
+impl<W: std::io::Write> WriteVersionedType<W> for RawFetch {
+    fn write_versioned(
+        &self,
+        writer: &mut W,
+        version: ApiVersion,
+    ) -> Result<(), WriteVersionedError> {
+        self.0.write_versioned(writer, version)
+    }
+}
+
+/// A Fetch v4 answer with each partition's records as the bytes the broker sent.
+struct RawFetchAnswer {
+    partitions: Vec<RawPartition>,
+}
+
+struct RawPartition {
+    topic: String,
+    partition: i32,
+    error_code: i16,
+    high_watermark: i64,
+    records: Bytes,
+}
+
+impl ReadVersionedType<Cursor<Vec<u8>>> for RawFetchAnswer {
+    fn read_versioned(
+        reader: &mut Cursor<Vec<u8>>,
+        _version: ApiVersion,
+    ) -> Result<Self, ReadVersionedError> {
+        // The answer's buffer is taken, not copied: records stay slices of it. The messenger
+        // checks that the whole answer was read by comparing the cursor's position with the
+        // buffer's length, both zero once it is taken.
+        let mut answer = Bytes::from(std::mem::take(reader.get_mut()));
+        answer.advance(
+            usize::try_from(reader.position())
+                .unwrap_or(usize::MAX)
+                .min(answer.len()),
+        );
+        reader.set_position(0);
+        read_fetch_answer(&mut answer).map_err(|what| {
+            ReadVersionedError::ReadError(ReadError::Malformed(
+                format!("fetch answer: {what}").into(),
+            ))
+        })
+    }
+}
+
+fn read_fetch_answer(buf: &mut Bytes) -> Result<RawFetchAnswer, &'static str> {
+    let _throttle_ms = get_i32(buf)?;
+    let mut partitions = Vec::new();
+    for _ in 0..count(buf)? {
+        let topic = get_string(buf)?;
+        for _ in 0..count(buf)? {
+            let partition = get_i32(buf)?;
+            let error_code = get_i16(buf)?;
+            let high_watermark = get_i64(buf)?;
+            let _last_stable_offset = get_i64(buf)?;
+            for _ in 0..count(buf)? {
+                // Aborted transactions: producer id and first offset (read_committed has the
+                // broker stop at the last stable offset, so none are filtered here).
+                take(buf, 16)?;
+            }
+            let records = match get_i32(buf)? {
+                -1 => Bytes::new(),
+                n => take(
+                    buf,
+                    usize::try_from(n).map_err(|_| "negative records length")?,
+                )?,
+            };
+            partitions.push(RawPartition {
+                topic: topic.clone(),
+                partition,
+                error_code,
+                high_watermark,
+                records,
+            });
+        }
+    }
+    if !buf.is_empty() {
+        return Err("bytes left after the answer");
+    }
+    Ok(RawFetchAnswer { partitions })
+}
+
+fn take(buf: &mut Bytes, n: usize) -> Result<Bytes, &'static str> {
+    if buf.len() < n {
+        return Err("cut short");
+    }
+    Ok(buf.split_to(n))
+}
+
+fn get_i16(buf: &mut Bytes) -> Result<i16, &'static str> {
+    Ok(take(buf, 2)?.get_i16())
+}
+
+fn get_i32(buf: &mut Bytes) -> Result<i32, &'static str> {
+    Ok(take(buf, 4)?.get_i32())
+}
+
+fn get_i64(buf: &mut Bytes) -> Result<i64, &'static str> {
+    Ok(take(buf, 8)?.get_i64())
+}
+
+/// An array's length (-1, null, as none).
+fn count(buf: &mut Bytes) -> Result<usize, &'static str> {
+    Ok(usize::try_from(get_i32(buf)?).unwrap_or(0))
+}
+
+fn get_string(buf: &mut Bytes) -> Result<String, &'static str> {
+    let n = usize::try_from(get_i16(buf)?).map_err(|_| "null topic name")?;
+    String::from_utf8(take(buf, n)?.to_vec()).map_err(|_| "topic name is not UTF-8")
+}
