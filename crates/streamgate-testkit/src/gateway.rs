@@ -103,27 +103,25 @@ impl GatewayProcess {
     /// Resident memory of the gateway, in KiB. Panics when it cannot be read (the process is
     /// gone, or there is no `/proc`): a 0 would let every memory assertion pass unseen.
     pub fn rss_kib(&self) -> u64 {
-        let path = format!("/proc/{}/status", self.pid());
-        let status = std::fs::read_to_string(&path)
-            .unwrap_or_else(|e| panic!("cannot read the gateway's memory from {path}: {e}"));
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .unwrap_or_else(|| panic!("no VmRSS line in {path}"))
+        self.status_kib("VmRSS")
     }
 
     /// The gateway's peak resident memory since start (`VmHWM`), in KiB: a short spike between
     /// two [`Self::rss_kib`] readings still shows here. Panics when it cannot be read.
     pub fn peak_rss_kib(&self) -> u64 {
+        self.status_kib("VmHWM")
+    }
+
+    /// One `kB` line of the gateway's `/proc/<pid>/status`.
+    fn status_kib(&self, field: &str) -> u64 {
         let path = format!("/proc/{}/status", self.pid());
         let status = std::fs::read_to_string(&path)
             .unwrap_or_else(|e| panic!("cannot read the gateway's memory from {path}: {e}"));
         status
             .lines()
-            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .unwrap_or_else(|| panic!("no VmHWM line in {path}"))
+            .unwrap_or_else(|| panic!("no {field} line in {path}"))
     }
 
     /// Starts a second gateway with `config` in upgrade mode (`--upgrade`): it waits to take the
