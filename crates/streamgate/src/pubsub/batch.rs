@@ -10,7 +10,7 @@
 //!
 //! Layout: <https://kafka.apache.org/documentation/#recordbatch>.
 
-use bytes::{Buf, Bytes};
+use bytes::Bytes;
 use std::io::Read;
 use streamgate_protocol::{KafkaHeader, KafkaMessage};
 
@@ -154,7 +154,7 @@ pub(crate) fn decode(mut records: Bytes, budget: Budget) -> Result<Decoded, Batc
 
 /// Reads a batch's `count` records from `body` into `out` (those at or after `from`).
 fn read_records(
-    mut body: Bytes,
+    body: Bytes,
     count: i32,
     base_offset: i64,
     timestamp: impl Fn(i64) -> Option<i64>,
@@ -164,33 +164,39 @@ fn read_records(
     let count = usize::try_from(count).unwrap_or(0);
     // The claimed count is the sender's word: reserve no more than the bytes can hold.
     out.messages.reserve(count.min(body.len() / MIN_RECORD));
+    let mut batch = Fields {
+        buf: &body,
+        at: 0,
+        end: body.len(),
+    };
     for _ in 0..count {
-        let length = usize::try_from(varint(&mut body)?)
-            .ok()
-            .filter(|l| *l <= body.len())
-            .ok_or("record length out of range")?;
-        let mut record = body.split_to(length);
-        need(&record, 1)?;
-        record.advance(1); // attributes: unused in v2
-        let timestamp_delta = varint(&mut record)?;
-        let offset_delta = varint(&mut record)?;
-        let key = bytes_field(&mut record)?;
-        let value = bytes_field(&mut record)?;
-        let header_count = usize::try_from(varint(&mut record)?)
-            .map_err(|_| "negative header count".to_string())?;
-        let mut headers = Vec::with_capacity(header_count.min(record.len() / 2));
+        let length = batch.length("record length")?;
+        let mut record = Fields {
+            buf: &body,
+            at: batch.at,
+            end: batch.at + length,
+        };
+        batch.at += length;
+        record.skip(1)?; // attributes: unused in v2
+        let timestamp_delta = record.varint()?;
+        let offset_delta = record.varint()?;
+        let key = record.bytes(&body)?;
+        let value = record.bytes(&body)?;
+        let header_count =
+            usize::try_from(record.varint()?).map_err(|_| "negative header count".to_string())?;
+        let mut headers = Vec::with_capacity(header_count.min(record.left() / 2));
         for _ in 0..header_count {
-            let name = bytes_field(&mut record)?;
-            let key = std::str::from_utf8(&name)
+            let name = record.field()?.map_or(&[][..], |r| &body[r]);
+            let key = std::str::from_utf8(name)
                 .map_err(|_| "header name is not UTF-8".to_string())?
                 .to_string();
             headers.push(KafkaHeader {
                 key,
-                value: bytes_field(&mut record)?,
+                value: record.bytes(&body)?,
             });
         }
-        if !record.is_empty() {
-            return Err(format!("{} bytes left after a record", record.len()));
+        if record.left() != 0 {
+            return Err(format!("{} bytes left after a record", record.left()));
         }
         let offset = base_offset.saturating_add(offset_delta);
         if offset < from {
@@ -206,47 +212,81 @@ fn read_records(
         out.record_bytes += super::reader::record_size(&message);
         out.messages.push(message);
     }
-    if !body.is_empty() {
+    if batch.left() != 0 {
         return Err(format!(
             "{} bytes left after the batch's records",
-            body.len()
+            batch.left()
         ));
     }
     Ok(())
 }
 
-/// A zig-zag varint (Kafka's varint and varlong), as i64.
-fn varint(buf: &mut Bytes) -> Result<i64, String> {
-    let mut raw: u64 = 0;
-    for shift in (0..64).step_by(7) {
-        need(buf, 1)?;
-        let byte = buf.get_u8();
-        raw |= u64::from(byte & 0x7f) << shift;
-        if byte & 0x80 == 0 {
-            return Ok(((raw >> 1) as i64) ^ -((raw & 1) as i64));
+/// Reads fields by position up to `end`: only keys and values become (shared) slices of the
+/// buffer, one reference count each, rather than every record and field along the way.
+struct Fields<'a> {
+    buf: &'a [u8],
+    at: usize,
+    end: usize,
+}
+
+impl Fields<'_> {
+    fn left(&self) -> usize {
+        self.end - self.at
+    }
+
+    fn skip(&mut self, n: usize) -> Result<(), String> {
+        if self.left() < n {
+            return Err("record cut short".into());
         }
+        self.at += n;
+        Ok(())
     }
-    Err("varint longer than 10 bytes".into())
-}
 
-/// A varint length and that many bytes (-1: null, read as empty).
-fn bytes_field(buf: &mut Bytes) -> Result<Bytes, String> {
-    let length = varint(buf)?;
-    if length == -1 {
-        return Ok(Bytes::new());
+    /// A zig-zag varint (Kafka's varint and varlong), as i64.
+    fn varint(&mut self) -> Result<i64, String> {
+        let mut raw: u64 = 0;
+        for shift in (0..64).step_by(7) {
+            if self.at >= self.end {
+                return Err("record cut short".into());
+            }
+            let byte = self.buf[self.at];
+            self.at += 1;
+            raw |= u64::from(byte & 0x7f) << shift;
+            if byte & 0x80 == 0 {
+                return Ok(((raw >> 1) as i64) ^ -((raw & 1) as i64));
+            }
+        }
+        Err("varint longer than 10 bytes".into())
     }
-    let length = usize::try_from(length)
-        .ok()
-        .filter(|l| *l <= buf.len())
-        .ok_or("field length out of range")?;
-    Ok(buf.split_to(length))
-}
 
-fn need(buf: &Bytes, n: usize) -> Result<(), String> {
-    if buf.len() < n {
-        return Err("record cut short".into());
+    /// A varint length that the bytes left can hold.
+    fn length(&mut self, what: &str) -> Result<usize, String> {
+        let length = self.varint()?;
+        self.fits(length, what)
     }
-    Ok(())
+
+    fn fits(&self, length: i64, what: &str) -> Result<usize, String> {
+        usize::try_from(length)
+            .ok()
+            .filter(|l| *l <= self.left())
+            .ok_or_else(|| format!("{what} out of range"))
+    }
+
+    /// A varint length and the range of that many bytes (`None` for -1, null).
+    fn field(&mut self) -> Result<Option<std::ops::Range<usize>>, String> {
+        let length = self.varint()?;
+        if length == -1 {
+            return Ok(None);
+        }
+        let length = self.fits(length, "field length")?;
+        self.at += length;
+        Ok(Some(self.at - length..self.at))
+    }
+
+    /// A field as a slice of `owner` (the buffer `buf` borrows); null reads as empty.
+    fn bytes(&mut self, owner: &Bytes) -> Result<Bytes, String> {
+        Ok(self.field()?.map_or_else(Bytes::new, |r| owner.slice(r)))
+    }
 }
 
 fn array<const N: usize>(bytes: &[u8]) -> [u8; N] {
