@@ -9,8 +9,8 @@
 //! create the topic. Listings and offset look-ups stay on rskafka's client.
 
 use super::batch::{self, BatchError, Budget};
+use super::cluster::{sasl_config, KafkaCluster};
 use super::failure::KafkaFailure;
-use super::kafka_pool::{sasl_config, KafkaCluster};
 use crate::sync::lock;
 use bytes::{Buf, Bytes};
 use rskafka::messenger::{Messenger, RequestError};

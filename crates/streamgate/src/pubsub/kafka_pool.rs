@@ -8,20 +8,20 @@
 //! [`IDLE_CLIENT_TTL`] are dropped on a later lookup. Locks are held only to look up or insert an
 //! entry, never across a network call.
 
+use super::cluster::{sasl_config, KafkaCluster};
 use super::failure::KafkaFailure;
 use super::fetcher::{Brokers, PartitionFetcher};
 use super::reader::PartitionReader;
-use crate::error::StartupError;
 use crate::rate::TokenBucket;
 use crate::sync::lock;
 use rskafka::client::partition::UnknownTopicHandling;
-use rskafka::client::{Client, ClientBuilder, Credentials, SaslConfig};
+use rskafka::client::{Client, ClientBuilder};
 use rskafka::BackoffConfig;
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use streamgate_config::model::{Sasl, SaslMechanism, Upstream, UpstreamTls};
+use streamgate_config::model::{Sasl, UpstreamTls};
 use streamgate_protocol::ErrorCode;
 use tokio::sync::OnceCell;
 
@@ -30,67 +30,6 @@ const CAUSE_GRACE: Duration = Duration::from_secs(1);
 
 /// How long an unused client is kept.
 pub(crate) const IDLE_CLIENT_TTL: Duration = Duration::from_secs(300);
-
-/// A Kafka cluster as one kafka upstream names it.
-pub(crate) struct KafkaCluster {
-    /// The upstream id (for logs).
-    pub upstream_id: String,
-    /// Bootstrap brokers, `host:port`, sorted.
-    pub brokers: Vec<String>,
-    /// TLS settings and the client configuration built from them.
-    pub tls: Option<(UpstreamTls, Arc<rustls::ClientConfig>)>,
-    /// The upstream's `timeout.connect`: bounds connecting (and SASL) to the brokers, within
-    /// the route's socket timeout.
-    pub connect_timeout: Duration,
-    /// The upstream's `broker_fetch_wait_ms`.
-    pub broker_fetch_wait: Duration,
-    /// The upstream's `max_decompressed_bytes`: what one fetch answer's batches may expand to.
-    pub max_decompressed_bytes: usize,
-}
-
-impl KafkaCluster {
-    /// The cluster a kafka upstream names: its weighted nodes as bootstrap brokers, and its TLS
-    /// client configuration (CA and client certificate files are read here).
-    pub(crate) fn new(upstream: &Upstream) -> Result<Self, StartupError> {
-        let mut brokers: Vec<String> = upstream
-            .nodes
-            .iter()
-            .filter(|n| n.weight > 0)
-            .map(|n| n.to_string())
-            .collect();
-        brokers.sort();
-        let tls = match &upstream.tls {
-            None => None,
-            Some(t) => Some((
-                t.clone(),
-                crate::tls::kafka_client_config(t).map_err(|why| StartupError::Upstream {
-                    id: upstream.id.clone(),
-                    what: "tls".into(),
-                    why,
-                })?,
-            )),
-        };
-        Ok(Self {
-            upstream_id: upstream.id.clone(),
-            brokers,
-            tls,
-            connect_timeout: upstream.timeouts.connect,
-            broker_fetch_wait: upstream.broker_fetch_wait,
-            max_decompressed_bytes: upstream.max_decompressed_bytes,
-        })
-    }
-}
-
-impl fmt::Debug for KafkaCluster {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("KafkaCluster")
-            .field("upstream_id", &self.upstream_id)
-            .field("brokers", &self.brokers)
-            .field("tls", &self.tls.as_ref().map(|(t, _)| t))
-            .field("connect_timeout", &self.connect_timeout)
-            .finish()
-    }
-}
 
 /// What one shared client is for: a cluster, and the SASL identity a route speaks as.
 pub(crate) struct KafkaIdentity {
@@ -412,16 +351,6 @@ async fn build_client(
     let client = client.map_err(|e| KafkaFailure::from_kafka(&e))?;
     tracing::debug!(upstream = %cluster.upstream_id, "connected a Kafka client");
     Ok(Arc::new(client))
-}
-
-/// rskafka's form of a route's SASL settings.
-pub(crate) fn sasl_config(s: &Sasl) -> SaslConfig {
-    let credentials = Credentials::new(s.username.clone(), s.password.clone());
-    match s.mechanism {
-        SaslMechanism::Plain => SaslConfig::Plain(credentials),
-        SaslMechanism::ScramSha256 => SaslConfig::ScramSha256(credentials),
-        SaslMechanism::ScramSha512 => SaslConfig::ScramSha512(credentials),
-    }
 }
 
 /// rskafka retries forever by default; bound every operation by the route's socket timeout.

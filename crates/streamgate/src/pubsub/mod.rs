@@ -30,6 +30,7 @@
 //! background service) passes the signal on and sessions send Close 1001.
 
 mod batch;
+mod cluster;
 mod commands;
 mod cursor;
 mod failure;
@@ -43,7 +44,8 @@ mod target;
 mod upgrade;
 mod wire;
 
-pub(crate) use kafka_pool::{KafkaCluster, KafkaPool};
+pub(crate) use cluster::KafkaCluster;
+pub(crate) use kafka_pool::KafkaPool;
 pub(crate) use target::{KafkaTarget, SessionCheck};
 
 use crate::ctx::RequestCtx;

@@ -2,7 +2,8 @@
 //! the identity of the shared client its sessions use. A session adds who is calling
 //! ([`KafkaAccess`]).
 
-use super::kafka_pool::{KafkaCluster, KafkaIdentity, KafkaPool};
+use super::cluster::KafkaCluster;
+use super::kafka_pool::{KafkaIdentity, KafkaPool};
 use crate::error::StartupError;
 use crate::limits::ConnectionLimits;
 use std::sync::Arc;
