@@ -209,7 +209,7 @@ fn read_records(
             value,
             headers,
         };
-        out.record_bytes += super::reader::record_size(&message);
+        out.record_bytes += record_size(&message);
         out.messages.push(message);
     }
     if batch.left() != 0 {
@@ -219,6 +219,16 @@ fn read_records(
         ));
     }
     Ok(())
+}
+
+/// A record's bytes as credit counts them: key, value, and every header's name and value.
+pub(crate) fn record_size(m: &KafkaMessage) -> usize {
+    m.key.len()
+        + m.value.len()
+        + m.headers
+            .iter()
+            .map(|h| h.key.len() + h.value.len())
+            .sum::<usize>()
 }
 
 /// Reads fields by position up to `end`: only keys and values become (shared) slices of the

@@ -85,6 +85,16 @@ impl KafkaFailure {
     }
 }
 
+/// `work`, or UNAVAILABLE naming `timeout` when it takes longer.
+pub(crate) async fn bounded<T>(
+    timeout: Duration,
+    work: impl std::future::Future<Output = Result<T, KafkaFailure>>,
+) -> Result<T, KafkaFailure> {
+    tokio::time::timeout(timeout, work)
+        .await
+        .unwrap_or_else(|_| Err(KafkaFailure::timeout(timeout)))
+}
+
 /// Kafka's own spelling of an error code, e.g. `OFFSET_OUT_OF_RANGE`.
 pub(crate) fn kafka_name(e: &ProtocolError) -> String {
     let camel = format!("{e:?}");

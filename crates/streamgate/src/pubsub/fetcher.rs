@@ -8,9 +8,9 @@
 //! `max_decompressed_bytes`. Leaders come from a Metadata request that never asks the broker to
 //! create the topic. Listings and offset look-ups stay on rskafka's client.
 
-use super::batch::{self, BatchError, Budget};
+use super::batch::{self, BatchError, Budget, Decoded};
 use super::cluster::{sasl_config, KafkaCluster};
-use super::failure::KafkaFailure;
+use super::failure::{bounded, KafkaFailure};
 use crate::sync::lock;
 use bytes::{Buf, Bytes};
 use rskafka::messenger::{Messenger, RequestError};
@@ -28,7 +28,7 @@ use std::collections::HashMap;
 use std::io::Cursor;
 use std::sync::{Arc, Mutex};
 use streamgate_config::model::Sasl;
-use streamgate_protocol::{ErrorCode, KafkaMessage};
+use streamgate_protocol::ErrorCode;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::sync::OnceCell;
@@ -158,9 +158,7 @@ impl Brokers {
             }
             Ok(Arc::new(messenger))
         };
-        let result = tokio::time::timeout(cluster.connect_timeout, work)
-            .await
-            .unwrap_or_else(|_| Err(KafkaFailure::timeout(cluster.connect_timeout)));
+        let result = bounded(cluster.connect_timeout, work).await;
         crate::metrics::metrics()
             .kafka_connect_duration
             .observe(started.elapsed().as_secs_f64());
@@ -237,8 +235,7 @@ impl Brokers {
 /// What one fetch brought back.
 #[derive(Debug)]
 pub(crate) struct FetchAnswer {
-    pub messages: Vec<KafkaMessage>,
-    pub record_bytes: usize,
+    pub decoded: Decoded,
     pub high_watermark: i64,
 }
 
@@ -374,8 +371,7 @@ impl PartitionFetcher {
             })
         })?;
         Ok(FetchAnswer {
-            messages: decoded.messages,
-            record_bytes: decoded.record_bytes,
+            decoded,
             high_watermark: part.high_watermark,
         })
     }

@@ -9,7 +9,7 @@
 //! entry, never across a network call.
 
 use super::cluster::{sasl_config, KafkaCluster};
-use super::failure::KafkaFailure;
+use super::failure::{bounded, KafkaFailure};
 use super::fetcher::{Brokers, PartitionFetcher};
 use super::reader::PartitionReader;
 use crate::rate::TokenBucket;
@@ -318,15 +318,6 @@ async fn listing(
         }
     };
     Ok(list)
-}
-
-async fn bounded<T>(
-    timeout: Duration,
-    work: impl std::future::Future<Output = Result<T, KafkaFailure>>,
-) -> Result<T, KafkaFailure> {
-    tokio::time::timeout(timeout, work)
-        .await
-        .unwrap_or_else(|_| Err(KafkaFailure::timeout(timeout)))
 }
 
 async fn build_client(

@@ -16,7 +16,7 @@
 //! in time the readers ask; one behind the window reads on its own. So readers near the head cost
 //! the broker one fetch loop per partition, whatever their number.
 
-use super::failure::KafkaFailure;
+use super::failure::{bounded, KafkaFailure};
 use super::fetcher::PartitionFetcher;
 use crate::sync::lock;
 use futures_util::future::{BoxFuture, FutureExt, Shared};
@@ -301,24 +301,13 @@ async fn broker_fetch(
     let metrics = crate::metrics::metrics();
     metrics.kafka_broker_fetches.inc();
     let started = std::time::Instant::now();
-    let result =
-        tokio::time::timeout(timeout, fetcher.fetch(offset, max_bytes, broker_wait_ms)).await;
+    let result = bounded(timeout, fetcher.fetch(offset, max_bytes, broker_wait_ms)).await;
     metrics.kafka_call("fetch", started.elapsed());
-    let answer = result.unwrap_or_else(|_| Err(KafkaFailure::timeout(timeout)))?;
+    let answer = result?;
     Ok(Arc::new(Fetched {
         from: offset,
-        messages: answer.messages,
+        messages: answer.decoded.messages,
         high_watermark: answer.high_watermark,
-        record_bytes: answer.record_bytes,
+        record_bytes: answer.decoded.record_bytes,
     }))
-}
-
-/// A record's bytes as credit counts them: key, value, and every header's name and value.
-pub(crate) fn record_size(m: &KafkaMessage) -> usize {
-    m.key.len()
-        + m.value.len()
-        + m.headers
-            .iter()
-            .map(|h| h.key.len() + h.value.len())
-            .sum::<usize>()
 }

@@ -16,10 +16,11 @@
 //! Credit is counted as totals granted (a `watch` the session adds to) against totals used (kept
 //! here): no lock, and granting never waits.
 
+use super::batch::record_size;
 use super::commands::{failed, forget_if_gone, invalid_timestamp, invalid_topic, offset_at};
 use super::cursor;
 use super::failure::KafkaFailure;
-use super::reader::{record_size, Fetched, PartitionReader};
+use super::reader::{Fetched, PartitionReader};
 use super::target::{KafkaAccess, RowFilter};
 use crate::limits::AnswerHold;
 use futures_util::future::join_all;
