@@ -114,22 +114,13 @@ impl Metrics {
                 .expect("metric names are unique");
             metric
         };
-        let kafka_broker_fetches = IntCounter::new(
-            "streamgate_kafka_broker_fetches_total",
-            "Fetch requests sent to Kafka brokers (identical concurrent client fetches share one).",
-        )
-        .expect("static metric definition");
-        registry
-            .register(Box::new(kafka_broker_fetches.clone()))
-            .expect("metric names are unique");
-        let kafka_batches_refused = IntCounter::new(
-            "streamgate_kafka_batches_refused_total",
-            "Record batches refused because they decompress past the upstream's max_decompressed_bytes.",
-        )
-        .expect("static metric definition");
-        registry
-            .register(Box::new(kafka_batches_refused.clone()))
-            .expect("metric names are unique");
+        let count = |name: &str, help: &str| {
+            let metric = IntCounter::new(name, help).expect("static metric definition");
+            registry
+                .register(Box::new(metric.clone()))
+                .expect("metric names are unique");
+            metric
+        };
         let kafka_connect_duration = Histogram::with_opts(
             HistogramOpts::new(
                 "streamgate_kafka_connect_duration_seconds",
@@ -234,8 +225,14 @@ impl Metrics {
                 "streamgate_kafka_clients",
                 "Shared Kafka clients open now (one per brokers, TLS settings and SASL identity).",
             ),
-            kafka_broker_fetches,
-            kafka_batches_refused,
+            kafka_broker_fetches: count(
+                "streamgate_kafka_broker_fetches_total",
+                "Fetch requests sent to Kafka brokers (identical concurrent client fetches share one).",
+            ),
+            kafka_batches_refused: count(
+                "streamgate_kafka_batches_refused_total",
+                "Record batches refused because they decompress past the upstream's max_decompressed_bytes.",
+            ),
             kafka_duration: histogram(
                 "streamgate_kafka_request_duration_seconds",
                 "Latency of Kafka requests, by operation (fetch, list_offsets).",
