@@ -25,6 +25,7 @@ mod admin;
 mod ctx;
 mod detach;
 mod error;
+mod forwarded;
 mod limits;
 mod metrics;
 mod plugins;

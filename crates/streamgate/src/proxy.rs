@@ -41,6 +41,19 @@ use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+/// Answers the request from the gateway itself (`Ok(true)`: answered). The answer's future is
+/// boxed so that it is allocated only when there is one: `async_trait` allocates and copies each
+/// `request_filter` future whole, and an inline answer made that 10 KiB for every request
+/// (BENCHMARKS.md, "Per request").
+async fn answered(
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    answer: Answer<'_>,
+) -> pingora::Result<bool> {
+    Box::pin(respond::send(session, ctx, answer)).await?;
+    Ok(true)
+}
+
 /// The gateway: the route table in force, the pub/sub side and the connection limits.
 #[derive(Debug)]
 pub(crate) struct Gateway {
@@ -136,8 +149,7 @@ impl ProxyHttp for Gateway {
                 if let Some(seconds) = refused.retry_after() {
                     answer = answer.retry_after(seconds);
                 }
-                respond::send(session, &mut ctx.req, answer).await?;
-                return Ok(true);
+                return answered(session, &mut ctx.req, answer).await;
             }
         }
         let req = session.req_header();
@@ -145,8 +157,7 @@ impl ProxyHttp for Gateway {
             Ok(path) => path,
             Err(why) => {
                 let message = format!("400 Bad Request: {why}");
-                respond::send(session, &mut ctx.req, Answer::error(400, &message)).await?;
-                return Ok(true);
+                return answered(session, &mut ctx.req, Answer::error(400, &message)).await;
             }
         };
         let found = table.find(req, &path.matched).cloned();
@@ -160,15 +171,13 @@ impl ProxyHttp for Gateway {
                 Ok(uri) => session.req_header_mut().set_uri(uri),
                 Err(_) => {
                     let answer = Answer::error(400, "400 Bad Request: the path is malformed");
-                    respond::send(session, &mut ctx.req, answer).await?;
-                    return Ok(true);
+                    return answered(session, &mut ctx.req, answer).await;
                 }
             }
         }
         let Some(route) = found else {
             let answer = Answer::error(404, "404 Route Not Found");
-            respond::send(session, &mut ctx.req, answer).await?;
-            return Ok(true);
+            return answered(session, &mut ctx.req, answer).await;
         };
         ctx.route = Some(Arc::clone(&route));
         let authenticates =
@@ -179,8 +188,7 @@ impl ProxyHttp for Gateway {
             if let Some(seconds) = self.limits.auth_blocked(ctx.req.client) {
                 let message = format!("429 Too Many Requests: too many failed authentications from this address; retry after {seconds} s");
                 let answer = Answer::error(429, &message).retry_after(seconds);
-                respond::send(session, &mut ctx.req, answer).await?;
-                return Ok(true);
+                return answered(session, &mut ctx.req, answer).await;
             }
         }
         for plugin in &route.plugins {
@@ -190,10 +198,13 @@ impl ProxyHttp for Gateway {
             }
         }
         match &route.target {
+            // Boxed, like `answered`: these futures are large and only these requests need them.
             Target::Kafka(target) => {
-                self.pubsub
-                    .serve(session, &mut ctx.req, target, &self.limits)
-                    .await
+                Box::pin(
+                    self.pubsub
+                        .serve(session, &mut ctx.req, target, &self.limits),
+                )
+                .await
             }
             Target::Http(upstream) if request::asks_upgrade(session.req_header()) => {
                 // Only WebSocket is relayed: another protocol (h2c, say) would turn the
@@ -207,15 +218,21 @@ impl ProxyHttp for Gateway {
                             .then_some("400 Bad Request: a WebSocket handshake carries no body")
                     });
                 if let Some(problem) = problem {
-                    respond::send(session, &mut ctx.req, Answer::error(400, problem)).await?;
-                    return Ok(true);
+                    return answered(session, &mut ctx.req, Answer::error(400, problem)).await;
                 }
                 let settings = RelaySettings {
                     idle_timeout: upstream.config.timeouts.read,
                     max_lifetime: self.limits.config().max_tunnel,
                     route: route.config.id.clone(),
                 };
-                crate::tunnel::serve(self, &self.upgrades, session, ctx, settings).await
+                Box::pin(crate::tunnel::serve(
+                    self,
+                    &self.upgrades,
+                    session,
+                    ctx,
+                    settings,
+                ))
+                .await
             }
             Target::Http(_) => Ok(false),
         }
@@ -329,32 +346,16 @@ impl ProxyHttp for Gateway {
         upstream_request: &mut RequestHeader,
         ctx: &mut ProxyCtx,
     ) -> pingora::Result<()> {
-        let original_host = request::host(session.req_header()).map(str::to_string);
-        if let Some(peer) = request::client_ip(session) {
-            let ip = peer.to_string();
-            // Only a trusted proxy's list is kept: anyone else could write any address there.
-            let prior = self
-                .trusted_proxies
-                .iter()
-                .any(|net| net.contains(&peer))
-                .then(|| session.req_header().headers.get("x-forwarded-for"))
-                .flatten()
-                .and_then(|v| v.to_str().ok())
-                .filter(|v| !v.trim().is_empty());
-            let forwarded_for = match prior {
-                Some(prior) => format!("{prior}, {ip}"),
-                None => ip.clone(),
-            };
-            upstream_request.insert_header("x-forwarded-for", forwarded_for)?;
-            upstream_request.insert_header("x-real-ip", ip)?;
-        }
         let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
-        upstream_request.insert_header("x-forwarded-proto", if tls { "https" } else { "http" })?;
+        crate::forwarded::set(
+            upstream_request,
+            session.req_header(),
+            ctx.req.client,
+            tls,
+            &self.trusted_proxies,
+        )?;
         // Only an h2c upgrade uses it, and the gateway relays no h2c.
         upstream_request.remove_header("http2-settings");
-        if let Some(host) = &original_host {
-            upstream_request.insert_header("x-forwarded-host", host.as_str())?;
-        }
         if let (Some(upstream), Some(node)) = (ctx.http_upstream(), ctx.tried.last()) {
             if let Some(host) = upstream.host_header(node) {
                 upstream_request.insert_header(http::header::HOST, host)?;

@@ -228,13 +228,13 @@ impl HttpUpstream {
 
     /// The peer for `addr`, with this upstream's timeouts and TLS settings.
     pub(crate) fn peer(&self, addr: SocketAddr) -> HttpPeer {
-        let node_host = self
-            .nodes
-            .get(&addr)
-            .map(|n| n.host.clone())
-            .unwrap_or_default();
         let sni = match &self.tls {
-            Some(t) => t.sni.clone().unwrap_or(node_host),
+            Some(t) => t.sni.clone().unwrap_or_else(|| {
+                self.nodes
+                    .get(&addr)
+                    .map(|n| n.host.clone())
+                    .unwrap_or_default()
+            }),
             None => String::new(),
         };
         let mut peer = HttpPeer::new(addr, self.tls.is_some(), sni);
