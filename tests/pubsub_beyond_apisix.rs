@@ -643,6 +643,42 @@ async fn admin_counter(admin: std::net::SocketAddr, name: &str) -> u64 {
         .unwrap_or_else(|| panic!("{name} not in {text}"))
 }
 
+/// A reader going through the log in order finds its next fetch already read (the gateway
+/// fetches ahead while the client handles an answer), and nothing is read past the head.
+#[tokio::test]
+async fn a_reader_going_through_the_log_finds_its_next_fetch_read_ahead() {
+    let broker = Broker::start().await;
+    let kafka = broker.client().await;
+    let topic = unique_topic("ahead");
+    fixtures::create_topic(&kafka, &topic, 1).await;
+    let value = "v".repeat(1000);
+    let records = (0..4).map(|_| fixtures::value(&value)).collect();
+    fixtures::produce_each(&kafka, &topic, 0, records).await;
+    let admin = listen_addr();
+    let gw = gateway_for(&broker, "", &format!("[admin]\nlisten = \"{admin}\"\n")).await;
+    let mut c = PubSubClient::connect(&gw.ws_url("/kafka")).await.unwrap();
+    let before = admin_counter(admin, "kafka_broker_fetches").await;
+    // 500 bytes: one 1,000-byte record (a batch of its own) per fetch.
+    let fetch = |offset| CmdKafkaFetch {
+        topic: topic.clone(),
+        partition: 0,
+        offset,
+        max_bytes: 500,
+        ..Default::default()
+    };
+    let mut fetches_after = Vec::new();
+    for offset in 0..4 {
+        let got = c.fetch_with(fetch(offset)).await.unwrap();
+        let offsets: Vec<i64> = got.messages.iter().map(|m| m.offset).collect();
+        assert_eq!(offsets, [offset], "fetch at {offset}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        fetches_after.push(admin_counter(admin, "kafka_broker_fetches").await - before);
+    }
+    // Each fetch found its records read already and started the next read, except the last:
+    // offset 4 is the head. Without reading ahead: [1, 2, 3, 4].
+    assert_eq!(fetches_after, [2, 3, 4, 4]);
+}
+
 #[tokio::test]
 async fn many_sessions_tailing_a_partition_share_broker_fetches_and_block_nobody() {
     let broker = Broker::start().await;

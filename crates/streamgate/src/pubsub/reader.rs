@@ -56,6 +56,9 @@ pub(crate) struct Fetched {
     pub high_watermark: i64,
     /// Key, value and header bytes of `messages`.
     pub record_bytes: usize,
+    /// The fetch's byte budget. Batches are kept whole, so `record_bytes` may pass it; the result
+    /// is still what any asker with this budget would get.
+    pub max_bytes: i32,
 }
 
 impl Fetched {
@@ -148,7 +151,7 @@ impl PartitionReader {
     ) -> Result<Arc<Fetched>, KafkaFailure> {
         let deadline = Instant::now() + wait;
         loop {
-            let fetched = self.fetch_now(offset, max_bytes, timeout).await?;
+            let fetched = self.fetch_in_order(offset, max_bytes, timeout).await?;
             let at_end = offset == fetched.high_watermark;
             let has_records = fetched.messages.iter().any(|m| m.offset >= offset);
             // Only the end of the log is worth waiting at; anything else answers now.
@@ -162,6 +165,21 @@ impl PartitionReader {
         }
     }
 
+    /// [`Self::fetch_now`] for a reader going through the log in order: when the log holds more
+    /// after the result, the fetch after it is started at once ([`Self::read_ahead`]).
+    pub(crate) async fn fetch_in_order(
+        self: &Arc<Self>,
+        offset: i64,
+        max_bytes: i32,
+        timeout: Duration,
+    ) -> Result<Arc<Fetched>, KafkaFailure> {
+        let result = self.fetch_now(offset, max_bytes, timeout).await;
+        if let Ok(fetched) = &result {
+            self.read_ahead(fetched, max_bytes, timeout);
+        }
+        result
+    }
+
     /// One broker fetch with no broker-side wait; identical concurrent calls share it.
     pub(crate) async fn fetch_now(
         self: &Arc<Self>,
@@ -169,36 +187,73 @@ impl PartitionReader {
         max_bytes: i32,
         timeout: Duration,
     ) -> Result<Arc<Fetched>, KafkaFailure> {
-        // Only a result within the asker's budget: a smaller one would have to be cut, and a fetch
-        // that starts inside a broker batch re-reads (and re-decompresses) the whole batch.
-        if let Some(hit) = self
-            .in_window(offset)
-            .filter(|hit| hit.record_bytes <= usize::try_from(max_bytes).unwrap_or(0))
-        {
+        // Only a result within the asker's budget, or fetched with no larger one: a result for a
+        // larger budget would have to be cut, and a fetch that starts inside a broker batch
+        // re-reads (and re-decompresses) the whole batch.
+        let hit = self.in_window(offset).filter(|hit| {
+            hit.max_bytes <= max_bytes
+                || hit.record_bytes <= usize::try_from(max_bytes).unwrap_or(0)
+        });
+        if let Some(hit) = hit {
             return Ok(hit);
         }
         let key = (offset, max_bytes);
-        let shared = {
-            let mut in_flight = lock(&self.in_flight);
-            match in_flight.get(&key) {
-                Some(f) => f.clone(),
-                None => {
-                    // Entries whose every waiter went away are never polled again: drop them.
-                    in_flight.retain(|_, f| f.strong_count().is_some_and(|n| n > 1));
-                    let request = broker_fetch(
-                        Arc::clone(&self.fetcher),
-                        offset,
-                        max_bytes,
-                        self.broker_wait_ms,
-                        timeout,
-                    )
-                    .boxed()
-                    .shared();
-                    in_flight.insert(key, request.clone());
-                    request
-                }
-            }
-        };
+        let shared = self.join(key, timeout).0;
+        self.settle(key, shared).await
+    }
+
+    /// Starts fetching the records after `fetched` while its asker is busy with it, so that a
+    /// reader going through the log finds its next fetch done or under way. APISIX clients send
+    /// one fetch at a time: without this, the broker's time, the gateway's and the client's add
+    /// up for every answer instead of overlapping. Only when the log holds more (never at the
+    /// head, where the poller serves), one fetch ahead of each asker, kept in the window like
+    /// any other result; a reader that stops leaves one unread result, gone after
+    /// [`WINDOW_TTL`].
+    fn read_ahead(self: &Arc<Self>, fetched: &Fetched, max_bytes: i32, timeout: Duration) {
+        let next = fetched.next();
+        if next <= fetched.from || next >= fetched.high_watermark || self.in_window(next).is_some()
+        {
+            return;
+        }
+        let key = (next, max_bytes);
+        let (shared, started) = self.join(key, timeout);
+        if started {
+            let reader = Arc::clone(self);
+            tokio::spawn(async move {
+                // An error is the next asker's to see, if it asks.
+                let _ = reader.settle(key, shared).await;
+            });
+        }
+    }
+
+    /// The broker fetch for `key` in flight, started now if none is (then `true`).
+    fn join(&self, key: (i64, i32), timeout: Duration) -> (SharedFetch, bool) {
+        let mut in_flight = lock(&self.in_flight);
+        if let Some(f) = in_flight.get(&key) {
+            return (f.clone(), false);
+        }
+        // Entries whose every waiter went away are never polled again: drop them.
+        in_flight.retain(|_, f| f.strong_count().is_some_and(|n| n > 1));
+        let request = broker_fetch(
+            Arc::clone(&self.fetcher),
+            key.0,
+            key.1,
+            self.broker_wait_ms,
+            timeout,
+        )
+        .boxed()
+        .shared();
+        in_flight.insert(key, request.clone());
+        (request, true)
+    }
+
+    /// Waits for a fetch from [`Self::join`], then takes it out of the in-flight ones and keeps
+    /// its result in the window.
+    async fn settle(
+        &self,
+        key: (i64, i32),
+        shared: SharedFetch,
+    ) -> Result<Arc<Fetched>, KafkaFailure> {
         let result = shared.clone().await;
         {
             let mut in_flight = lock(&self.in_flight);
@@ -309,5 +364,6 @@ async fn broker_fetch(
         messages: answer.decoded.messages,
         high_watermark: answer.high_watermark,
         record_bytes: answer.decoded.record_bytes,
+        max_bytes,
     }))
 }

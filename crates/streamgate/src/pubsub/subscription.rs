@@ -213,7 +213,7 @@ pub(crate) async fn run(
         turn = i + 1;
         let part = &mut parts[i];
         part.probed = true;
-        let fetched = match Box::pin(part.reader.fetch_now(
+        let fetched = match Box::pin(part.reader.fetch_in_order(
             part.next,
             fetch_bytes,
             settings.socket_timeout,
