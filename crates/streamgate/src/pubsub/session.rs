@@ -43,10 +43,14 @@ use tokio_tungstenite::WebSocketStream;
 /// How long a closing session waits for the client's close reply.
 const CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
-/// WebSocket buffers sized for small command frames: an idle session costs a few KiB.
+/// WebSocket buffers sized for small command frames: an idle session costs a few KiB. The read
+/// buffer is written in full before each read (tungstenite zero-fills it), so its size is
+/// resident per session; clients send commands of tens of bytes, and a larger frame gets room
+/// for its declared length anyway. 1 KiB instead of 4 took an idle session from 10.5 to 7.5 KiB
+/// (BENCHMARKS.md, "Per request").
 pub(crate) fn websocket_config(max_frame_bytes: usize) -> WebSocketConfig {
     WebSocketConfig::default()
-        .read_buffer_size(4 * 1024)
+        .read_buffer_size(1024)
         .write_buffer_size(0)
         .max_write_buffer_size(max_frame_bytes.saturating_mul(2).max(64 * 1024))
         .max_message_size(Some(max_frame_bytes))
