@@ -10,7 +10,15 @@ use std::path::{Path, PathBuf};
 /// Bottom first. A module may use modules of lower layers only.
 const LAYERS: &[&[&str]] = &[
     // Leaves: no `crate::` imports.
-    &["sync", "request", "forwarded", "metrics", "error", "tls", "detach"],
+    &[
+        "sync",
+        "request",
+        "forwarded",
+        "metrics",
+        "error",
+        "tls",
+        "detach",
+    ],
     // The one token bucket, and buckets by key behind the one lock helper.
     &["rate"],
     &["limits", "router", "upstream"],

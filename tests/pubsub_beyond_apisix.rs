@@ -677,6 +677,33 @@ async fn a_reader_going_through_the_log_finds_its_next_fetch_read_ahead() {
     // Each fetch found its records read already and started the next read, except the last:
     // offset 4 is the head. Without reading ahead: [1, 2, 3, 4].
     assert_eq!(fetches_after, [2, 3, 4, 4]);
+
+    // Two readers at different places of one partition, taking turns: neither pushes out what
+    // was read ahead for the other, so each record is read from the broker once (once more
+    // at most, if a result ages out on a slow machine). Kept in the one window, it took 11.
+    let topic = unique_topic("ahead-two");
+    fixtures::create_topic(&kafka, &topic, 1).await;
+    let records = (0..8).map(|_| fixtures::value(&value)).collect();
+    fixtures::produce_each(&kafka, &topic, 0, records).await;
+    let mut other = PubSubClient::connect(&gw.ws_url("/kafka")).await.unwrap();
+    let fetch = |offset| CmdKafkaFetch {
+        topic: topic.clone(),
+        partition: 0,
+        offset,
+        max_bytes: 500,
+        ..Default::default()
+    };
+    let before = admin_counter(admin, "kafka_broker_fetches").await;
+    for offset in 0..4 {
+        for (client, at) in [(&mut c, offset), (&mut other, offset + 4)] {
+            let got = client.fetch_with(fetch(at)).await.unwrap();
+            assert_eq!(got.messages.first().map(|m| m.offset), Some(at));
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let fetches = admin_counter(admin, "kafka_broker_fetches").await - before;
+    assert!(fetches <= 9, "8 records took {fetches} broker fetches");
 }
 
 #[tokio::test]

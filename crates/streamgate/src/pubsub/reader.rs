@@ -15,6 +15,10 @@
 //! decoded records (shared, never copied per reader) without a broker request, however far apart
 //! in time the readers ask; one behind the window reads on its own. So readers near the head cost
 //! the broker one fetch loop per partition, whatever their number.
+//!
+//! Reading ahead: a reader going through the log behind the head (a pull client catching up, a
+//! push subscription replaying) gets its next fetch started as soon as one is answered, so the
+//! broker reads while the gateway and the client handle the answer, instead of after.
 
 use super::failure::{bounded, KafkaFailure};
 use super::fetcher::PartitionFetcher;
@@ -85,6 +89,10 @@ pub(crate) struct PartitionReader {
     in_flight: Mutex<HashMap<(i64, i32), SharedFetch>>,
     /// The latest contiguous fetch results, oldest first: `window[i].next() == window[i + 1].from`.
     window: Mutex<VecDeque<(Instant, Arc<Fetched>)>>,
+    /// Results read ahead ([`Self::read_ahead`]), oldest first, until [`WINDOW_TTL`] old. Apart
+    /// from the window, so that readers at different places of the partition do not push out
+    /// each other's.
+    ahead: Mutex<VecDeque<(Instant, Arc<Fetched>)>>,
 }
 
 impl std::fmt::Debug for PartitionReader {
@@ -113,6 +121,7 @@ impl PartitionReader {
             poller_running: Mutex::new(false),
             in_flight: Mutex::default(),
             window: Mutex::default(),
+            ahead: Mutex::default(),
         }
     }
 
@@ -190,28 +199,35 @@ impl PartitionReader {
         // Only a result within the asker's budget, or fetched with no larger one: a result for a
         // larger budget would have to be cut, and a fetch that starts inside a broker batch
         // re-reads (and re-decompresses) the whole batch.
-        let hit = self.in_window(offset).filter(|hit| {
+        let fits = |hit: &Arc<Fetched>| {
             hit.max_bytes <= max_bytes
                 || hit.record_bytes <= usize::try_from(max_bytes).unwrap_or(0)
-        });
+        };
+        let hit = self
+            .in_window(offset)
+            .filter(fits)
+            .or_else(|| self.read_already(offset).filter(fits));
         if let Some(hit) = hit {
             return Ok(hit);
         }
         let key = (offset, max_bytes);
         let shared = self.join(key, timeout).0;
-        self.settle(key, shared).await
+        self.settle(key, shared, false).await
     }
 
     /// Starts fetching the records after `fetched` while its asker is busy with it, so that a
     /// reader going through the log finds its next fetch done or under way. APISIX clients send
     /// one fetch at a time: without this, the broker's time, the gateway's and the client's add
     /// up for every answer instead of overlapping. Only when the log holds more (never at the
-    /// head, where the poller serves), one fetch ahead of each asker, kept in the window like
-    /// any other result; a reader that stops leaves one unread result, gone after
-    /// [`WINDOW_TTL`].
+    /// head, where the poller serves), one fetch ahead of each asker; a reader that stops
+    /// leaves one unread result, gone after [`WINDOW_TTL`]. Results read ahead are bounded like
+    /// the window ([`WINDOW_CHUNKS`], [`WINDOW_BYTES`]).
     fn read_ahead(self: &Arc<Self>, fetched: &Fetched, max_bytes: i32, timeout: Duration) {
         let next = fetched.next();
-        if next <= fetched.from || next >= fetched.high_watermark || self.in_window(next).is_some()
+        if next <= fetched.from
+            || next >= fetched.high_watermark
+            || self.in_window(next).is_some()
+            || self.read_already(next).is_some()
         {
             return;
         }
@@ -221,7 +237,7 @@ impl PartitionReader {
             let reader = Arc::clone(self);
             tokio::spawn(async move {
                 // An error is the next asker's to see, if it asks.
-                let _ = reader.settle(key, shared).await;
+                let _ = reader.settle(key, shared, true).await;
             });
         }
     }
@@ -248,11 +264,12 @@ impl PartitionReader {
     }
 
     /// Waits for a fetch from [`Self::join`], then takes it out of the in-flight ones and keeps
-    /// its result in the window.
+    /// its result: with those read ahead when it was (`ahead`), else in the window.
     async fn settle(
         &self,
         key: (i64, i32),
         shared: SharedFetch,
+        ahead: bool,
     ) -> Result<Arc<Fetched>, KafkaFailure> {
         let result = shared.clone().await;
         {
@@ -263,9 +280,29 @@ impl PartitionReader {
         }
         if let Ok(f) = &result {
             self.observe(f.high_watermark);
-            self.remember(f);
+            if ahead {
+                keep(&mut lock(&self.ahead), f);
+            } else {
+                self.remember(f);
+            }
         }
         result
+    }
+
+    /// The result read ahead holding `offset`, if any.
+    fn read_already(&self, offset: i64) -> Option<Arc<Fetched>> {
+        let mut ahead = lock(&self.ahead);
+        while ahead
+            .front()
+            .is_some_and(|(at, _)| at.elapsed() >= WINDOW_TTL)
+        {
+            ahead.pop_front();
+        }
+        ahead
+            .iter()
+            .rev()
+            .find(|(_, f)| f.from <= offset && offset < f.next())
+            .map(|(_, f)| Arc::clone(f))
     }
 
     /// The window's result holding `offset`, if any.
@@ -297,13 +334,7 @@ impl PartitionReader {
             Some(end) if fetched.from > end => window.clear(),
             _ => {}
         }
-        window.push_back((Instant::now(), Arc::clone(fetched)));
-        let mut bytes: usize = window.iter().map(|(_, f)| f.record_bytes).sum();
-        while window.len() > WINDOW_CHUNKS || (bytes > WINDOW_BYTES && window.len() > 1) {
-            if let Some((_, old)) = window.pop_front() {
-                bytes -= old.record_bytes;
-            }
-        }
+        keep(&mut window, fetched);
     }
 
     /// Records a high watermark learnt elsewhere (an offset look-up).
@@ -343,6 +374,18 @@ impl PartitionReader {
                 let _ = reader.fetch_now(known, TAIL_FETCH_BYTES, timeout).await;
             }
         });
+    }
+}
+
+/// Adds `fetched` to `results` (the window, or those read ahead), the oldest going first past
+/// [`WINDOW_CHUNKS`] results or [`WINDOW_BYTES`] of records.
+fn keep(results: &mut VecDeque<(Instant, Arc<Fetched>)>, fetched: &Arc<Fetched>) {
+    results.push_back((Instant::now(), Arc::clone(fetched)));
+    let mut bytes: usize = results.iter().map(|(_, f)| f.record_bytes).sum();
+    while results.len() > WINDOW_CHUNKS || (bytes > WINDOW_BYTES && results.len() > 1) {
+        if let Some((_, old)) = results.pop_front() {
+            bytes -= old.record_bytes;
+        }
     }
 }
 
