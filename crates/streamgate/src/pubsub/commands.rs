@@ -4,7 +4,7 @@
 //! and fetch answers that never exceed the route's frame limit.
 
 use super::failure::KafkaFailure;
-use super::reader::Fetched;
+use super::reader::{Fetched, PartitionReader};
 use super::target::KafkaAccess;
 use super::wire::{Picked, WireFrame};
 use crate::limits::AnswerHold;
@@ -78,8 +78,18 @@ pub(crate) async fn fetch(access: &KafkaAccess, sequence: i64, cmd: CmdKafkaFetc
     let answer = fetch_inner(access, &cmd).await;
     forget_if_gone(access, &cmd.topic, cmd.partition, &answer);
     let failure = match answer {
-        Ok((fetched, from)) => match pick(access, &fetched, from) {
+        Ok(Found {
+            fetched,
+            from,
+            reader,
+            max_bytes,
+        }) => match pick(access, &fetched, from) {
             Ok((records, size)) => {
+                if let Some(last) = records.last() {
+                    // The client's next fetch starts after this answer: start it now.
+                    let timeout = access.target.settings.socket_timeout;
+                    reader.read_ahead(last.offset() + 1, max_bytes, timeout);
+                }
                 return match hold(access, sequence, size + ENVELOPE_BYTES) {
                     Ok(held) => {
                         delivered(access, records.len(), size);
@@ -316,10 +326,16 @@ fn out_of_range() -> KafkaFailure {
     KafkaFailure::new(ErrorCode::KafkaError, "OFFSET_OUT_OF_RANGE")
 }
 
-async fn fetch_inner(
-    access: &KafkaAccess,
-    cmd: &CmdKafkaFetch,
-) -> Result<(Arc<Fetched>, i64), KafkaFailure> {
+/// What a fetch command found: records from `from` on, the partition's reader and the byte
+/// budget they were fetched with.
+struct Found {
+    fetched: Arc<Fetched>,
+    from: i64,
+    reader: Arc<PartitionReader>,
+    max_bytes: i32,
+}
+
+async fn fetch_inner(access: &KafkaAccess, cmd: &CmdKafkaFetch) -> Result<Found, KafkaFailure> {
     check_target(access, &cmd.topic, cmd.partition)?;
     let s = &access.target.settings;
     if cmd.offset < 0 {
@@ -382,7 +398,12 @@ async fn fetch_inner(
     if from > fetched.high_watermark && !fetched.messages.iter().any(|m| m.offset >= from) {
         return Err(out_of_range());
     }
-    Ok((fetched, from))
+    Ok(Found {
+        fetched,
+        from,
+        reader,
+        max_bytes,
+    })
 }
 
 /// The records of `fetched` from `from` on that the caller may see and the frame holds, with

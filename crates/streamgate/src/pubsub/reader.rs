@@ -160,7 +160,7 @@ impl PartitionReader {
     ) -> Result<Arc<Fetched>, KafkaFailure> {
         let deadline = Instant::now() + wait;
         loop {
-            let fetched = self.fetch_in_order(offset, max_bytes, timeout).await?;
+            let fetched = self.fetch_now(offset, max_bytes, timeout).await?;
             let at_end = offset == fetched.high_watermark;
             let has_records = fetched.messages.iter().any(|m| m.offset >= offset);
             // Only the end of the log is worth waiting at; anything else answers now.
@@ -174,21 +174,6 @@ impl PartitionReader {
         }
     }
 
-    /// [`Self::fetch_now`] for a reader going through the log in order: when the log holds more
-    /// after the result, the fetch after it is started at once ([`Self::read_ahead`]).
-    pub(crate) async fn fetch_in_order(
-        self: &Arc<Self>,
-        offset: i64,
-        max_bytes: i32,
-        timeout: Duration,
-    ) -> Result<Arc<Fetched>, KafkaFailure> {
-        let result = self.fetch_now(offset, max_bytes, timeout).await;
-        if let Ok(fetched) = &result {
-            self.read_ahead(fetched, max_bytes, timeout);
-        }
-        result
-    }
-
     /// One broker fetch with no broker-side wait; identical concurrent calls share it.
     pub(crate) async fn fetch_now(
         self: &Arc<Self>,
@@ -196,17 +181,18 @@ impl PartitionReader {
         max_bytes: i32,
         timeout: Duration,
     ) -> Result<Arc<Fetched>, KafkaFailure> {
-        // Only a result within the asker's budget, or fetched with no larger one: a result for a
-        // larger budget would have to be cut, and a fetch that starts inside a broker batch
-        // re-reads (and re-decompresses) the whole batch.
-        let fits = |hit: &Arc<Fetched>| {
-            hit.max_bytes <= max_bytes
-                || hit.record_bytes <= usize::try_from(max_bytes).unwrap_or(0)
-        };
+        // Only a result within the asker's budget: a smaller one would have to be cut, and a fetch
+        // that starts inside a broker batch re-reads (and re-decompresses) the whole batch. One
+        // read ahead for this asker was fetched with its budget (or a smaller one): that is what
+        // the broker would answer it now.
+        let within = usize::try_from(max_bytes).unwrap_or(0);
         let hit = self
-            .in_window(offset)
-            .filter(fits)
-            .or_else(|| self.read_already(offset).filter(fits));
+            .read_already(offset)
+            .filter(|hit| hit.max_bytes <= max_bytes || hit.record_bytes <= within)
+            .or_else(|| {
+                self.in_window(offset)
+                    .filter(|hit| hit.record_bytes <= within)
+            });
         if let Some(hit) = hit {
             return Ok(hit);
         }
@@ -215,19 +201,20 @@ impl PartitionReader {
         self.settle(key, shared, false).await
     }
 
-    /// Starts fetching the records after `fetched` while its asker is busy with it, so that a
-    /// reader going through the log finds its next fetch done or under way. APISIX clients send
-    /// one fetch at a time: without this, the broker's time, the gateway's and the client's add
-    /// up for every answer instead of overlapping. Only when the log holds more (never at the
-    /// head, where the poller serves), one fetch ahead of each asker; a reader that stops
-    /// leaves one unread result, gone after [`WINDOW_TTL`]. Results read ahead are bounded like
-    /// the window ([`WINDOW_CHUNKS`], [`WINDOW_BYTES`]).
-    fn read_ahead(self: &Arc<Self>, fetched: &Fetched, max_bytes: i32, timeout: Duration) {
-        let next = fetched.next();
-        if next <= fetched.from
-            || next >= fetched.high_watermark
-            || self.in_window(next).is_some()
+    /// Starts the fetch at `next` that a reader going through the log will send once it has
+    /// handled what it was just given (`next`: after the last record it got), so that it finds
+    /// that fetch done or under way. APISIX clients send one fetch at a time: without this, the
+    /// broker's time, the gateway's and the client's add up for every answer instead of
+    /// overlapping. Never at the head, where the poller serves; one fetch ahead of each asker (a
+    /// reader that stops leaves one unread result, gone after [`WINDOW_TTL`]); results read ahead
+    /// are bounded like the window ([`WINDOW_CHUNKS`], [`WINDOW_BYTES`]).
+    pub(crate) fn read_ahead(self: &Arc<Self>, next: i64, max_bytes: i32, timeout: Duration) {
+        let within = usize::try_from(max_bytes).unwrap_or(0);
+        if next >= self.known_high_watermark()
             || self.read_already(next).is_some()
+            || self
+                .in_window(next)
+                .is_some_and(|f| f.record_bytes <= within)
         {
             return;
         }
@@ -289,7 +276,7 @@ impl PartitionReader {
         result
     }
 
-    /// The result read ahead holding `offset`, if any.
+    /// The result read ahead from `offset`, if any.
     fn read_already(&self, offset: i64) -> Option<Arc<Fetched>> {
         let mut ahead = lock(&self.ahead);
         while ahead
@@ -301,7 +288,7 @@ impl PartitionReader {
         ahead
             .iter()
             .rev()
-            .find(|(_, f)| f.from <= offset && offset < f.next())
+            .find(|(_, f)| f.from == offset)
             .map(|(_, f)| Arc::clone(f))
     }
 

@@ -213,7 +213,7 @@ pub(crate) async fn run(
         turn = i + 1;
         let part = &mut parts[i];
         part.probed = true;
-        let fetched = match Box::pin(part.reader.fetch_in_order(
+        let fetched = match Box::pin(part.reader.fetch_now(
             part.next,
             fetch_bytes,
             settings.socket_timeout,
@@ -294,6 +294,9 @@ pub(crate) async fn run(
             }
             continue;
         }
+        // The next read of this partition starts now, while this push is on its way.
+        part.reader
+            .read_ahead(part.next, fetch_bytes, settings.socket_timeout);
         used.records += batch.records.len() as u64;
         used.bytes += batch.bytes as u64;
         pushed.inc_by(batch.records.len() as u64);

@@ -95,6 +95,11 @@ impl<'a> Picked<'a> {
         }
     }
 
+    /// The record's offset.
+    pub(crate) fn offset(&self) -> i64 {
+        self.message.offset
+    }
+
     /// The record's place in an answer: field key, length, body.
     pub(crate) fn framed_len(&self) -> usize {
         key_len(MESSAGES) + encoded_len_varint(self.len as u64) + self.len
