@@ -279,12 +279,7 @@ impl PartitionReader {
     /// The result read ahead from `offset`, if any.
     fn read_already(&self, offset: i64) -> Option<Arc<Fetched>> {
         let mut ahead = lock(&self.ahead);
-        while ahead
-            .front()
-            .is_some_and(|(at, _)| at.elapsed() >= WINDOW_TTL)
-        {
-            ahead.pop_front();
-        }
+        expire(&mut ahead);
         ahead
             .iter()
             .rev()
@@ -295,12 +290,7 @@ impl PartitionReader {
     /// The window's result holding `offset`, if any.
     fn in_window(&self, offset: i64) -> Option<Arc<Fetched>> {
         let mut window = lock(&self.window);
-        while window
-            .front()
-            .is_some_and(|(at, _)| at.elapsed() >= WINDOW_TTL)
-        {
-            window.pop_front();
-        }
+        expire(&mut window);
         let (_, first) = window.front()?;
         if offset < first.from || offset >= window.back()?.1.next() {
             return None;
@@ -361,6 +351,16 @@ impl PartitionReader {
                 let _ = reader.fetch_now(known, TAIL_FETCH_BYTES, timeout).await;
             }
         });
+    }
+}
+
+/// Drops the results older than [`WINDOW_TTL`] from `results` (the window, or those read ahead).
+fn expire(results: &mut VecDeque<(Instant, Arc<Fetched>)>) {
+    while results
+        .front()
+        .is_some_and(|(at, _)| at.elapsed() >= WINDOW_TTL)
+    {
+        results.pop_front();
     }
 }
 
