@@ -2,8 +2,9 @@
 //! what (`X-Forwarded-Proto`) and for which host (`X-Forwarded-Host`).
 //!
 //! This runs for every proxied request, and was a tenth of the gateway's own instructions per
-//! request (BENCHMARKS.md, "Per request"): values are built without `format!`, and the host is
-//! the client's own header value, shared rather than copied.
+//! request (BENCHMARKS.md, "Per request"): the client's address is written without `fmt` (only
+//! a trusted proxy's list is extended with `format!`), and the host is the client's own header
+//! value, shared rather than copied.
 
 use http::HeaderValue;
 use pingora::http::RequestHeader;
