@@ -181,19 +181,7 @@ impl PartitionReader {
         max_bytes: i32,
         timeout: Duration,
     ) -> Result<Arc<Fetched>, KafkaFailure> {
-        // Only a result within the asker's budget: a smaller one would have to be cut, and a fetch
-        // that starts inside a broker batch re-reads (and re-decompresses) the whole batch. One
-        // read ahead for this asker was fetched with its budget (or a smaller one): that is what
-        // the broker would answer it now.
-        let within = usize::try_from(max_bytes).unwrap_or(0);
-        let hit = self
-            .read_already(offset)
-            .filter(|hit| hit.max_bytes <= max_bytes || hit.record_bytes <= within)
-            .or_else(|| {
-                self.in_window(offset)
-                    .filter(|hit| hit.record_bytes <= within)
-            });
-        if let Some(hit) = hit {
+        if let Some(hit) = self.kept(offset, max_bytes) {
             return Ok(hit);
         }
         let key = (offset, max_bytes);
@@ -209,13 +197,7 @@ impl PartitionReader {
     /// reader that stops leaves one unread result, gone after [`WINDOW_TTL`]); results read ahead
     /// are bounded like the window ([`WINDOW_CHUNKS`], [`WINDOW_BYTES`]).
     pub(crate) fn read_ahead(self: &Arc<Self>, next: i64, max_bytes: i32, timeout: Duration) {
-        let within = usize::try_from(max_bytes).unwrap_or(0);
-        if next >= self.known_high_watermark()
-            || self.read_already(next).is_some()
-            || self
-                .in_window(next)
-                .is_some_and(|f| f.record_bytes <= within)
-        {
+        if next >= self.known_high_watermark() || self.kept(next, max_bytes).is_some() {
             return;
         }
         let key = (next, max_bytes);
@@ -274,6 +256,20 @@ impl PartitionReader {
             }
         }
         result
+    }
+
+    /// A kept result that answers a fetch of `max_bytes` from `offset`: one read ahead from there
+    /// for a budget no larger (what the broker would answer now), else one of the window within
+    /// the budget (a result for a larger one would have to be cut, and a fetch that starts inside
+    /// a broker batch re-reads and re-decompresses the whole batch).
+    fn kept(&self, offset: i64, max_bytes: i32) -> Option<Arc<Fetched>> {
+        let within = usize::try_from(max_bytes).unwrap_or(0);
+        self.read_already(offset)
+            .filter(|hit| hit.max_bytes <= max_bytes || hit.record_bytes <= within)
+            .or_else(|| {
+                self.in_window(offset)
+                    .filter(|hit| hit.record_bytes <= within)
+            })
     }
 
     /// The result read ahead from `offset`, if any.
