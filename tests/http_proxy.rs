@@ -310,6 +310,52 @@ async fn health_checks_take_a_node_out_and_bring_it_back() {
     assert_eq!(spread(http, gw.http_url("/")).await.len(), 2, "b is back");
 }
 
+/// An upstream of one node takes a shorter way to its node than Pingora's selector: it must
+/// still follow the node's health and never retry the node that just failed.
+#[tokio::test]
+async fn a_lone_node_is_left_when_its_health_checks_fail_and_not_retried_when_down() {
+    let lone = Upstream::start("lone").await;
+    let checks = "[upstreams.health_check]\npath = \"/healthz\"\ninterval_seconds = 0.2\ntimeout_seconds = 0.5\nhealthy_threshold = 1\nunhealthy_threshold = 1";
+    let dead = format!("127.0.0.1:{}", free_port());
+    let gw = start(
+        &[
+            upstream_toml("checked", &[(node(&lone), 1)], checks),
+            route_toml("checked", "/checked/*", "checked", ""),
+            upstream_toml("down", &[(dead.clone(), 1)], "retries = 2"),
+            route_toml("down", "/down/*", "down", ""),
+        ]
+        .concat(),
+    )
+    .await;
+    let http = client();
+    let status = |path: &'static str| {
+        let (http, url) = (http.clone(), gw.http_url(path));
+        async move { http.get(url).send().await.unwrap().status().as_u16() }
+    };
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(status("/checked/x").await, 200, "healthy at first");
+    lone.set_healthy(false);
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert_eq!(
+        status("/checked/x").await,
+        502,
+        "out after failing its checks"
+    );
+    lone.set_healthy(true);
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert_eq!(status("/checked/x").await, 200, "back");
+
+    assert_eq!(status("/down/x").await, 502);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let log = gw.log();
+    let attempts = log
+        .lines()
+        .filter(|l| l.contains("connecting to the upstream node failed"))
+        .count();
+    assert_eq!(attempts, 1, "the one node is tried once:\n{log}");
+    assert!(log.contains("no other healthy node to retry on"), "{log}");
+}
+
 #[tokio::test]
 async fn forwarded_headers_and_host_policies() {
     let u = Upstream::start("u").await;

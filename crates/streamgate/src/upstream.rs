@@ -2,7 +2,8 @@
 //!
 //! Built once at start-up from the checked model. Selection uses Pingora's load balancer (weighted
 //! round robin, or Ketama consistent hashing), which skips nodes that active health checks took
-//! out. Retries exclude nodes already tried for the request.
+//! out. Retries exclude nodes already tried for the request. An upstream of one node skips the
+//! selector and asks the node's health directly: same answer, a fraction of the work.
 
 use crate::error::StartupError;
 use futures_util::FutureExt;
@@ -26,6 +27,13 @@ pub(crate) struct HttpUpstream {
     /// The checked settings.
     pub config: Arc<Upstream>,
     balancer: Balancer,
+    /// The only node, when there is one (most upstreams): choosing it needs no walk through
+    /// Pingora's selector, whose iterator costs more per request than the rest of node choice.
+    only: Option<Backend>,
+    /// Whether active health checks can take nodes out.
+    health_checked: bool,
+    /// Enough selector steps to walk every weighted slot once.
+    max_steps: usize,
     nodes: HashMap<SocketAddr, Node>,
     tls: Option<PeerTls>,
     /// Keeps this upstream's pooled connections to itself. Pingora's reuse key leaves out the
@@ -102,6 +110,17 @@ impl HttpUpstream {
                     .map_err(|e| at("tls.client_cert_file", e))?,
             }),
         };
+        let only = match backends.len() {
+            1 => backends.first().cloned(),
+            _ => None,
+        };
+        let max_steps = nodes
+            .values()
+            .map(|n| n.weight as usize)
+            .sum::<usize>()
+            .max(1)
+            * 2;
+        let health_checked = config.health_check.is_some();
         let backends = Backends::new(discovery::Static::new(backends));
         let health = config.health_check.as_ref().map(|h| {
             let host = config.nodes[0].host.clone();
@@ -168,6 +187,9 @@ impl HttpUpstream {
             Self {
                 config,
                 balancer,
+                only,
+                health_checked,
+                max_steps,
                 nodes,
                 tls,
                 pool_key,
@@ -178,6 +200,11 @@ impl HttpUpstream {
 
     /// A healthy node not in `tried`, chosen by the balancing policy for this request.
     pub(crate) fn select(&self, session: &Session, tried: &[SocketAddr]) -> Option<SocketAddr> {
+        if let Some(only) = &self.only {
+            let addr = only.addr.as_inet()?;
+            let ready = !self.health_checked || self.backends().ready(only);
+            return (ready && !tried.contains(addr)).then_some(*addr);
+        }
         let key = self.hash_key(session);
         self.select_by(&key, tried)
     }
@@ -211,19 +238,19 @@ impl HttpUpstream {
         let accept = |b: &Backend, healthy: bool| {
             healthy && b.addr.as_inet().is_some_and(|a| !tried.contains(a))
         };
-        // Enough iterations to walk every weighted slot once.
-        let max = self
-            .nodes
-            .values()
-            .map(|n| n.weight as usize)
-            .sum::<usize>()
-            .max(1)
-            * 2;
         let backend = match &self.balancer {
-            Balancer::RoundRobin(lb) => lb.select_with(key, max, accept),
-            Balancer::Chash(lb) => lb.select_with(key, max, accept),
+            Balancer::RoundRobin(lb) => lb.select_with(key, self.max_steps, accept),
+            Balancer::Chash(lb) => lb.select_with(key, self.max_steps, accept),
         }?;
         backend.addr.as_inet().copied()
+    }
+
+    /// The nodes and their health, as the balancer sees them.
+    fn backends(&self) -> &Backends {
+        match &self.balancer {
+            Balancer::RoundRobin(lb) => lb.backends(),
+            Balancer::Chash(lb) => lb.backends(),
+        }
     }
 
     /// The peer for `addr`, with this upstream's timeouts and TLS settings.
