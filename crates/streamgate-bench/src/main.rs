@@ -4,7 +4,8 @@
 //! 2. protocol overhead: `cmd_ping` round trips vs a bare tokio-tungstenite echo server;
 //! 3. fan-out: 1,000 consumers tailing one partition while a producer appends;
 //! 4. connection cost: RSS per idle pub/sub session, over three open/close rounds;
-//! 5. HTTP proxying: requests/s and latency vs nginx, with wrk;
+//! 5. HTTP proxying: requests/s and latency vs nginx and bare Pingora (alone, and doing a
+//!    proxy's duties: forwarding headers, upstream timeouts), with wrk;
 //! 6. push vs pull fan-out: subscribers on one and on eight partitions, push subscriptions
 //!    against APISIX's fetch loop, in the same run.
 //!
@@ -57,6 +58,10 @@ enum Cmd {
         listen: SocketAddr,
         #[arg(long)]
         node: SocketAddr,
+        /// Also do what any proxy must and the gateway does per request: send the four
+        /// forwarding headers and bound upstream connects, reads and writes with timeouts.
+        #[arg(long)]
+        duties: bool,
     },
 }
 
@@ -69,7 +74,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 .build()?
                 .block_on(echo_server(port));
         }
-        Some(Cmd::BarePingora { listen, node }) => bare_pingora(listen, node),
+        Some(Cmd::BarePingora {
+            listen,
+            node,
+            duties,
+        }) => bare_pingora(listen, node, duties),
         None => {}
     }
     tokio::runtime::Builder::new_multi_thread()
@@ -775,9 +784,13 @@ async fn connection_cost(
 // ---------------------------------------------------------------------------------------------
 // 5. HTTP proxying vs nginx
 
-/// A `ProxyHttp` that only picks the one node: what Pingora costs before any gateway code.
+/// A `ProxyHttp` that only picks the one node: what Pingora costs before any gateway code. With
+/// `duties`, it also does the work any proxy must (see [`Cmd::BarePingora`]), through the same
+/// Pingora calls the gateway makes, so that the gateway's cost can be told from the cost of the
+/// job itself.
 struct BareProxy {
     node: SocketAddr,
+    duties: bool,
 }
 
 #[async_trait::async_trait]
@@ -791,16 +804,51 @@ impl pingora::proxy::ProxyHttp for BareProxy {
         _session: &mut pingora::proxy::Session,
         _ctx: &mut (),
     ) -> pingora::Result<Box<pingora::upstreams::peer::HttpPeer>> {
-        Ok(Box::new(pingora::upstreams::peer::HttpPeer::new(
-            self.node,
-            false,
-            String::new(),
-        )))
+        let mut peer = pingora::upstreams::peer::HttpPeer::new(self.node, false, String::new());
+        if self.duties {
+            // The gateway's defaults (`[upstreams.timeouts]`).
+            peer.options.connection_timeout = Some(Duration::from_secs(6));
+            peer.options.total_connection_timeout = Some(Duration::from_secs(6));
+            peer.options.read_timeout = Some(Duration::from_secs(60));
+            peer.options.write_timeout = Some(Duration::from_secs(60));
+        }
+        Ok(Box::new(peer))
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        session: &mut pingora::proxy::Session,
+        upstream: &mut pingora::http::RequestHeader,
+        _ctx: &mut (),
+    ) -> pingora::Result<()> {
+        if !self.duties {
+            return Ok(());
+        }
+        if let Some(ip) = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip())
+        {
+            let ip = http::HeaderValue::from_str(&ip.to_string())
+                .map_err(|_| pingora::Error::new(pingora::ErrorType::InvalidHTTPHeader))?;
+            upstream.insert_header("x-forwarded-for", ip.clone())?;
+            upstream.insert_header("x-real-ip", ip)?;
+        }
+        upstream.insert_header("x-forwarded-proto", "http")?;
+        if let Some(host) = session
+            .req_header()
+            .headers
+            .get(http::header::HOST)
+            .cloned()
+        {
+            upstream.insert_header("x-forwarded-host", host)?;
+        }
+        Ok(())
     }
 }
 
 /// Serves [`BareProxy`] until killed.
-fn bare_pingora(listen: SocketAddr, node: SocketAddr) -> ! {
+fn bare_pingora(listen: SocketAddr, node: SocketAddr, duties: bool) -> ! {
     let conf = pingora::server::configuration::ServerConf {
         threads: 1,
         ..Default::default()
@@ -810,7 +858,8 @@ fn bare_pingora(listen: SocketAddr, node: SocketAddr) -> ! {
         conf,
     );
     server.bootstrap();
-    let mut proxy = pingora::proxy::http_proxy_service(&server.configuration, BareProxy { node });
+    let mut proxy =
+        pingora::proxy::http_proxy_service(&server.configuration, BareProxy { node, duties });
     proxy.add_tcp(&listen.to_string());
     server.add_service(proxy);
     server.run_forever()
@@ -928,19 +977,24 @@ async fn http_proxying(
             "upstream origin {{ server 127.0.0.1:{origin_port}; keepalive 64; }}\n  server {{ listen 127.0.0.1:{nginx_port}; location / {{ proxy_pass http://origin; proxy_http_version 1.1; proxy_set_header Connection \"\"; proxy_buffering on; }} }}"
         ),
     )?;
-    let bare_addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
-    let bare = Command::new(std::env::current_exe()?)
-        .args([
+    let spawn_bare = |duties: bool| -> Result<(SocketAddr, Running), Box<dyn std::error::Error>> {
+        let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let mut cmd = Command::new(std::env::current_exe()?);
+        cmd.args([
             "bare-pingora",
             "--listen",
-            &bare_addr.to_string(),
+            &addr.to_string(),
             "--node",
             &format!("127.0.0.1:{origin_port}"),
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()?;
-    let bare = Running { child: bare };
+        ]);
+        if duties {
+            cmd.arg("--duties");
+        }
+        let child = cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn()?;
+        Ok((addr, Running { child }))
+    };
+    let (bare_addr, bare) = spawn_bare(false)?;
+    let (duties_addr, duties) = spawn_bare(true)?;
     let gw_addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
     let config = format!(
         "[server]\nlisten = [\"{gw_addr}\"]\nthreads = 1\n\n[[upstreams]]\nid = \"origin\"\nnodes = {{ \"127.0.0.1:{origin_port}\" = 1 }}\n\n[[routes]]\nid = \"all\"\nuri = \"/*\"\nupstream_id = \"origin\"\n"
@@ -958,14 +1012,17 @@ async fn http_proxying(
     )
     .await?;
     streamgate_testkit::wait_for_port(bare_addr, Duration::from_secs(5)).await?;
+    streamgate_testkit::wait_for_port(duties_addr, Duration::from_secs(5)).await?;
     // Proxies on core 0; origin and wrk on core 1.
     pin(gw.pid(), "0");
     pin(bare.child.id(), "0");
+    pin(duties.child.id(), "0");
     pin(proxy.child.id(), "0");
     pin(origin.child.id(), "1");
     let seconds = ((5.0 * cli.scale) as u64).max(2);
     for file in ["1k", "1m"] {
-        let (mut g, mut n, mut b) = (
+        let (mut g, mut n, mut b, mut d) = (
+            (vec![], vec![], vec![]),
             (vec![], vec![], vec![]),
             (vec![], vec![], vec![]),
             (vec![], vec![], vec![]),
@@ -984,9 +1041,17 @@ async fn http_proxying(
             b.0.push(r);
             b.1.push(p50);
             b.2.push(p99);
+            let (r, p50, p99) = wrk(&format!("http://{duties_addr}/{file}"), seconds)?;
+            d.0.push(r);
+            d.1.push(p50);
+            d.2.push(p99);
         }
         let name = format!("5. HTTP {file} responses, 50 conn.");
-        for (baseline, base) in [("nginx", &n), ("bare Pingora", &b)] {
+        for (baseline, base) in [
+            ("nginx", &n),
+            ("bare Pingora", &b),
+            ("bare Pingora + duties", &d),
+        ] {
             let (x, y) = (stat(&g.0), stat(&base.0));
             report.row(
                 &name,
@@ -1014,6 +1079,7 @@ async fn http_proxying(
         }
     }
     drop(bare);
+    drop(duties);
     drop(proxy);
     drop(origin);
     let _ = std::fs::remove_dir_all(&dir);
