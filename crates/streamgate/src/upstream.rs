@@ -30,8 +30,6 @@ pub(crate) struct HttpUpstream {
     /// The only node, when there is one (most upstreams): choosing it needs no walk through
     /// Pingora's selector, whose iterator costs more per request than the rest of node choice.
     only: Option<Backend>,
-    /// Whether active health checks can take nodes out.
-    health_checked: bool,
     /// Enough selector steps to walk every weighted slot once.
     max_steps: usize,
     nodes: HashMap<SocketAddr, Node>,
@@ -120,7 +118,6 @@ impl HttpUpstream {
             .sum::<usize>()
             .max(1)
             * 2;
-        let health_checked = config.health_check.is_some();
         let backends = Backends::new(discovery::Static::new(backends));
         let health = config.health_check.as_ref().map(|h| {
             let host = config.nodes[0].host.clone();
@@ -188,7 +185,6 @@ impl HttpUpstream {
                 config,
                 balancer,
                 only,
-                health_checked,
                 max_steps,
                 nodes,
                 tls,
@@ -201,9 +197,11 @@ impl HttpUpstream {
     /// A healthy node not in `tried`, chosen by the balancing policy for this request.
     pub(crate) fn select(&self, session: &Session, tried: &[SocketAddr]) -> Option<SocketAddr> {
         if let Some(only) = &self.only {
-            let addr = only.addr.as_inet()?;
-            let ready = !self.health_checked || self.backends().ready(only);
-            return (ready && !tried.contains(addr)).then_some(*addr);
+            // Without health checks every node stays ready: skip the look-up.
+            let ready = self.config.health_check.is_none() || self.backends().ready(only);
+            return usable(only, ready, tried)
+                .then(|| only.addr.as_inet().copied())
+                .flatten();
         }
         let key = self.hash_key(session);
         self.select_by(&key, tried)
@@ -235,9 +233,7 @@ impl HttpUpstream {
 
     /// A healthy node not in `tried`, chosen by the balancing policy for `key`.
     fn select_by(&self, key: &[u8], tried: &[SocketAddr]) -> Option<SocketAddr> {
-        let accept = |b: &Backend, healthy: bool| {
-            healthy && b.addr.as_inet().is_some_and(|a| !tried.contains(a))
-        };
+        let accept = |b: &Backend, healthy: bool| usable(b, healthy, tried);
         let backend = match &self.balancer {
             Balancer::RoundRobin(lb) => lb.select_with(key, self.max_steps, accept),
             Balancer::Chash(lb) => lb.select_with(key, self.max_steps, accept),
@@ -299,4 +295,10 @@ impl HttpUpstream {
             HostPolicy::Rewrite(h) => Some(h.clone()),
         }
     }
+}
+
+/// Whether a request may go to `b`: the node is ready (`healthy`) and not already tried for it.
+/// The one rule for both the lone-node shortcut and Pingora's selector.
+fn usable(b: &Backend, healthy: bool, tried: &[SocketAddr]) -> bool {
+    healthy && b.addr.as_inet().is_some_and(|a| !tried.contains(a))
 }
