@@ -8,8 +8,8 @@ use futures_util::{SinkExt, StreamExt};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 use streamgate_protocol::{
-    pub_sub_req::Req, CmdKafkaFetch, CmdPing, ErrorCode, Message as _, PubSubClient, PubSubReq,
-    PubSubResp,
+    cmd_kafka_subscribe::StartFrom, pub_sub_req::Req, CmdKafkaFetch, CmdKafkaSubscribe, CmdPing,
+    ErrorCode, Message as _, PubSubClient, PubSubReq, PubSubResp,
 };
 use streamgate_testkit::{fixtures, unique_topic, Broker, GatewayProcess, Upstream};
 use tokio_tungstenite::tungstenite::{client::IntoClientRequest, Message};
@@ -646,43 +646,75 @@ async fn answers_waiting_to_be_written_share_one_budget() {
     let topic = unique_topic("budget");
     let client = broker.client().await;
     fixtures::create_topic(&client, &topic, 1).await;
-    let big = vec![b'b'; 100 * 1024];
-    let records = vec![
-        fixtures::record(None, Some(&big), &[], None),
-        fixtures::record(None, Some(b"small"), &[], None),
-    ];
+    // 12 MiB of 60 KiB records: more than loopback socket buffers hold for a reader that stops.
+    let big = vec![b'b'; 60 * 1024];
+    let mut records: Vec<_> = (0..200)
+        .map(|_| fixtures::record(None, Some(&big), &[], None))
+        .collect();
+    records.push(fixtures::record(None, Some(b"small"), &[], None));
     fixtures::produce_each(&client, &topic, 0, records).await;
     let web = Upstream::start("web").await;
+    // The budget must hold the largest frame (the config check refuses less), so it is spent
+    // by answers waiting for a reader that stopped, not by one answer alone.
     let (gw, admin) = gateway(
         &broker,
         &web,
-        "",
+        "max_frame_bytes = 65536",
         "[server.limits]\nmax_queued_answer_bytes = 65536\n",
     )
     .await;
+    let mut stalled = PubSubClient::connect(&gw.ws_url("/kafka")).await.unwrap();
+    stalled
+        .subscribe(CmdKafkaSubscribe {
+            topic: topic.clone(),
+            from: StartFrom::Earliest as i32,
+            credit_records: 1_000,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    // `stalled` reads no more: its pushes fill the socket, then one waits in the budget.
     let mut c = PubSubClient::connect(&gw.ws_url("/kafka")).await.unwrap();
-    // The small record alone (offset 1), at most 1 KiB asked.
-    let small_fetch = || CmdKafkaFetch {
+    let big_fetch = || CmdKafkaFetch {
         topic: topic.clone(),
         partition: 0,
-        offset: 1,
-        max_bytes: 1024,
+        offset: 0,
+        max_bytes: 0,
         max_wait_ms: 0,
     };
-    let small = c.fetch_with(small_fetch()).await.unwrap();
-    assert_eq!(small.messages.len(), 1, "a small answer fits");
-    let e = c.fetch(&topic, 0, 0).await.unwrap_err();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let e = loop {
+        match c.fetch_with(big_fetch()).await {
+            Err(e) => break e,
+            Ok(_) => {
+                assert!(Instant::now() < deadline, "the budget was never spent");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
     assert_eq!(e.code(), Some(ErrorCode::LimitExceeded), "{e}");
     assert!(
         e.to_string().contains("max_queued_answer_bytes = 65536"),
         "{e}"
     );
     let limited = "streamgate_limited_total{limit=\"max_queued_answer_bytes\"}";
-    assert_eq!(settled(admin, limited, 1.0).await, 1.0);
-    // The session goes on, and written answers gave their bytes back.
-    assert_eq!(&c.ping("p").await.unwrap()[..], b"p");
-    for _ in 0..3 {
-        let again = c.fetch_with(small_fetch()).await.unwrap();
-        assert_eq!(again.messages.len(), 1);
+    assert!(metric(admin, limited).await >= 1.0);
+    // The small record (offset 200, at most 1 KiB asked) still fits beside the waiting push.
+    let small = c
+        .fetch_with(CmdKafkaFetch {
+            offset: 200,
+            max_bytes: 1024,
+            ..big_fetch()
+        })
+        .await
+        .unwrap();
+    assert_eq!(small.messages.len(), 1, "a small answer fits");
+    // The stalled reader goes: what it held is given back.
+    drop(stalled);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while c.fetch_with(big_fetch()).await.is_err() {
+        assert!(Instant::now() < deadline, "the budget never came back");
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    assert_eq!(&c.ping("p").await.unwrap()[..], b"p");
 }

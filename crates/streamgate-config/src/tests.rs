@@ -762,6 +762,35 @@ fn queued_answer_bytes_have_a_floor() {
 }
 
 #[test]
+fn the_answer_budget_holds_the_largest_frame() {
+    let kafka = "[[upstreams]]\nid = \"k\"\nscheme = \"kafka\"\nnodes = { \"127.0.0.1:9092\" = 1 }\n\n[[routes]]\nid = \"r\"\nuri = \"/kafka\"\nupstream_id = \"k\"\n[routes.plugins.kafka-proxy]\nmax_frame_bytes = 1048576\n";
+    let with = |v: &str| format!("[server.limits]\nmax_queued_answer_bytes = {v}\n{kafka}");
+    let p = one_problem(&with("1000000"));
+    assert_eq!(p.key, "routes[0].plugins.kafka-proxy.max_frame_bytes");
+    assert!(
+        p.message.contains("max_queued_answer_bytes (1000000)"),
+        "{p:?}"
+    );
+    parse(&with("1048576"), "t").expect("valid");
+}
+
+#[test]
+fn isolation_is_read_committed_unless_set() {
+    assert_eq!(
+        check_kafka_proxy("").expect("valid").isolation,
+        Isolation::ReadCommitted
+    );
+    assert_eq!(
+        check_kafka_proxy("isolation = \"read_uncommitted\"")
+            .expect("valid")
+            .isolation,
+        Isolation::ReadUncommitted
+    );
+    let e = check_kafka_proxy("isolation = \"serializable\"").unwrap_err();
+    assert_eq!(e.problems[0].key, "isolation");
+}
+
+#[test]
 fn row_filters_are_checked() {
     let kafka =
         "[[upstreams]]\nid = \"k\"\nscheme = \"kafka\"\nnodes = { \"127.0.0.1:9092\" = 1 }\n";

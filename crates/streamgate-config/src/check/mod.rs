@@ -125,6 +125,17 @@ pub(crate) fn build(file: t::File, text: &str) -> Result<Config, Vec<Problem>> {
                     "add a [[consumers]] entry with [consumers.plugins.key-auth] key = \"...\"",
                 );
             }
+            if let Some(k) = &route.plugins.kafka_proxy {
+                let budget = server.limits.max_queued_answer_bytes;
+                if budget < k.max_frame_bytes {
+                    c.at(
+                        Some(&span),
+                        format!("{key}.plugins.kafka-proxy.max_frame_bytes"),
+                        format!("max_frame_bytes ({}) is larger than server.limits.max_queued_answer_bytes ({budget}), the gateway's whole budget for answers not yet read: an answer that large could never be sent", k.max_frame_bytes),
+                        "lower max_frame_bytes, or raise server.limits.max_queued_answer_bytes",
+                    );
+                }
+            }
             routes.push(Arc::new(route));
         }
     }

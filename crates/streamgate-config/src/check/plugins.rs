@@ -246,10 +246,24 @@ pub(crate) fn build_kafka_proxy(
             "name the JWT claim whose value prefixes the caller's record keys, e.g. \"sub\"",
         );
     }
+    let isolation = match k.isolation.as_ref().map(|t| t.0.as_str()) {
+        None | Some("read_committed") => Isolation::ReadCommitted,
+        Some("read_uncommitted") => Isolation::ReadUncommitted,
+        Some(other) => {
+            c.at(
+                span,
+                format!("{key}.isolation"),
+                format!("unknown isolation {other:?}"),
+                "use \"read_committed\" (the default: no aborted or uncommitted records) or \"read_uncommitted\"",
+            );
+            Isolation::ReadCommitted
+        }
+    };
     if c.problems.len() > before {
         return None;
     }
     Some(KafkaProxy {
+        isolation,
         key_prefix_from_claim,
         max_subscriptions: subscriptions as usize,
         max_commands_per_second: commands as u32,

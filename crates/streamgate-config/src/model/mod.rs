@@ -13,7 +13,8 @@ mod upstream;
 
 pub use consumer::{Consumer, JwtCredential, RecordFilter};
 pub use plugins::{
-    Cors, JwtAuth, KafkaProxy, KeyAuth, LimitKey, LimitReq, Sasl, SaslMechanism, TopicPattern,
+    Cors, Isolation, JwtAuth, KafkaProxy, KeyAuth, LimitKey, LimitReq, Sasl, SaslMechanism,
+    TopicPattern,
 };
 pub use route::{HostPattern, PathPattern, Plugins, Route};
 pub use server::{Admin, Limits, LogFormat, Server, TlsListener};

@@ -101,6 +101,19 @@ pub struct KafkaProxy {
     /// Row-level security from the caller's verified JWT: only records whose key starts with
     /// this claim's value are sent (the route must have `jwt-auth`).
     pub key_prefix_from_claim: Option<String>,
+    /// Which records of transactional producers readers see.
+    pub isolation: Isolation,
+}
+
+/// `isolation`: Kafka's consumer setting of the same name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Isolation {
+    /// Only committed records: aborted transactions are left out, and nothing at or after the
+    /// first record of an open transaction (the last stable offset) is read until it ends.
+    #[default]
+    ReadCommitted,
+    /// Every record up to the high watermark, aborted or not yet committed ones included.
+    ReadUncommitted,
 }
 
 impl Default for KafkaProxy {
@@ -120,6 +133,7 @@ impl Default for KafkaProxy {
             send_timeout: Duration::from_secs(30),
             max_subscriptions: 16,
             key_prefix_from_claim: None,
+            isolation: Isolation::ReadCommitted,
         }
     }
 }
