@@ -63,6 +63,8 @@ pub(crate) struct Metrics {
     pub kafka_clients: IntGauge,
     /// Fetch requests sent to brokers (many client fetches may share one).
     pub kafka_broker_fetches: IntCounter,
+    /// Fetches tried again because the cluster was moving (leader elections, restarts).
+    pub kafka_fetch_retries: IntCounter,
     /// Record batches refused because they expand past the upstream's max_decompressed_bytes.
     pub kafka_batches_refused: IntCounter,
     /// Kafka request latency, by operation.
@@ -228,6 +230,10 @@ impl Metrics {
             kafka_broker_fetches: count(
                 "streamgate_kafka_broker_fetches_total",
                 "Fetch requests sent to Kafka brokers (identical concurrent client fetches share one).",
+            ),
+            kafka_fetch_retries: count(
+                "streamgate_kafka_fetch_retries_total",
+                "Fetches tried again after a retriable Kafka error (a leader moving, a broker restarting, a dropped connection).",
             ),
             kafka_batches_refused: count(
                 "streamgate_kafka_batches_refused_total",

@@ -37,6 +37,13 @@ pub(crate) struct Budget {
     pub max_decompressed: usize,
 }
 
+/// An aborted transaction a read-committed Fetch answer lists: its producer and first offset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct AbortedTxn {
+    pub producer_id: i64,
+    pub first_offset: i64,
+}
+
 /// Records decoded from one fetch answer.
 #[derive(Debug, Default)]
 pub(crate) struct Decoded {
@@ -44,6 +51,10 @@ pub(crate) struct Decoded {
     pub messages: Vec<KafkaMessage>,
     /// Key, value and header bytes of `messages`.
     pub record_bytes: usize,
+    /// Where the next fetch starts: after the last batch this answer settled, whether it held
+    /// records for the asker or not (a transaction marker, an aborted transaction's batch, an
+    /// empty batch left by compaction), and never before [`Budget::from`].
+    pub next: i64,
 }
 
 /// Why a fetch answer's records could not be decoded.
@@ -65,10 +76,22 @@ pub(crate) enum BatchError {
     Malformed { base_offset: i64, what: String },
 }
 
-/// Decodes the record batches of one partition's fetch answer.
-pub(crate) fn decode(mut records: Bytes, budget: Budget) -> Result<Decoded, BatchError> {
-    let mut out = Decoded::default();
+/// Decodes the record batches of one partition's fetch answer. `aborted` is the answer's list
+/// of aborted transactions (empty when reading uncommitted): a transactional batch of a producer
+/// whose aborted transaction has begun at or before the batch is left out, up to that
+/// producer's abort marker, as Kafka's own consumers do. Control batches (transaction markers)
+/// are never records.
+pub(crate) fn decode(
+    mut records: Bytes,
+    budget: Budget,
+    aborted: &[AbortedTxn],
+) -> Result<Decoded, BatchError> {
+    let mut out = Decoded {
+        next: budget.from,
+        ..Decoded::default()
+    };
     let mut decompressed = 0usize;
+    let mut aborts = Aborts::new(aborted);
     // A broker may end an answer with the first part of a batch (it cuts at max_bytes): whatever
     // is shorter than its own length is left for the next fetch.
     while records.len() >= 12 {
@@ -100,11 +123,18 @@ pub(crate) fn decode(mut records: Bytes, budget: Budget) -> Result<Decoded, Batc
         let last_offset_delta = i32::from_be_bytes(array(&batch[23..27]));
         let first_timestamp = i64::from_be_bytes(array(&batch[27..35]));
         let max_timestamp = i64::from_be_bytes(array(&batch[35..43]));
+        let producer_id = i64::from_be_bytes(array(&batch[43..51]));
         let count = i32::from_be_bytes(array(&batch[57..61]));
-        let is_control = attributes & 0x20 != 0;
-        // Transaction markers are not records; a batch wholly before the asked offset is not for
-        // the asker (a fetch that starts inside a batch gets all of it).
-        if is_control || base_offset.saturating_add(i64::from(last_offset_delta)) < budget.from {
+        let last_offset = base_offset.saturating_add(i64::from(last_offset_delta));
+        let is_control = attributes & CONTROL != 0;
+        let skipped = aborts.skips(&batch, attributes, producer_id, last_offset);
+        // Settled from here on: the next fetch starts after this batch unless it is left for
+        // a later one below (the decompression budget).
+        let next = out.next.max(last_offset.saturating_add(1));
+        // Transaction markers and aborted batches are not records; a batch wholly before the
+        // asked offset is not for the asker (a fetch that starts inside a batch gets all of it).
+        if is_control || skipped || last_offset < budget.from {
+            out.next = next;
             continue;
         }
         let codec = Codec::of(attributes).ok_or_else(|| malformed("unknown compression"))?;
@@ -145,11 +175,80 @@ pub(crate) fn decode(mut records: Bytes, budget: Budget) -> Result<Decoded, Batc
         };
         read_records(body, count, base_offset, timestamp, budget.from, &mut out)
             .map_err(|what| malformed(&what))?;
+        out.next = next;
         if out.record_bytes >= budget.max_record_bytes {
             break;
         }
     }
     Ok(out)
+}
+
+/// Attribute bits of a v2 batch.
+const TRANSACTIONAL: i16 = 0x10;
+const CONTROL: i16 = 0x20;
+
+/// The aborted transactions of one fetch answer, applied batch by batch in log order.
+struct Aborts {
+    /// Not yet begun, latest first offset first (taken from the back).
+    pending: Vec<AbortedTxn>,
+    /// Producers inside an aborted transaction, until its abort marker.
+    open: Vec<i64>,
+}
+
+impl Aborts {
+    fn new(aborted: &[AbortedTxn]) -> Self {
+        let mut pending = aborted.to_vec();
+        pending.sort_unstable_by_key(|t| std::cmp::Reverse(t.first_offset));
+        Self {
+            pending,
+            open: Vec::new(),
+        }
+    }
+
+    /// Whether the batch is an aborted transaction's data, left out. An abort marker of a
+    /// producer ends its aborted transaction (the marker itself is skipped as a control batch).
+    fn skips(&mut self, batch: &[u8], attributes: i16, producer_id: i64, last_offset: i64) -> bool {
+        if producer_id < 0 || (self.pending.is_empty() && self.open.is_empty()) {
+            return false;
+        }
+        while self
+            .pending
+            .last()
+            .is_some_and(|t| t.first_offset <= last_offset)
+        {
+            if let Some(t) = self.pending.pop() {
+                if !self.open.contains(&t.producer_id) {
+                    self.open.push(t.producer_id);
+                }
+            }
+        }
+        if attributes & CONTROL != 0 {
+            if is_abort_marker(batch) {
+                self.open.retain(|p| *p != producer_id);
+            }
+            return false;
+        }
+        attributes & TRANSACTIONAL != 0 && self.open.contains(&producer_id)
+    }
+}
+
+/// Whether a control batch holds an abort marker: its one record's key is a version (int16)
+/// and a type (int16), 0 for abort, 1 for commit. Control batches are never compressed.
+fn is_abort_marker(batch: &[u8]) -> bool {
+    let body = &batch[BATCH_HEADER.min(batch.len())..];
+    let mut record = Fields {
+        buf: body,
+        at: 0,
+        end: body.len(),
+    };
+    let key = (|| {
+        record.length("record length")?;
+        record.skip(1)?;
+        record.varint()?;
+        record.varint()?;
+        record.field()
+    })();
+    matches!(key, Ok(Some(r)) if r.len() >= 4 && body[r.start + 2..r.start + 4] == [0, 0])
 }
 
 /// Reads a batch's `count` records from `body` into `out` (those at or after `from`).
@@ -523,7 +622,7 @@ mod tests {
             Codec::Zstd,
         ] {
             let bytes = batch(10, codec, &[(b"k1", b"v1"), (b"", b"value two")]);
-            let got = decode(Bytes::from(bytes), budget(11)).unwrap();
+            let got = decode(Bytes::from(bytes), budget(11), &[]).unwrap();
             assert_eq!(got.messages.len(), 1, "{codec:?}");
             let m = &got.messages[0];
             assert_eq!((m.offset, &m.value[..]), (11, &b"value two"[..]));
@@ -538,7 +637,7 @@ mod tests {
         for codec in [Codec::Gzip, Codec::Snappy, Codec::Lz4, Codec::Zstd] {
             let bytes = batch(0, codec, &[(b"", &zeros)]);
             let compressed = bytes.len() - BATCH_HEADER;
-            let err = decode(Bytes::from(bytes), budget(0)).unwrap_err();
+            let err = decode(Bytes::from(bytes), budget(0), &[]).unwrap_err();
             assert_eq!(
                 err,
                 BatchError::TooLarge {
@@ -558,8 +657,9 @@ mod tests {
         bytes.extend(batch(2, Codec::Zstd, &[(b"", b"cccc")]));
         let mut cut = bytes.clone();
         cut.extend_from_slice(&batch(3, Codec::None, &[(b"", b"d")])[..20]);
-        let all = decode(Bytes::from(cut), budget(0)).unwrap();
+        let all = decode(Bytes::from(cut), budget(0), &[]).unwrap();
         assert_eq!(all.messages.len(), 3);
+        assert_eq!(all.next, 3, "a cut batch is not settled");
         // Each record is 5 bytes (a 4-byte value and the header name "h"): the first batch
         // reaches the budget and is kept whole; the second is not decoded.
         let first_batch = decode(
@@ -568,9 +668,14 @@ mod tests {
                 max_record_bytes: 6,
                 ..budget(0)
             },
+            &[],
         )
         .unwrap();
         assert_eq!(first_batch.messages.len(), 2);
+        assert_eq!(
+            first_batch.next, 2,
+            "the next fetch starts after the batch kept"
+        );
         assert_eq!(first_batch.record_bytes, 10);
     }
 
@@ -581,13 +686,86 @@ mod tests {
         bytes[57..61].copy_from_slice(&i32::MAX.to_be_bytes());
         let crc = crc32c::crc32c(&bytes[21..]);
         bytes[17..21].copy_from_slice(&crc.to_be_bytes());
-        let err = decode(Bytes::from(bytes.clone()), budget(0)).unwrap_err();
+        let err = decode(Bytes::from(bytes.clone()), budget(0), &[]).unwrap_err();
         assert!(matches!(err, BatchError::Malformed { .. }), "{err}");
         bytes[30] ^= 1;
-        let err = decode(Bytes::from(bytes), budget(0)).unwrap_err();
+        let err = decode(Bytes::from(bytes), budget(0), &[]).unwrap_err();
         assert_eq!(
             err.to_string(),
             "malformed record batch at offset 0: CRC mismatch"
         );
+    }
+
+    /// `bytes` (one batch) marked as `producer_id`'s, with `attributes` added, CRC recomputed.
+    fn of_producer(mut bytes: Vec<u8>, producer_id: i64, attributes: i16) -> Vec<u8> {
+        let mut a = i16::from_be_bytes(array(&bytes[21..23]));
+        a |= attributes;
+        bytes[21..23].copy_from_slice(&a.to_be_bytes());
+        bytes[43..51].copy_from_slice(&producer_id.to_be_bytes());
+        let crc = crc32c::crc32c(&bytes[21..]);
+        bytes[17..21].copy_from_slice(&crc.to_be_bytes());
+        bytes
+    }
+
+    /// A transaction marker of `producer_id` at `offset`: commit or abort.
+    fn marker(offset: i64, producer_id: i64, commit: bool) -> Vec<u8> {
+        let key = [0, 0, 0, u8::from(commit)];
+        let value = [0, 0, 0, 0, 0, 0];
+        of_producer(
+            batch(offset, Codec::None, &[(&key, &value)]),
+            producer_id,
+            TRANSACTIONAL | CONTROL,
+        )
+    }
+
+    fn offsets(d: &Decoded) -> Vec<i64> {
+        d.messages.iter().map(|m| m.offset).collect()
+    }
+
+    #[test]
+    fn markers_and_empty_reads_still_move_the_next_offset() {
+        // Two records, then a commit marker: the log ends at 3 and so does the next fetch.
+        let mut bytes = of_producer(batch(0, Codec::None, &[(b"", b"a"), (b"", b"b")]), 7, 0x10);
+        bytes.extend(marker(2, 7, true));
+        let got = decode(Bytes::from(bytes.clone()), budget(0), &[]).unwrap();
+        assert_eq!((offsets(&got), got.next), (vec![0, 1], 3));
+        // Read from the marker alone: no record, and still past it.
+        let got = decode(Bytes::from(bytes), budget(2), &[]).unwrap();
+        assert_eq!((offsets(&got), got.next), (vec![], 3));
+        // Nothing at all: the next fetch starts where this one did.
+        let got = decode(Bytes::new(), budget(5), &[]).unwrap();
+        assert_eq!((offsets(&got), got.next), (vec![], 5));
+    }
+
+    #[test]
+    fn aborted_transactions_are_left_out_up_to_their_markers() {
+        const TXN: i16 = TRANSACTIONAL;
+        // 0-1: producer 7 (aborted), 2: producer 8 (committed), 3: producer 7's abort marker,
+        // 4: producer 8's commit marker, 5: producer 7 again (a later, committed transaction),
+        // 6: its commit marker, 7: a plain record of no producer.
+        let mut bytes = of_producer(batch(0, Codec::None, &[(b"", b"x0"), (b"", b"x1")]), 7, TXN);
+        bytes.extend(of_producer(batch(2, Codec::Zstd, &[(b"", b"ok2")]), 8, TXN));
+        bytes.extend(marker(3, 7, false));
+        bytes.extend(marker(4, 8, true));
+        bytes.extend(of_producer(batch(5, Codec::None, &[(b"", b"ok5")]), 7, TXN));
+        bytes.extend(marker(6, 7, true));
+        bytes.extend(batch(7, Codec::None, &[(b"", b"ok7")]));
+        let aborted = [AbortedTxn {
+            producer_id: 7,
+            first_offset: 0,
+        }];
+        let got = decode(Bytes::from(bytes.clone()), budget(0), &aborted).unwrap();
+        assert_eq!((offsets(&got), got.next), (vec![2, 5, 7], 8));
+        // Without the broker's list (read uncommitted), everything but the markers is read.
+        let got = decode(Bytes::from(bytes), budget(0), &[]).unwrap();
+        assert_eq!(offsets(&got), vec![0, 1, 2, 5, 7]);
+    }
+
+    #[test]
+    fn a_batch_at_the_largest_offset_saturates() {
+        let bytes = batch(i64::MAX - 1, Codec::None, &[(b"", b"a"), (b"", b"b")]);
+        let got = decode(Bytes::from(bytes), budget(i64::MAX - 1), &[]).unwrap();
+        assert_eq!(offsets(&got), vec![i64::MAX - 1, i64::MAX]);
+        assert_eq!(got.next, i64::MAX);
     }
 }

@@ -88,13 +88,14 @@ pub(crate) async fn fetch(access: &KafkaAccess, sequence: i64, cmd: CmdKafkaFetc
                 if let Some(last) = records.last() {
                     // The client's next fetch starts after this answer: start it now.
                     let timeout = access.target.settings.socket_timeout;
-                    reader.read_ahead(last.offset() + 1, max_bytes, timeout);
+                    reader.read_ahead(last.offset().saturating_add(1), max_bytes, timeout);
                 }
                 return match hold(access, sequence, size + ENVELOPE_BYTES) {
                     Ok(held) => {
                         delivered(access, records.len(), size);
-                        let frame =
-                            WireFrame::fetch_answer(sequence, &records, fetched.high_watermark);
+                        // The readable end: an answer without records says none is visible to
+                        // this caller up to there.
+                        let frame = WireFrame::fetch_answer(sequence, &records, fetched.end);
                         (frame, Some(held))
                     }
                     Err(refused) => reply(access, "fetch", refused),
@@ -297,7 +298,7 @@ pub(super) async fn offset_at(
         Some(m) => m.offset,
         None if records
             .last()
-            .is_none_or(|m| m.offset + 1 >= fetched.high_watermark) =>
+            .is_none_or(|m| m.offset.saturating_add(1) >= fetched.end) =>
         {
             -1
         }
@@ -362,8 +363,8 @@ async fn fetch_inner(access: &KafkaAccess, cmd: &CmdKafkaFetch) -> Result<Found,
     let max_bytes = i32::try_from(max_bytes.max(1)).unwrap_or(i32::MAX);
     let deadline = tokio::time::Instant::now() + wait;
     // With a row filter, records the caller may not see are skipped: read on past them (waiting
-    // at the end of the log as usual) until some pass or the wait is over. The answer then has
-    // offset gaps and the true high watermark.
+    // at the end of the log as usual) until some pass, the readable end is reached or the wait
+    // is over. The answer then has offset gaps.
     let mut from = cmd.offset;
     let mut filtered = 0u64;
     let fetched = loop {
@@ -374,20 +375,22 @@ async fn fetch_inner(access: &KafkaAccess, cmd: &CmdKafkaFetch) -> Result<Found,
         let Some(row_filter) = &access.row_filter else {
             break fetched;
         };
-        let mut last = None;
+        let records = fetched.messages.iter().filter(|m| m.offset >= from);
+        let mut hidden = 0u64;
         let mut passes = false;
-        for m in fetched.messages.iter().filter(|m| m.offset >= from) {
+        for m in records {
             if row_filter.passes(m) {
                 passes = true;
                 break;
             }
-            filtered += 1;
-            last = Some(m.offset);
+            hidden += 1;
         }
-        match last {
-            Some(offset) if !passes && tokio::time::Instant::now() < deadline => from = offset + 1,
-            _ => break fetched,
+        filtered += hidden;
+        let more = fetched.next > from && tokio::time::Instant::now() < deadline;
+        if passes || !more {
+            break fetched;
         }
+        from = fetched.next;
     };
     if filtered > 0 {
         crate::metrics::metrics()
@@ -395,7 +398,10 @@ async fn fetch_inner(access: &KafkaAccess, cmd: &CmdKafkaFetch) -> Result<Found,
             .with_label_values(&[&*access.target.route_id])
             .inc_by(filtered);
     }
-    if from > fetched.high_watermark && !fetched.messages.iter().any(|m| m.offset >= from) {
+    // Beyond the log: OFFSET_OUT_OF_RANGE, as Kafka answers (some brokers answer nothing). A
+    // new leader's high watermark may lag the old one's: the highest seen counts.
+    let high_watermark = fetched.high_watermark.max(reader.known_high_watermark());
+    if cmd.offset > high_watermark && !fetched.messages.iter().any(|m| m.offset >= from) {
         return Err(out_of_range());
     }
     Ok(Found {

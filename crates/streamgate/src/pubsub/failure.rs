@@ -60,6 +60,10 @@ impl KafkaFailure {
             | ProtocolError::SaslAuthenticationFailed => {
                 Self::new(ErrorCode::AuthFailed, kafka_name(e))
             }
+            // The cluster is moving (a leader election, a rolling restart): not there now.
+            retriable if is_retriable(retriable) => {
+                Self::new(ErrorCode::Unavailable, kafka_name(retriable))
+            }
             other => Self::new(ErrorCode::KafkaError, kafka_name(other)),
         }
     }
@@ -83,6 +87,30 @@ impl KafkaFailure {
         };
         Self::new(code, description)
     }
+}
+
+/// Whether Kafka calls `e` retriable (its clients' `RetriableException`s, less
+/// UNKNOWN_TOPIC_OR_PARTITION, which the gateway answers as NOT_FOUND): the same request may
+/// succeed once leadership settles or a broker is back.
+pub(crate) fn is_retriable(e: &ProtocolError) -> bool {
+    matches!(
+        e,
+        ProtocolError::LeaderNotAvailable
+            | ProtocolError::NotLeaderOrFollower
+            | ProtocolError::RequestTimedOut
+            | ProtocolError::ReplicaNotAvailable
+            | ProtocolError::NetworkException
+            | ProtocolError::CoordinatorLoadInProgress
+            | ProtocolError::CoordinatorNotAvailable
+            | ProtocolError::NotCoordinator
+            | ProtocolError::NotEnoughReplicas
+            | ProtocolError::NotEnoughReplicasAfterAppend
+            | ProtocolError::KafkaStorageError
+            | ProtocolError::FencedLeaderEpoch
+            | ProtocolError::UnknownLeaderEpoch
+            | ProtocolError::OffsetNotAvailable
+            | ProtocolError::PreferredLeaderNotAvailable
+    )
 }
 
 /// `work`, or UNAVAILABLE naming `timeout` when it takes longer.

@@ -7,10 +7,16 @@
 //! bytes undecoded, and [`batch::decode`](super::batch::decode) within the upstream's
 //! `max_decompressed_bytes`. Leaders come from a Metadata request that never asks the broker to
 //! create the topic. Listings and offset look-ups stay on rskafka's client.
+//!
+//! Read-committed as Kafka defines it: the answer's aborted transactions are applied while
+//! decoding, and the last stable offset, not the high watermark, is where such a reader's log
+//! ends for now. A cluster that is moving (leader elections, rolling restarts, dropped
+//! connections) is waited out: retriable errors are retried with backoff until the caller's
+//! deadline, looking the leader up again where it may have moved.
 
-use super::batch::{self, BatchError, Budget, Decoded};
+use super::batch::{self, AbortedTxn, BatchError, Budget, Decoded};
 use super::cluster::{sasl_config, KafkaCluster};
-use super::failure::{bounded, KafkaFailure};
+use super::failure::{bounded, is_retriable, KafkaFailure};
 use crate::sync::lock;
 use bytes::{Buf, Bytes};
 use rskafka::messenger::{Messenger, RequestError};
@@ -27,11 +33,13 @@ use rskafka::protocol::traits::ReadError;
 use std::collections::HashMap;
 use std::io::Cursor;
 use std::sync::{Arc, Mutex};
-use streamgate_config::model::Sasl;
+use std::time::Duration;
+use streamgate_config::model::{Isolation, Sasl};
 use streamgate_protocol::ErrorCode;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::sync::OnceCell;
+use tokio::time::Instant;
 
 /// The largest broker answer read off a fetch connection: fetches ask for at most the route's
 /// `fetch_max_bytes` (a broker may exceed it by one batch), metadata answers are small.
@@ -40,16 +48,21 @@ const MAX_ANSWER_BYTES: usize = 64 << 20;
 /// A consumer's replica id in a Fetch request.
 const CONSUMER: i32 = -1;
 
+/// First and longest pause between attempts while the cluster is moving.
+const RETRY_BACKOFF: (Duration, Duration) = (Duration::from_millis(25), Duration::from_secs(1));
+
 /// A broker connection's byte stream, plain or TLS.
 trait Stream: AsyncRead + AsyncWrite + Send + Unpin {}
 impl<T: AsyncRead + AsyncWrite + Send + Unpin> Stream for T {}
 
 type Connection = Messenger<Box<dyn Stream>>;
 
-/// The fetch connections of one Kafka identity (cluster, TLS, SASL), by broker address.
+/// The fetch connections of one Kafka identity (cluster, TLS, SASL, isolation), by broker
+/// address.
 pub(crate) struct Brokers {
     cluster: Arc<KafkaCluster>,
     sasl: Option<Sasl>,
+    isolation: Isolation,
     connections: Mutex<HashMap<String, Arc<OnceCell<Arc<Connection>>>>>,
 }
 
@@ -63,10 +76,15 @@ impl std::fmt::Debug for Brokers {
 }
 
 impl Brokers {
-    pub(crate) fn new(cluster: Arc<KafkaCluster>, sasl: Option<Sasl>) -> Self {
+    pub(crate) fn new(
+        cluster: Arc<KafkaCluster>,
+        sasl: Option<Sasl>,
+        isolation: Isolation,
+    ) -> Self {
         Self {
             cluster,
             sasl,
+            isolation,
             connections: Mutex::default(),
         }
     }
@@ -170,7 +188,8 @@ impl Brokers {
 
     /// The address of `topic`/`partition`'s leader, from the first bootstrap broker that answers
     /// a Metadata request for that one topic (sent with `allow_auto_topic_creation = false`).
-    async fn leader(&self, topic: &str, partition: i32) -> Result<String, KafkaFailure> {
+    /// A leader being elected, or none listed, is [`Attempt::Retry`].
+    async fn leader(&self, topic: &str, partition: i32) -> Result<String, Attempt> {
         let mut last = None;
         for address in &self.cluster.brokers {
             let connection = match self.connection(address).await {
@@ -196,23 +215,28 @@ impl Brokers {
             };
             let found = answer.topics.iter().find(|t| t.name.0 == topic);
             let Some(found) = found else {
-                return Err(KafkaFailure::new(ErrorCode::NotFound, "not found topic"));
+                return Err(Attempt::Final(KafkaFailure::new(
+                    ErrorCode::NotFound,
+                    "not found topic",
+                )));
             };
             if let Some(e) = &found.error {
-                return Err(KafkaFailure::from_protocol(e));
+                return Err(Attempt::of(e));
             }
             let Some(p) = found
                 .partitions
                 .iter()
                 .find(|p| p.partition_index.0 == partition)
             else {
-                return Err(KafkaFailure::new(
+                return Err(Attempt::Final(KafkaFailure::new(
                     ErrorCode::NotFound,
                     "not found partition",
-                ));
+                )));
             };
+            // A partition between leaders answers LEADER_NOT_AVAILABLE with an error, or only
+            // a leader id of -1 (or of a broker the answer does not list).
             if let Some(e) = &p.error {
-                return Err(KafkaFailure::from_protocol(e));
+                return Err(Attempt::of(e));
             }
             return answer
                 .brokers
@@ -220,15 +244,20 @@ impl Brokers {
                 .find(|b| b.node_id.0 == p.leader_id.0)
                 .map(|b| format!("{}:{}", b.host.0, b.port.0))
                 .ok_or_else(|| {
-                    KafkaFailure::new(
+                    Attempt::Retry(KafkaFailure::new(
                         ErrorCode::Unavailable,
                         format!("partition {partition} of {topic} has no leader now"),
-                    )
+                    ))
                 });
         }
-        Err(last.unwrap_or_else(|| {
+        let last = last.unwrap_or_else(|| {
             KafkaFailure::new(ErrorCode::Unavailable, "the upstream has no brokers")
-        }))
+        });
+        // Refused TLS or credentials do not get better by retrying.
+        Err(match last.code {
+            ErrorCode::TlsError | ErrorCode::AuthFailed => Attempt::Final(last),
+            _ => Attempt::Retry(last),
+        })
     }
 }
 
@@ -236,7 +265,12 @@ impl Brokers {
 #[derive(Debug)]
 pub(crate) struct FetchAnswer {
     pub decoded: Decoded,
+    /// The partition's high watermark.
     pub high_watermark: i64,
+    /// Where this identity's reading of the partition ends now: the last stable offset when
+    /// reading committed records (nothing at or after an open transaction's first record is
+    /// visible), the high watermark otherwise.
+    pub end: i64,
 }
 
 /// Fetches of one partition, sent to its leader (looked up once, and again when it moves).
@@ -269,20 +303,31 @@ impl PartitionFetcher {
 
     /// Records from `offset` on: the broker answers up to `max_bytes` after waiting up to
     /// `wait_ms` for some; decoding keeps at most `max_bytes` of records and expands at most the
-    /// upstream's `max_decompressed_bytes`. A moved leader or a dropped connection is looked up
-    /// or connected again once.
+    /// upstream's `max_decompressed_bytes`. Retriable failures (a moved or missing leader, a
+    /// dropped connection, a broker restarting) are retried with backoff, the leader looked up
+    /// again, until `deadline`; then the last one is answered as UNAVAILABLE.
     pub(crate) async fn fetch(
         &self,
         offset: i64,
         max_bytes: i32,
         wait_ms: i32,
+        deadline: Instant,
     ) -> Result<FetchAnswer, KafkaFailure> {
-        let mut retried = false;
+        let mut backoff = RETRY_BACKOFF.0;
         loop {
             match self.fetch_once(offset, max_bytes, wait_ms).await {
-                Err(Attempt::Stale(_)) if !retried => retried = true,
-                Err(Attempt::Stale(e) | Attempt::Final(e)) => return Err(e),
                 Ok(answer) => return Ok(answer),
+                Err(Attempt::Final(e)) => return Err(e),
+                Err(Attempt::Retry(e)) => {
+                    *lock(&self.leader) = None;
+                    if Instant::now() + backoff >= deadline {
+                        return Err(KafkaFailure::new(ErrorCode::Unavailable, e.reason));
+                    }
+                    tracing::debug!(topic = %self.topic, partition = self.partition, reason = %e.reason, "fetch retried");
+                    crate::metrics::metrics().kafka_fetch_retries.inc();
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(RETRY_BACKOFF.1);
+                }
             }
         }
     }
@@ -297,27 +342,30 @@ impl PartitionFetcher {
         let address = match known {
             Some(a) => a,
             None => {
-                let a = self
-                    .brokers
-                    .leader(&self.topic, self.partition)
-                    .await
-                    .map_err(Attempt::Final)?;
+                let a = self.brokers.leader(&self.topic, self.partition).await?;
                 *lock(&self.leader) = Some(a.clone());
                 a
             }
         };
-        let stale = |e: KafkaFailure| {
-            *lock(&self.leader) = None;
-            Attempt::Stale(e)
-        };
-        let connection = self.brokers.connection(&address).await.map_err(stale)?;
+        let connection = self
+            .brokers
+            .connection(&address)
+            .await
+            .map_err(|e| match e.code {
+                // Refused TLS or credentials do not get better by retrying.
+                ErrorCode::TlsError | ErrorCode::AuthFailed => Attempt::Final(e),
+                _ => Attempt::Retry(e),
+            })?;
         let max_bytes = max_bytes.max(1);
         let request = RawFetch(FetchRequest {
             replica_id: Int32(CONSUMER),
             max_wait_ms: Int32(wait_ms),
             min_bytes: Int32(1),
             max_bytes: Some(Int32(max_bytes)),
-            isolation_level: Some(IsolationLevel::ReadCommitted),
+            isolation_level: Some(match self.brokers.isolation {
+                Isolation::ReadCommitted => IsolationLevel::ReadCommitted,
+                Isolation::ReadUncommitted => IsolationLevel::ReadUncommitted,
+            }),
             topics: vec![FetchRequestTopic {
                 topic: String_(self.topic.clone()),
                 partitions: vec![FetchRequestPartition {
@@ -331,7 +379,7 @@ impl PartitionFetcher {
             Ok(a) => a,
             Err(e) => {
                 self.brokers.forget(&address, Some(&connection));
-                return Err(stale(request_failure(&e)));
+                return Err(Attempt::Retry(request_failure(&e)));
             }
         };
         let part = answer
@@ -345,21 +393,23 @@ impl PartitionFetcher {
                 ))
             })?;
         if let Some(e) = ProtocolError::new(part.error_code) {
-            let failure = KafkaFailure::from_protocol(&e);
-            return Err(match e {
-                ProtocolError::NotLeaderOrFollower
-                | ProtocolError::LeaderNotAvailable
-                | ProtocolError::FencedLeaderEpoch
-                | ProtocolError::UnknownLeaderEpoch => stale(failure),
-                _ => Attempt::Final(failure),
-            });
+            return Err(Attempt::of(&e));
         }
         let budget = Budget {
             from: offset,
             max_record_bytes: usize::try_from(max_bytes).unwrap_or(usize::MAX),
             max_decompressed: self.brokers.cluster.max_decompressed_bytes,
         };
-        let decoded = batch::decode(part.records, budget).map_err(|e| {
+        let end = match self.brokers.isolation {
+            // A broker that does not know transactions answers -1 (or nothing sensible).
+            Isolation::ReadCommitted
+                if (0..=part.high_watermark).contains(&part.last_stable_offset) =>
+            {
+                part.last_stable_offset
+            }
+            _ => part.high_watermark,
+        };
+        let decoded = batch::decode(part.records, budget, &part.aborted).map_err(|e| {
             Attempt::Final(match e {
                 BatchError::TooLarge { .. } => {
                     crate::metrics::metrics().kafka_batches_refused.inc();
@@ -373,14 +423,28 @@ impl PartitionFetcher {
         Ok(FetchAnswer {
             decoded,
             high_watermark: part.high_watermark,
+            end,
         })
     }
 }
 
-/// How an attempt failed: `Stale` when a new leader look-up or connection may help.
+/// How an attempt failed: `Retry` when the cluster may serve it once it has settled (a leader
+/// elected, a broker back, a connection made again).
 enum Attempt {
-    Stale(KafkaFailure),
+    Retry(KafkaFailure),
     Final(KafkaFailure),
+}
+
+impl Attempt {
+    /// A broker's error code, retriable as Kafka's clients take it or not.
+    fn of(e: &ProtocolError) -> Self {
+        let failure = KafkaFailure::from_protocol(e);
+        if is_retriable(e) {
+            Self::Retry(failure)
+        } else {
+            Self::Final(failure)
+        }
+    }
 }
 
 fn request_failure(e: &RequestError) -> KafkaFailure {
@@ -422,6 +486,8 @@ struct RawPartition {
     partition: i32,
     error_code: i16,
     high_watermark: i64,
+    last_stable_offset: i64,
+    aborted: Vec<AbortedTxn>,
     records: Bytes,
 }
 
@@ -457,11 +523,14 @@ fn read_fetch_answer(buf: &mut Bytes) -> Result<RawFetchAnswer, &'static str> {
             let partition = get_i32(buf)?;
             let error_code = get_i16(buf)?;
             let high_watermark = get_i64(buf)?;
-            let _last_stable_offset = get_i64(buf)?;
+            let last_stable_offset = get_i64(buf)?;
+            // Each entry is read before it is kept: a claimed count costs nothing.
+            let mut aborted = Vec::new();
             for _ in 0..count(buf)? {
-                // Aborted transactions: producer id and first offset (read_committed has the
-                // broker stop at the last stable offset, so none are filtered here).
-                take(buf, 16)?;
+                aborted.push(AbortedTxn {
+                    producer_id: get_i64(buf)?,
+                    first_offset: get_i64(buf)?,
+                });
             }
             let records = match get_i32(buf)? {
                 -1 => Bytes::new(),
@@ -475,6 +544,8 @@ fn read_fetch_answer(buf: &mut Bytes) -> Result<RawFetchAnswer, &'static str> {
                 partition,
                 error_code,
                 high_watermark,
+                last_stable_offset,
+                aborted,
                 records,
             });
         }

@@ -21,7 +21,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use streamgate_config::model::{Sasl, UpstreamTls};
+use streamgate_config::model::{Isolation, Sasl, UpstreamTls};
 use streamgate_protocol::ErrorCode;
 use tokio::sync::OnceCell;
 
@@ -31,24 +31,37 @@ const CAUSE_GRACE: Duration = Duration::from_secs(1);
 /// How long an unused client is kept.
 pub(crate) const IDLE_CLIENT_TTL: Duration = Duration::from_secs(300);
 
-/// What one shared client is for: a cluster, and the SASL identity a route speaks as.
+/// What one shared client is for: a cluster, the SASL identity a route speaks as, and which
+/// records it reads (readers of another isolation see another log end).
 pub(crate) struct KafkaIdentity {
     cluster: Arc<KafkaCluster>,
     sasl: Option<Sasl>,
+    isolation: Isolation,
     key: ClientKey,
 }
 
 impl KafkaIdentity {
-    /// The identity of a route on `cluster` that authenticates as `sasl`.
-    pub(crate) fn new(cluster: Arc<KafkaCluster>, sasl: Option<Sasl>) -> Self {
+    /// The identity of a route on `cluster` that authenticates as `sasl` and reads with
+    /// `isolation`.
+    pub(crate) fn new(
+        cluster: Arc<KafkaCluster>,
+        sasl: Option<Sasl>,
+        isolation: Isolation,
+    ) -> Self {
         let key = ClientKey {
             brokers: cluster.brokers.clone(),
             tls: cluster.tls.as_ref().map(|(t, _)| t.clone()),
             sasl: sasl.clone(),
             broker_fetch_wait: cluster.broker_fetch_wait,
             max_decompressed_bytes: cluster.max_decompressed_bytes,
+            isolation,
         };
-        Self { cluster, sasl, key }
+        Self {
+            cluster,
+            sasl,
+            isolation,
+            key,
+        }
     }
 }
 
@@ -70,6 +83,7 @@ struct ClientKey {
     broker_fetch_wait: Duration,
     /// Likewise: readers decode within it.
     max_decompressed_bytes: usize,
+    isolation: Isolation,
 }
 
 type PartitionKey = (String, i32);
@@ -230,6 +244,7 @@ impl KafkaPool {
                     brokers: Arc::new(Brokers::new(
                         Arc::clone(&identity.cluster),
                         identity.sasl.clone(),
+                        identity.isolation,
                     )),
                     partitions: Mutex::default(),
                     topics: Mutex::default(),

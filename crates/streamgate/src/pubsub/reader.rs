@@ -3,7 +3,8 @@
 //! A broker answers one connection's requests in order, so a fetch that waits at the broker for
 //! new records holds up every other session sharing that client. Fetches are therefore always
 //! sent with no broker-side wait, and waiting happens here instead: sessions at the end of the
-//! log subscribe to the partition's high watermark, which one poller per partition refreshes every
+//! log subscribe to the partition's readable end (the high watermark, or the last stable offset
+//! when reading committed records), which one poller per partition refreshes every
 //! [`TAIL_POLL`] while anyone waits. Identical concurrent fetches (same offset and size) share a
 //! single broker request and its decoded records, so sessions tailing the same partition cost one
 //! broker fetch per new batch, not one each.
@@ -26,6 +27,7 @@ use crate::sync::lock;
 use futures_util::future::{BoxFuture, FutureExt, Shared};
 use rskafka::client::partition::PartitionClient;
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use streamgate_protocol::KafkaMessage;
@@ -56,8 +58,15 @@ pub(crate) struct Fetched {
     pub from: i64,
     /// Records in log order (keys and values are shared buffers, never copied per session).
     pub messages: Vec<KafkaMessage>,
+    /// Where the next read starts: past every batch this answer settled, records or not
+    /// (transaction markers, aborted transactions, batches emptied by compaction).
+    pub next: i64,
     /// The partition's high watermark when the broker answered.
     pub high_watermark: i64,
+    /// Where reading ends for now under the identity's isolation (the last stable offset when
+    /// reading committed records): what readiness, "at the end", caught-up and the high
+    /// watermark told to clients go by.
+    pub end: i64,
     /// Key, value and header bytes of `messages`.
     pub record_bytes: usize,
     /// The fetch's byte budget. Batches are kept whole, so `record_bytes` may pass it; the result
@@ -66,11 +75,9 @@ pub(crate) struct Fetched {
 }
 
 impl Fetched {
-    /// The offset after the last record, or `from` when none is at or after it.
-    pub(crate) fn next(&self) -> i64 {
-        self.messages
-            .last()
-            .map_or(self.from, |m| (m.offset + 1).max(self.from))
+    /// Whether the read reached the end of what is readable now.
+    pub(crate) fn at_end(&self) -> bool {
+        self.next >= self.end
     }
 }
 
@@ -84,7 +91,12 @@ pub(crate) struct PartitionReader {
     fetcher: Arc<PartitionFetcher>,
     /// How long a fetch may wait at the broker, in ms (the upstream's `broker_fetch_wait_ms`).
     broker_wait_ms: i32,
-    high_watermark: watch::Sender<i64>,
+    /// The furthest end of the readable log seen (see [`Fetched::end`]); readers at the head
+    /// wait on it.
+    end: watch::Sender<i64>,
+    /// The highest high watermark seen: a lagging new leader does not make an offset that was
+    /// readable before look out of range.
+    high_watermark: AtomicI64,
     poller_running: Mutex<bool>,
     in_flight: Mutex<HashMap<(i64, i32), SharedFetch>>,
     /// The latest contiguous fetch results, oldest first: `window[i].next() == window[i + 1].from`.
@@ -100,7 +112,7 @@ impl std::fmt::Debug for PartitionReader {
         f.debug_struct("PartitionReader")
             .field("topic", &self.client.topic())
             .field("partition", &self.client.partition())
-            .field("high_watermark", &*self.high_watermark.borrow())
+            .field("end", &*self.end.borrow())
             .finish()
     }
 }
@@ -117,7 +129,8 @@ impl PartitionReader {
             client: Arc::new(client),
             fetcher: Arc::new(fetcher),
             broker_wait_ms: i32::try_from(broker_wait.as_millis()).unwrap_or(i32::MAX),
-            high_watermark: watch::channel(-1).0,
+            end: watch::channel(-1).0,
+            high_watermark: AtomicI64::new(-1),
             poller_running: Mutex::new(false),
             in_flight: Mutex::default(),
             window: Mutex::default(),
@@ -125,20 +138,25 @@ impl PartitionReader {
         }
     }
 
-    /// The highest high watermark seen so far (-1 before the first answer).
-    pub(crate) fn known_high_watermark(&self) -> i64 {
-        *self.high_watermark.borrow()
+    /// The furthest readable end seen so far (-1 before the first answer).
+    pub(crate) fn known_end(&self) -> i64 {
+        *self.end.borrow()
     }
 
-    /// Resolves once the high watermark is beyond `offset`, polling the broker meanwhile
+    /// The highest high watermark seen so far (-1 before the first answer).
+    pub(crate) fn known_high_watermark(&self) -> i64 {
+        self.high_watermark.load(Ordering::Relaxed)
+    }
+
+    /// Resolves once the readable end is beyond `offset`, polling the broker meanwhile
     /// (callers bound the wait). Errors of the polls are left to the caller's next fetch.
     pub(crate) async fn wait_beyond(self: &Arc<Self>, offset: i64, timeout: Duration) {
-        let mut high_watermark = self.high_watermark.subscribe();
-        if *high_watermark.borrow() > offset {
+        let mut end = self.end.subscribe();
+        if *end.borrow() > offset {
             return;
         }
         self.ensure_poller(timeout);
-        if high_watermark.wait_for(|hw| *hw > offset).await.is_err() {
+        if end.wait_for(|end| *end > offset).await.is_err() {
             // The reader went away: nothing will move; let the caller's bound end the wait.
             std::future::pending::<()>().await;
         }
@@ -149,8 +167,12 @@ impl PartitionReader {
         &self.client
     }
 
-    /// Records from `offset` on, waiting up to `wait` for some to arrive when `offset` is the end
-    /// of the log. Each broker request is bounded by `timeout`.
+    /// Records from `offset` on, reading on past batches that hold none for a reader (markers,
+    /// aborted transactions) and waiting up to `wait` for some to arrive at the end of the
+    /// readable log. The result's `from` is where its records start to count: `offset`, or
+    /// later when batches without records were passed. Each broker request is bounded by
+    /// `timeout`; passing batches without records stops after `timeout` too (a log of nothing
+    /// but markers is answered in parts).
     pub(crate) async fn fetch(
         self: &Arc<Self>,
         offset: i64,
@@ -158,19 +180,37 @@ impl PartitionReader {
         wait: Duration,
         timeout: Duration,
     ) -> Result<Arc<Fetched>, KafkaFailure> {
-        let deadline = Instant::now() + wait;
+        let started = Instant::now();
+        let deadline = started + wait;
+        let mut from = offset;
         loop {
-            let fetched = self.fetch_now(offset, max_bytes, timeout).await?;
-            let at_end = offset == fetched.high_watermark;
-            let has_records = fetched.messages.iter().any(|m| m.offset >= offset);
-            // Only the end of the log is worth waiting at; anything else answers now.
-            if has_records || !at_end || Instant::now() >= deadline {
+            let fetched = self.fetch_now(from, max_bytes, timeout).await?;
+            if fetched.messages.iter().any(|m| m.offset >= from) {
                 return Ok(fetched);
             }
-            let moved = tokio::time::timeout_at(deadline, self.wait_beyond(offset, timeout)).await;
-            if moved.is_err() {
+            if !fetched.at_end() {
+                // Batches without records for a reader: read on from after them.
+                if fetched.next > from && started.elapsed() < timeout {
+                    from = fetched.next;
+                    continue;
+                }
                 return Ok(fetched);
             }
+            // Only the end of the log is worth waiting at.
+            if Instant::now() >= deadline {
+                return Ok(fetched);
+            }
+            if fetched.next < self.known_end() {
+                // The log went further before: a new leader still catching up. Look again
+                // shortly rather than at once.
+                tokio::time::sleep_until(deadline.min(Instant::now() + TAIL_POLL)).await;
+            } else {
+                let wait = self.wait_beyond(fetched.next, timeout);
+                if tokio::time::timeout_at(deadline, wait).await.is_err() {
+                    return Ok(fetched);
+                }
+            }
+            from = fetched.next;
         }
     }
 
@@ -197,7 +237,7 @@ impl PartitionReader {
     /// reader that stops leaves one unread result, gone after [`WINDOW_TTL`]); results read ahead
     /// are bounded like the window ([`WINDOW_CHUNKS`], [`WINDOW_BYTES`]).
     pub(crate) fn read_ahead(self: &Arc<Self>, next: i64, max_bytes: i32, timeout: Duration) {
-        if next >= self.known_high_watermark() || self.kept(next, max_bytes).is_some() {
+        if next >= self.known_end() || self.kept(next, max_bytes).is_some() {
             return;
         }
         let key = (next, max_bytes);
@@ -248,7 +288,7 @@ impl PartitionReader {
             }
         }
         if let Ok(f) = &result {
-            self.observe(f.high_watermark);
+            self.observe(f.end, f.high_watermark);
             if ahead {
                 keep(&mut lock(&self.ahead), f);
             } else {
@@ -288,7 +328,7 @@ impl PartitionReader {
         let mut window = lock(&self.window);
         expire(&mut window);
         let (_, first) = window.front()?;
-        if offset < first.from || offset >= window.back()?.1.next() {
+        if offset < first.from || offset >= window.back()?.1.next {
             return None;
         }
         // Chunks are contiguous: the one holding `offset` is the last one starting at or before it.
@@ -298,11 +338,11 @@ impl PartitionReader {
 
     /// Keeps `fetched` in the window when it continues it (or starts a new head past it).
     fn remember(&self, fetched: &Arc<Fetched>) {
-        if fetched.next() <= fetched.from {
+        if fetched.next <= fetched.from {
             return;
         }
         let mut window = lock(&self.window);
-        match window.back().map(|(_, last)| last.next()) {
+        match window.back().map(|(_, last)| last.next) {
             Some(end) if fetched.from < end => return,
             Some(end) if fetched.from > end => window.clear(),
             _ => {}
@@ -310,15 +350,18 @@ impl PartitionReader {
         keep(&mut window, fetched);
     }
 
-    /// Records a high watermark learnt elsewhere (an offset look-up).
-    pub(crate) fn observe(&self, high_watermark: i64) {
-        self.high_watermark.send_if_modified(|current| {
-            let newer = high_watermark > *current;
+    /// Records a readable end and a high watermark (from a fetch, or an offset look-up); only
+    /// ever moves them forward.
+    pub(crate) fn observe(&self, end: i64, high_watermark: i64) {
+        self.end.send_if_modified(|current| {
+            let newer = end > *current;
             if newer {
-                *current = high_watermark;
+                *current = end;
             }
             newer
         });
+        self.high_watermark
+            .fetch_max(high_watermark, Ordering::Relaxed);
     }
 
     /// Starts the partition's poller unless it runs; it stops when nobody waits.
@@ -334,14 +377,14 @@ impl PartitionReader {
                 tokio::time::sleep(TAIL_POLL).await;
                 {
                     let mut running = lock(&reader.poller_running);
-                    if reader.high_watermark.receiver_count() == 0 {
+                    if reader.end.receiver_count() == 0 {
                         *running = false;
                         // Nobody waits at the head: its records need not stay decoded.
                         lock(&reader.window).clear();
                         return;
                     }
                 }
-                let known = (*reader.high_watermark.borrow()).max(0);
+                let known = reader.known_end().max(0);
                 // The new records themselves, kept in the window for every waiting reader.
                 // Errors are left to the waiting sessions' own deadlines; keep polling.
                 let _ = reader.fetch_now(known, TAIL_FETCH_BYTES, timeout).await;
@@ -382,13 +425,20 @@ async fn broker_fetch(
     let metrics = crate::metrics::metrics();
     metrics.kafka_broker_fetches.inc();
     let started = std::time::Instant::now();
-    let result = bounded(timeout, fetcher.fetch(offset, max_bytes, broker_wait_ms)).await;
+    let deadline = Instant::now() + timeout;
+    let result = bounded(
+        timeout,
+        fetcher.fetch(offset, max_bytes, broker_wait_ms, deadline),
+    )
+    .await;
     metrics.kafka_call("fetch", started.elapsed());
     let answer = result?;
     Ok(Arc::new(Fetched {
         from: offset,
         messages: answer.decoded.messages,
+        next: answer.decoded.next,
         high_watermark: answer.high_watermark,
+        end: answer.end,
         record_bytes: answer.decoded.record_bytes,
         max_bytes,
     }))

@@ -373,7 +373,7 @@ impl Writer {
         for batch in &push.batches {
             for m in &batch.messages {
                 if let Some(at) = positions.iter_mut().find(|(p, _)| *p == batch.partition) {
-                    at.1 = m.offset + 1;
+                    at.1 = m.offset.saturating_add(1);
                 }
                 let id = cursor::encode(topic, positions.iter().copied());
                 text.push_str("id: ");

@@ -152,7 +152,7 @@ pub(crate) async fn run(
             KafkaPartitionRecords {
                 partition: p.partition,
                 messages: Vec::new(),
-                high_watermark: p.caught_up_at.max(p.reader.known_high_watermark()),
+                high_watermark: p.caught_up_at.max(p.reader.known_end()),
                 caught_up: true,
             }
         })
@@ -190,7 +190,7 @@ pub(crate) async fn run(
         lag.set(
             parts
                 .iter()
-                .map(|p| (p.reader.known_high_watermark() - p.next).max(0))
+                .map(|p| p.reader.known_end().saturating_sub(p.next).max(0))
                 .sum(),
         );
         // Credit first: a paused subscription holds no records and asks the broker nothing.
@@ -205,7 +205,7 @@ pub(crate) async fn run(
         // A partition with records to read, taking turns so that none starves the others.
         let ready = (0..parts.len())
             .map(|i| (turn + i) % parts.len())
-            .find(|&i| !parts[i].probed || parts[i].next < parts[i].reader.known_high_watermark());
+            .find(|&i| !parts[i].probed || parts[i].next < parts[i].reader.known_end());
         let Some(i) = ready else {
             Box::pin(wait_at_head(&parts, settings.socket_timeout)).await;
             continue;
@@ -213,6 +213,7 @@ pub(crate) async fn run(
         turn = i + 1;
         let part = &mut parts[i];
         part.probed = true;
+        let position = part.next;
         let fetched = match Box::pin(part.reader.fetch_now(
             part.next,
             fetch_bytes,
@@ -270,28 +271,15 @@ pub(crate) async fn run(
                 if grants.changed().await.is_err() {
                     return;
                 }
-            } else if batch.nothing_new && part.next >= fetched.high_watermark {
-                // At the head (or the broker has nothing at this offset yet): the watermark
-                // decides when to look again.
-                part.reader.observe(fetched.high_watermark);
-                if part.next > fetched.high_watermark {
-                    end(
-                        &out,
-                        &access,
-                        key,
-                        sequence,
-                        &topic,
-                        Some(part.partition),
-                        KafkaFailure::new(ErrorCode::KafkaError, "OFFSET_OUT_OF_RANGE"),
-                    )
-                    .await;
-                    return;
-                }
-            } else if batch.nothing_new {
-                // Records below the watermark that this read did not return (transaction
-                // markers, a broker catching up): look again shortly rather than spin.
+            } else if part.next == position && part.next < part.reader.known_end() {
+                // Nothing read although the log went further before: a new leader whose high
+                // watermark still lags, or a broker catching up. Only a broker's own
+                // OFFSET_OUT_OF_RANGE ends a subscription: look again shortly.
                 tokio::time::sleep(super::reader::TAIL_POLL).await;
             }
+            // Otherwise the position moved past batches without records for this reader
+            // (markers, aborted or filtered records), or reached the end: the readable end
+            // decides when to read again.
             continue;
         }
         // The next read of this partition starts now, while this push is on its way.
@@ -302,8 +290,9 @@ pub(crate) async fn run(
         pushed.inc_by(batch.records.len() as u64);
         delivered.inc_by(batch.records.len() as u64);
         pushed_bytes.inc_by(batch.bytes as u64);
+        let partition = part.partition;
         let records = KafkaPartitionRecords {
-            partition: part.partition,
+            partition,
             messages: batch.records,
             high_watermark: fetched
                 .high_watermark
@@ -316,6 +305,15 @@ pub(crate) async fn run(
         // Pushes waiting to be written count against the process's budget like answers do;
         // when it is spent, the subscription waits rather than failing.
         let size = frame.frame.encoded_len();
+        let budget = access.limits.config().max_queued_answer_bytes;
+        if size > budget {
+            // The budget would never have room for it (the config check refuses a budget below
+            // max_frame_bytes, so this is a safety net, not a path).
+            let why = format!("a push of {size} bytes is larger than the gateway's whole budget for answers not yet read (max_queued_answer_bytes = {budget})");
+            let f = KafkaFailure::new(ErrorCode::TooLarge, why);
+            end(&out, &access, key, sequence, &topic, Some(partition), f).await;
+            return;
+        }
         frame.hold = loop {
             if let Some(hold) = access.limits.hold_answer(size) {
                 break Some(hold);
@@ -377,14 +375,13 @@ struct Batch {
     filtered: u64,
     /// The partition reached its subscribe-time watermark with this batch.
     caught_up: bool,
-    /// The read had no record at or after the position.
-    nothing_new: bool,
     /// The next record that passes the filter needs more credit than is left.
     short_of_credit: bool,
 }
 
 /// Takes what credit and the frame allow from `fetched`, moving `part` past what it takes and
-/// what the filter leaves out.
+/// what the filter leaves out, and, when it takes all, past every batch the read settled (so
+/// markers and batches without records for this reader never hold a position back).
 fn take(
     part: &mut Part,
     fetched: &Fetched,
@@ -392,21 +389,19 @@ fn take(
     credit: Credit,
     frame_budget: usize,
 ) -> Result<Batch, KafkaFailure> {
-    let mut batch = Batch {
-        nothing_new: true,
-        ..Batch::default()
-    };
+    let mut batch = Batch::default();
     let mut framed_total = 0usize;
     let from = part.next;
+    let mut took_all = true;
     for m in fetched.messages.iter().filter(|m| m.offset >= from) {
-        batch.nothing_new = false;
         if !filter.passes(m) {
             batch.filtered += 1;
-            part.next = m.offset + 1;
+            part.next = m.offset.saturating_add(1);
             continue;
         }
         if batch.records.len() as u64 >= credit.records {
             batch.short_of_credit = true;
+            took_all = false;
             break;
         }
         let size = record_size(m);
@@ -415,6 +410,7 @@ fn take(
             .is_some_and(|left| (batch.bytes + size) as u64 > left)
         {
             batch.short_of_credit = true;
+            took_all = false;
             break;
         }
         let len = m.encoded_len();
@@ -429,13 +425,17 @@ fn take(
                     ),
                 ));
             }
+            took_all = false;
             break;
         }
         framed_total += framed;
         batch.bytes += size;
         // Keys and values are shared buffers: reference counts, not payloads, are copied.
         batch.records.push(m.clone());
-        part.next = m.offset + 1;
+        part.next = m.offset.saturating_add(1);
+    }
+    if took_all {
+        part.next = part.next.max(fetched.next);
     }
     if !part.caught_up && part.next >= part.caught_up_at {
         part.caught_up = true;
@@ -446,6 +446,11 @@ fn take(
 
 /// Waits until some partition has records past its position, or a while passes.
 async fn wait_at_head(parts: &[Part], timeout: Duration) {
+    if parts.is_empty() {
+        // `select_all` of nothing would panic; a subscription always has a partition.
+        tokio::time::sleep(HEAD_RECHECK).await;
+        return;
+    }
     // One timer for the whole wait, not one per partition.
     let waits = parts
         .iter()
@@ -528,6 +533,16 @@ async fn start(
         .partitions_of(&access.target.identity, &cmd.topic, timeout)
         .await
         .map_err(|f| (None, f))?;
+    if existing.is_empty() {
+        // Listed without partitions (as right after creation): nothing to read yet.
+        return Err((
+            None,
+            KafkaFailure::new(
+                ErrorCode::NotFound,
+                "not found topic: it has no partitions yet",
+            ),
+        ));
+    }
     // (partition, exact start if any)
     let mut chosen: Vec<(i32, Option<i64>)> = Vec::new();
     if let Some(c) = &resumed {
@@ -602,19 +617,21 @@ async fn start(
             .partition(&access.target.identity, &cmd.topic, partition, timeout)
             .await
             .map_err(|f| (Some(partition), f))?;
+        // The latest offset a read-committed look-up gives: the last stable offset.
         let high_watermark = offset_at(&reader, OffsetAt::Latest, timeout)
             .await
             .map_err(|f| (Some(partition), f))?;
-        reader.observe(high_watermark);
+        reader.observe(high_watermark, high_watermark);
         let next = match exact {
             // Past the end of the log: Kafka's answer is OFFSET_OUT_OF_RANGE, given now (a
-            // fetch confirms it, as offset look-ups of some brokers lag behind).
+            // fetch confirms it against the highest high watermark seen, as offset look-ups
+            // of some brokers, and new leaders, lag behind).
             Some(offset) if offset > high_watermark => {
                 let fetched = reader
                     .fetch_now(offset, 1, timeout)
                     .await
                     .map_err(|f| (Some(partition), f))?;
-                if offset > fetched.high_watermark {
+                if offset > reader.known_high_watermark().max(fetched.high_watermark) {
                     return Err((
                         Some(partition),
                         KafkaFailure::new(ErrorCode::KafkaError, "OFFSET_OUT_OF_RANGE"),

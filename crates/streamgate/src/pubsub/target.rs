@@ -49,7 +49,7 @@ impl KafkaTarget {
         }
         Ok(Self {
             route_id: route.id.as_str().into(),
-            identity: KafkaIdentity::new(cluster, settings.sasl.clone()),
+            identity: KafkaIdentity::new(cluster, settings.sasl.clone(), settings.isolation),
             settings,
         })
     }
