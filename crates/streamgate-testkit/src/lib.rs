@@ -8,6 +8,9 @@
 //! * [`GatewayProcess`]: the `streamgate` binary with a temporary config, killed on drop.
 //! * [`fuzz`]: a seeded generator for the fuzz tests.
 //! * [`sessions`]: thousands of idle WebSocket sessions at once.
+//! * [`FaultyCluster`]: the broker seen as a cluster of several, with leader moves, faults,
+//!   transactions and Kafka's answers where the test broker's differ; [`TxnWriter`] writes
+//!   transactions with raw Produce requests.
 #![deny(rust_2018_idioms, unsafe_code)]
 #![allow(clippy::new_without_default)]
 
@@ -16,6 +19,7 @@ pub mod fixtures;
 pub mod fuzz;
 mod gateway;
 mod http_upstream;
+mod kafka_faults;
 pub mod sessions;
 mod tap;
 mod tls;
@@ -23,6 +27,7 @@ mod tls;
 pub use broker::{Broker, BrokerOptions, Engine, SaslUser};
 pub use gateway::GatewayProcess;
 pub use http_upstream::Upstream;
+pub use kafka_faults::{Fault, FaultOptions, FaultyCluster, TxnWriter};
 pub use tap::Tap;
 pub use tls::{TestCa, TlsTerminator};
 
