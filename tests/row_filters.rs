@@ -65,7 +65,7 @@ async fn gateway(broker: &Broker) -> (GatewayProcess, SocketAddr) {
     let config = format!(
         "{}[admin]\nlisten = \"{admin}\"\n\n{}\
          [[routes]]\nid = \"orders\"\nuri = \"/orders\"\nupstream_id = \"kafka\"\n\
-         [routes.plugins.jwt-auth]\n[routes.plugins.kafka-proxy]\nkey_prefix_from_claim = \"sub\"\nfetch_max_wait_ms = 100\nsocket_timeout_ms = 2000\n\n\
+         [routes.plugins.jwt-auth]\n[routes.plugins.kafka-proxy]\nkey_prefix_from_claim = \"sub\"\nkey_prefix_delimiter = \":\"\nfetch_max_wait_ms = 100\nsocket_timeout_ms = 2000\n\n\
          [[routes]]\nid = \"carol\"\nuri = \"/carol\"\nupstream_id = \"kafka\"\n\
          [routes.plugins.key-auth]\n[routes.plugins.kafka-proxy]\nfetch_max_wait_ms = 100\nsocket_timeout_ms = 2000\n\n\
          [[consumers]]\nusername = \"app\"\n[consumers.plugins.jwt-auth]\nkey = \"app\"\nsecret = \"{SECRET}\"\n\n\
@@ -182,7 +182,7 @@ async fn each_user_gets_only_its_own_records_over_every_transport() {
     orders(&broker, &topic).await;
     let (gw, admin) = gateway(&broker).await;
 
-    for (sub, who, count) in [("alice:", "alice", 2), ("bob:", "bob", 3)] {
+    for (sub, who, count) in [("alice", "alice", 2), ("bob", "bob", 3)] {
         let jwt = user(sub);
         // Pull: only its records, with offset gaps and the true high watermark.
         let mut c = connect(&gw, &format!("/orders?jwt={jwt}")).await;
@@ -229,6 +229,48 @@ async fn each_user_gets_only_its_own_records_over_every_transport() {
         !text.contains("alice") && !text.contains("bob:"),
         "metrics name no user"
     );
+}
+
+/// With `key_prefix_delimiter = ":"`, the claim `4` owns the key `4` and keys `4:...`, never
+/// `42:...`: a bare prefix would have given user 4 user 42's records.
+#[tokio::test]
+async fn a_claim_owns_its_keys_not_every_key_it_prefixes() {
+    let broker = Broker::start().await;
+    let topic = unique_topic("owners");
+    let kafka = broker.client().await;
+    fixtures::create_topic(&kafka, &topic, 2).await;
+    for partition in 0..2 {
+        let records = ["4:a", "42:b", "4", "42", "4x", "424:c"]
+            .iter()
+            .map(|key| fixtures::record(Some(key.as_bytes()), Some(key.as_bytes()), &[], None))
+            .collect();
+        fixtures::produce_each(&kafka, &topic, partition, records).await;
+    }
+    let (gw, _) = gateway(&broker).await;
+    for (sub, mine) in [("4", ["4:a", "4"]), ("42", ["42:b", "42"])] {
+        let jwt = user(sub);
+        let mut c = connect(&gw, &format!("/orders?jwt={jwt}")).await;
+        let mut fetched: Vec<String> = Vec::new();
+        for partition in 0..2 {
+            let batch = c.fetch(&topic, partition, 0).await.unwrap();
+            fetched.extend(
+                batch
+                    .messages
+                    .iter()
+                    .map(|m| String::from_utf8_lossy(&m.key).into_owned()),
+            );
+        }
+        assert_eq!(fetched, [mine, mine].concat(), "pull for {sub}");
+        let mut pushed = subscribe_all(&mut c, &topic, "").await;
+        pushed.sort();
+        let mut want = [mine, mine].concat();
+        want.sort();
+        assert_eq!(pushed, want, "push for {sub}");
+        let url = gw.http_url(&format!("/orders?topic={topic}&from=earliest&jwt={jwt}"));
+        let mut streamed = events_all(&url).await;
+        streamed.sort();
+        assert_eq!(streamed, want, "SSE for {sub}");
+    }
 }
 
 #[tokio::test]

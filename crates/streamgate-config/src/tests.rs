@@ -795,9 +795,13 @@ fn row_filters_are_checked() {
     let kafka =
         "[[upstreams]]\nid = \"k\"\nscheme = \"kafka\"\nnodes = { \"127.0.0.1:9092\" = 1 }\n";
     let p = one_problem(&format!(
-        "{kafka}[[routes]]\nid = \"a\"\nuri = \"/\"\nupstream_id = \"k\"\n[routes.plugins.kafka-proxy]\nkey_prefix_from_claim = \"sub\"\n"
+        "{kafka}[[routes]]\nid = \"a\"\nuri = \"/\"\nupstream_id = \"k\"\n[routes.plugins.kafka-proxy]\nkey_prefix_from_claim = \"sub\"\nkey_prefix_delimiter = \":\"\n"
     ));
     assert!(p.message.contains("verifies no JWT"), "{}", p.message);
+    let p = one_problem(&format!(
+        "{kafka}[[routes]]\nid = \"a\"\nuri = \"/\"\nupstream_id = \"k\"\n[routes.plugins.jwt-auth]\n[routes.plugins.kafka-proxy]\nkey_prefix_from_claim = \"sub\"\n\n[[consumers]]\nusername = \"c\"\n[consumers.plugins.jwt-auth]\nkey = \"c\"\nsecret = \"0123456789abcdef-long\"\n"
+    ));
+    assert_eq!(p.key, "routes[0].plugins.kafka-proxy.key_prefix_delimiter");
     let p = one_problem(&format!(
         "{kafka}[[consumers]]\nusername = \"c\"\nrecord_filter = {{ key_prefix = \"\" }}\n"
     ));
@@ -812,7 +816,7 @@ fn row_filters_are_checked() {
     assert!(p.message.contains("prefix"), "{}", p.message);
     let ok = parse(
         &format!(
-            "{kafka}[[routes]]\nid = \"a\"\nuri = \"/\"\nupstream_id = \"k\"\n[routes.plugins.jwt-auth]\n[routes.plugins.kafka-proxy]\nkey_prefix_from_claim = \"sub\"\n\n\
+            "{kafka}[[routes]]\nid = \"a\"\nuri = \"/\"\nupstream_id = \"k\"\n[routes.plugins.jwt-auth]\n[routes.plugins.kafka-proxy]\nkey_prefix_from_claim = \"sub\"\nkey_prefix_delimiter = \":\"\n\n\
              [[consumers]]\nusername = \"c\"\nrecord_filter = {{ key_prefix = \"c:\", headers = {{ tenant = \"7\" }} }}\n\
              [consumers.plugins.jwt-auth]\nkey = \"c\"\nsecret = \"0123456789abcdef-long\"\n"
         ),

@@ -250,6 +250,7 @@ pub(crate) struct KafkaProxyToml {
     pub send_timeout_ms: Option<i64>,
     pub max_subscriptions: Option<i64>,
     pub key_prefix_from_claim: Option<Text>,
+    pub key_prefix_delimiter: Option<Text>,
     pub isolation: Option<Text>,
 }
 

@@ -246,6 +246,22 @@ pub(crate) fn build_kafka_proxy(
             "name the JWT claim whose value prefixes the caller's record keys, e.g. \"sub\"",
         );
     }
+    let key_prefix_delimiter = k.key_prefix_delimiter.map(|t| t.0);
+    match (&key_prefix_from_claim, key_prefix_delimiter.as_deref()) {
+        (Some(_), None | Some("")) => c.at(
+            span,
+            format!("{key}.key_prefix_delimiter"),
+            "key_prefix_from_claim needs a delimiter: without one, a caller whose claim is \"4\" would also read keys \"42:...\"".into(),
+            "set key_prefix_delimiter to what follows the claim in your keys, e.g. \":\" for keys \"CLAIM:...\"",
+        ),
+        (None, Some(_)) => c.at(
+            span,
+            format!("{key}.key_prefix_delimiter"),
+            "key_prefix_delimiter without key_prefix_from_claim does nothing".into(),
+            "set key_prefix_from_claim too, or remove key_prefix_delimiter",
+        ),
+        _ => {}
+    }
     let isolation = match k.isolation.as_ref().map(|t| t.0.as_str()) {
         None | Some("read_committed") => Isolation::ReadCommitted,
         Some("read_uncommitted") => Isolation::ReadUncommitted,
@@ -265,6 +281,7 @@ pub(crate) fn build_kafka_proxy(
     Some(KafkaProxy {
         isolation,
         key_prefix_from_claim,
+        key_prefix_delimiter,
         max_subscriptions: subscriptions as usize,
         max_commands_per_second: commands as u32,
         idle_timeout: Duration::from_millis(idle as u64),

@@ -98,9 +98,13 @@ pub struct KafkaProxy {
     pub send_timeout: Duration,
     /// Push subscriptions one connection may hold at once.
     pub max_subscriptions: usize,
-    /// Row-level security from the caller's verified JWT: only records whose key starts with
-    /// this claim's value are sent (the route must have `jwt-auth`).
+    /// Row-level security from the caller's verified JWT: only records whose key is this
+    /// claim's value, or starts with it followed by [`Self::key_prefix_delimiter`], are sent
+    /// (the route must have `jwt-auth`).
     pub key_prefix_from_claim: Option<String>,
+    /// What follows the claim's value in the keys a caller owns (required with
+    /// `key_prefix_from_claim`): without it, a caller whose claim is `4` would also read `42:…`.
+    pub key_prefix_delimiter: Option<String>,
     /// Which records of transactional producers readers see.
     pub isolation: Isolation,
 }
@@ -133,6 +137,7 @@ impl Default for KafkaProxy {
             send_timeout: Duration::from_secs(30),
             max_subscriptions: 16,
             key_prefix_from_claim: None,
+            key_prefix_delimiter: None,
             isolation: Isolation::ReadCommitted,
         }
     }

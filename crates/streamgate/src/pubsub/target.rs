@@ -78,8 +78,11 @@ pub(crate) struct KafkaAccess {
 /// subscriptions and event streams alike; a client's own filter can narrow it, never widen it.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub(crate) struct RowFilter {
-    /// Each of these prefixes the key.
+    /// Each of these prefixes the key (the consumer's `record_filter`, as the operator wrote it).
     key_prefixes: Vec<Vec<u8>>,
+    /// The caller's own keys (`key_prefix_from_claim`): the claim's value exactly, or followed
+    /// by the route's delimiter (this second form is stored, the first is it less the delimiter).
+    owned: Option<(Vec<u8>, usize)>,
     /// Each of these headers is present with this value.
     headers: Vec<(String, Vec<u8>)>,
 }
@@ -116,9 +119,14 @@ impl RowFilter {
                 .ok_or_else(|| {
                     format!("403 Forbidden: this route shows each caller only its own records, by the token's `{claim}` claim, and the token has none")
                 })?;
-            filter.key_prefixes.push(value.into_bytes());
+            // A bare prefix would give the caller whose claim is `4` the keys `42:...` too.
+            let delimiter = settings.key_prefix_delimiter.as_deref().unwrap_or_default();
+            let mut owned = value.into_bytes();
+            let exact = owned.len();
+            owned.extend_from_slice(delimiter.as_bytes());
+            filter.owned = Some((owned, exact));
         }
-        if filter.key_prefixes.is_empty() && filter.headers.is_empty() {
+        if filter.key_prefixes.is_empty() && filter.owned.is_none() && filter.headers.is_empty() {
             return Ok(None);
         }
         Ok(Some(Arc::new(filter)))
@@ -127,6 +135,9 @@ impl RowFilter {
     /// Whether the caller may receive `m`.
     pub(crate) fn passes(&self, m: &KafkaMessage) -> bool {
         self.key_prefixes.iter().all(|p| m.key.starts_with(p))
+            && self.owned.as_ref().is_none_or(|(owned, exact)| {
+                m.key.starts_with(owned) || m.key[..] == owned[..*exact]
+            })
             && self.headers.iter().all(|(k, v)| {
                 m.headers
                     .iter()
