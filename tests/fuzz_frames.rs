@@ -137,7 +137,14 @@ async fn every_random_or_mutated_frame_is_answered_and_nothing_crashes() {
     let records = (0..30).map(|i| fixtures::value(&format!("f{i}"))).collect();
     fixtures::produce_each(&client, "fuzz-t", 0, records).await;
     let plugin = "topics = [\"fuzz*\"]\nmax_commands_per_second = 0\nmax_in_flight = 16\nmax_frame_bytes = 65536";
-    let gw = gateway_for(&broker, plugin, "").await;
+    // A second route with the default command rate, for the pings after the fuzzing.
+    let limited = kafka_route(
+        "limited",
+        "/limited",
+        "kafka",
+        "topics = [\"fuzz*\"]\nmax_frame_bytes = 65536",
+    );
+    let gw = gateway_for(&broker, plugin, &limited).await;
 
     let started = Instant::now();
     let per_connection = count / CONNECTIONS as u64;
@@ -245,6 +252,66 @@ async fn every_random_or_mutated_frame_is_answered_and_nothing_crashes() {
         total as f64 / took
     );
     assert_eq!(total, per_connection * CONNECTIONS as u64);
+
+    // Pings after a burst: sessions on the rate-limited route each send 1,500 random and
+    // mutated frames (some become subscribes) as fast as they can, far past the route's 1,000
+    // frames a second, then a ping. Every session answers it with its pong within a second: a
+    // pong waits behind nothing a client can start, the command rate included.
+    let mut pings = tokio::task::JoinSet::new();
+    for c in 0..CONNECTIONS as u64 {
+        let url = gw.ws_url("/limited");
+        let mut rng = Rng::new(seed.wrapping_add(c).wrapping_mul(31));
+        pings.spawn(async move {
+            let (ws, _) = tokio_tungstenite::connect_async(url)
+                .await
+                .expect("connect");
+            let (mut tx, mut rx) = ws.split();
+            // Read everything the gateway sends while the burst goes out.
+            let reader = tokio::spawn(async move {
+                let mut pong_at = None;
+                while let Some(Ok(message)) = rx.next().await {
+                    if let Message::Binary(data) = message {
+                        let answer = PubSubResp::decode(data).expect("every answer decodes");
+                        if answer.sequence == i64::MIN + 7
+                            && matches!(answer.resp, Some(Resp::PongResp(_)))
+                        {
+                            pong_at = Some(Instant::now());
+                            break;
+                        }
+                    }
+                }
+                pong_at
+            });
+            for _ in 0..1_500 {
+                let bytes = frame(&mut rng);
+                tx.feed(Message::Binary(bytes.into()))
+                    .await
+                    .expect("send a frame");
+            }
+            let ping = PubSubReq::new(
+                i64::MIN + 7,
+                Req::CmdPing(CmdPing {
+                    state: vec![1].into(),
+                }),
+            );
+            tx.send(Message::Binary(ping.encode_to_vec().into()))
+                .await
+                .expect("send the ping");
+            let sent = Instant::now();
+            let pong_at = tokio::time::timeout(Duration::from_secs(1), reader)
+                .await
+                .unwrap_or_else(|_| panic!("session {c}: no pong within a second"))
+                .expect("the reader")
+                .unwrap_or_else(|| panic!("session {c}: the connection ended before the pong"));
+            pong_at.duration_since(sent)
+        });
+    }
+    while let Some(took) = pings.join_next().await {
+        println!(
+            "pong after a burst in {:?}",
+            took.expect("a pinging session")
+        );
+    }
 
     // The gateway is alive and serves a fresh session as before.
     let mut c = PubSubClient::connect(&gw.ws_url("/kafka")).await.unwrap();

@@ -124,6 +124,11 @@ impl PubSubClient {
         &mut self.ws
     }
 
+    /// The sequence the next command sent through this client will carry.
+    pub fn next_sequence(&self) -> i64 {
+        self.next_sequence
+    }
+
     /// Sends one request as it is, without waiting for its answer.
     pub async fn send(&mut self, request: &PubSubReq) -> Result<(), ClientError> {
         self.ws

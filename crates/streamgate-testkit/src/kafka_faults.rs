@@ -736,7 +736,7 @@ async fn scan_on(stream: &mut TcpStream, (topic, partition): &Partition) -> Opti
 }
 
 /// Sends one request on `stream` and reads its answer.
-async fn call<R: Encodable, A: Decodable>(
+pub(crate) async fn call<R: Encodable, A: Decodable>(
     stream: &mut TcpStream,
     key: ApiKey,
     version: i16,

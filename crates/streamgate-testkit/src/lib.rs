@@ -10,7 +10,7 @@
 //! * [`sessions`]: thousands of idle WebSocket sessions at once.
 //! * [`FaultyCluster`]: the broker seen as a cluster of several, with leader moves, faults,
 //!   transactions and Kafka's answers where the test broker's differ; [`TxnWriter`] writes
-//!   transactions with raw Produce requests.
+//!   transactions with raw Produce requests; [`produce_raw`] writes records byte for byte.
 #![deny(rust_2018_idioms, unsafe_code)]
 #![allow(clippy::new_without_default)]
 
@@ -20,6 +20,7 @@ pub mod fuzz;
 mod gateway;
 mod http_upstream;
 mod kafka_faults;
+mod raw_records;
 pub mod sessions;
 mod tap;
 mod tls;
@@ -28,6 +29,7 @@ pub use broker::{Broker, BrokerOptions, Engine, SaslUser};
 pub use gateway::GatewayProcess;
 pub use http_upstream::Upstream;
 pub use kafka_faults::{Fault, FaultOptions, FaultyCluster, TxnWriter};
+pub use raw_records::{produce_raw, RawRecord};
 pub use tap::Tap;
 pub use tls::{TestCa, TlsTerminator};
 

@@ -279,8 +279,8 @@ fn read_records(
         record.skip(1)?; // attributes: unused in v2
         let timestamp_delta = record.varint()?;
         let offset_delta = record.varint()?;
-        let key = record.bytes(&body)?;
-        let value = record.bytes(&body)?;
+        let (key, key_null) = record.bytes(&body)?;
+        let (value, value_null) = record.bytes(&body)?;
         let header_count =
             usize::try_from(record.varint()?).map_err(|_| "negative header count".to_string())?;
         let mut headers = Vec::with_capacity(header_count.min(record.left() / 2));
@@ -291,7 +291,7 @@ fn read_records(
                 .to_string();
             headers.push(KafkaHeader {
                 key,
-                value: record.bytes(&body)?,
+                value: record.bytes(&body)?.0,
             });
         }
         if record.left() != 0 {
@@ -307,6 +307,7 @@ fn read_records(
             key,
             value,
             headers,
+            nulls: u32::from(key_null) | u32::from(value_null) << 1,
         };
         out.record_bytes += record_size(&message);
         out.messages.push(message);
@@ -392,9 +393,13 @@ impl Fields<'_> {
         Ok(Some(self.at - length..self.at))
     }
 
-    /// A field as a slice of `owner` (the buffer `buf` borrows); null reads as empty.
-    fn bytes(&mut self, owner: &Bytes) -> Result<Bytes, String> {
-        Ok(self.field()?.map_or_else(Bytes::new, |r| owner.slice(r)))
+    /// A field as a slice of `owner` (the buffer `buf` borrows), and whether it is null (read
+    /// as empty).
+    fn bytes(&mut self, owner: &Bytes) -> Result<(Bytes, bool), String> {
+        Ok(match self.field()? {
+            Some(r) => (owner.slice(r), false),
+            None => (Bytes::new(), true),
+        })
     }
 }
 
@@ -677,6 +682,112 @@ mod tests {
             "the next fetch starts after the batch kept"
         );
         assert_eq!(first_batch.record_bytes, 10);
+    }
+
+    /// `bytes` (one uncompressed batch) with its records replaced by `records`, CRC recomputed.
+    fn with_records(mut bytes: Vec<u8>, count: i32, records: &[u8]) -> Vec<u8> {
+        bytes.truncate(BATCH_HEADER);
+        bytes[57..61].copy_from_slice(&count.to_be_bytes());
+        bytes.extend_from_slice(records);
+        let length = (bytes.len() - 12) as i32;
+        bytes[8..12].copy_from_slice(&length.to_be_bytes());
+        let crc = crc32c::crc32c(&bytes[21..]);
+        bytes[17..21].copy_from_slice(&crc.to_be_bytes());
+        bytes
+    }
+
+    /// One record's bytes: attributes, deltas, then `rest` (key, value, headers as given).
+    fn raw_record(rest: &[u8]) -> Vec<u8> {
+        let mut body = vec![0u8]; // attributes
+        put_varint(&mut body, 0); // timestamp delta
+        put_varint(&mut body, 0); // offset delta
+        body.extend_from_slice(rest);
+        let mut out = Vec::new();
+        put_varint(&mut out, body.len() as i64);
+        out.extend_from_slice(&body);
+        out
+    }
+
+    #[test]
+    fn every_claimed_length_is_checked_against_the_bytes() {
+        let base = batch(0, Codec::None, &[(b"k", b"v")]);
+        let varint = |v: i64| {
+            let mut out = Vec::new();
+            put_varint(&mut out, v);
+            out
+        };
+        let mut cases: Vec<(&str, Vec<u8>)> = Vec::new();
+        // A record that claims more bytes than the batch holds.
+        let mut long_record = varint(1 << 30);
+        long_record.extend_from_slice(&[0; 8]);
+        cases.push(("record length", long_record));
+        // A key that claims more bytes than its record holds.
+        cases.push((
+            "field length",
+            raw_record(&[varint(1 << 30), vec![b'k'], varint(-1), varint(0)].concat()),
+        ));
+        // A value likewise.
+        cases.push((
+            "field length",
+            raw_record(&[varint(-1), varint(1 << 20), vec![b'v'], varint(0)].concat()),
+        ));
+        // A header name and a header value likewise.
+        cases.push((
+            "field length",
+            raw_record(
+                &[
+                    varint(-1),
+                    varint(-1),
+                    varint(1),
+                    varint(1 << 20),
+                    vec![b'h'],
+                ]
+                .concat(),
+            ),
+        ));
+        cases.push((
+            "field length",
+            raw_record(
+                &[
+                    varint(-1),
+                    varint(-1),
+                    varint(1),
+                    varint(1),
+                    vec![b'h'],
+                    varint(1 << 20),
+                ]
+                .concat(),
+            ),
+        ));
+        // A billion headers in a few bytes.
+        cases.push((
+            "cut short",
+            raw_record(&[varint(-1), varint(-1), varint(1 << 30)].concat()),
+        ));
+        for (what, records) in cases {
+            let bytes = with_records(base.clone(), 1, &records);
+            let err = decode(Bytes::from(bytes), budget(0), &[]).unwrap_err();
+            assert!(
+                matches!(&err, BatchError::Malformed { what: w, .. } if w.contains(what)),
+                "{what}: {err}"
+            );
+        }
+        // A xerial snappy block that claims more than the frame holds.
+        let mut framed = XERIAL_MAGIC.to_vec();
+        framed.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 1]);
+        framed.extend_from_slice(&(1u32 << 30).to_be_bytes());
+        framed.extend_from_slice(b"abc");
+        let err = snappy(&framed, 1 << 20).unwrap_err();
+        assert!(err.to_string().contains("xerial block cut"), "{err}");
+        // And a raw block that claims to expand past the limit allocates nothing for it.
+        let mut claims_big = Vec::new();
+        let mut n = 1u64 << 40;
+        while n >= 0x80 {
+            claims_big.push((n as u8) | 0x80);
+            n >>= 7;
+        }
+        claims_big.push(n as u8);
+        assert!(matches!(snappy(&claims_big, 1 << 20), Ok(None) | Err(_)));
     }
 
     #[test]

@@ -65,6 +65,14 @@ impl KafkaIdentity {
     }
 }
 
+impl KafkaIdentity {
+    /// Whether `other` reaches the same brokers the same way (TLS, credentials, isolation): a
+    /// reader started under one must not go on under a configuration that names the other.
+    pub(crate) fn same_as(&self, other: &KafkaIdentity) -> bool {
+        self.key == other.key
+    }
+}
+
 impl fmt::Debug for KafkaIdentity {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("KafkaIdentity")

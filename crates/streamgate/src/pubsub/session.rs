@@ -19,7 +19,7 @@
 
 use super::commands::{self, Reply};
 use super::subscription::{self, Granted, Outgoing};
-use super::target::{KafkaAccess, RowFilter, SessionCheck};
+use super::target::{KafkaAccess, KafkaTarget, RowFilter, SessionCheck};
 use super::wire::{self, WireFrame};
 use crate::rate::TokenBucket;
 use futures_util::{SinkExt, StreamExt};
@@ -86,6 +86,9 @@ struct Subscribed {
     task: AbortHandle,
     /// The row filter the subscription's task applies (a reload that changes it ends it).
     row_filter: Option<Arc<RowFilter>>,
+    /// The route's Kafka side the task reads through (a reload that moves the route to another
+    /// cluster or other credentials ends it).
+    target: Arc<KafkaTarget>,
     /// Its subscribe has been answered (the first frame written).
     answered: bool,
 }
@@ -236,11 +239,17 @@ pub(crate) async fn run<S>(
                         break (None, "client");
                     }
                     Some(Ok(Message::Binary(data))) => {
-                        let immediate = if !rate.allow() {
+                        let decoded = PubSubReq::decode(data);
+                        // A ping is answered whatever the client spent: a pong never waits behind
+                        // (or is refused for) anything the client started, and answering it costs
+                        // what a refusal would.
+                        let is_ping = matches!(&decoded, Ok(PubSubReq { req: Some(Req::CmdPing(_)), .. }));
+                        let immediate = if !is_ping && !rate.allow() {
                             metrics.limited.with_label_values(&["commands_per_second"]).inc();
-                            Some(rate_limited(&data, settings.max_commands_per_second))
+                            let sequence = decoded.as_ref().map_or(0, |r| r.sequence);
+                            Some(rate_limited(sequence, settings.max_commands_per_second))
                         } else {
-                            match PubSubReq::decode(data) {
+                            match decoded {
                                 Err(_) => {
                                     let answer = PubSubResp::error(0, ErrorCode::BadRequest, "wrong command");
                                     metrics.command(&target.route_id, "undecodable", &answer);
@@ -248,6 +257,12 @@ pub(crate) async fn run<S>(
                                 }
                                 Ok(req) => match req.req {
                                     Some(Req::CmdKafkaSubscribe(_) | Req::CmdKafkaCredit(_) | Req::CmdKafkaUnsubscribe(_)) => {
+                                        if let Some(Req::CmdKafkaUnsubscribe(u)) = &req.req {
+                                            // A refusal already queued is the subscribe's answer.
+                                            if let Err(why) = write_queued_answer(&mut ws, &mut subs, pushes.as_mut(), u.subscription, settings.send_timeout).await {
+                                                break (None, why);
+                                            }
+                                        }
                                         let answer = dispatch_push(req, &access, &mut subs);
                                         if let Some(made) = subs.made.take() {
                                             pushes = Some(made);
@@ -282,27 +297,8 @@ pub(crate) async fn run<S>(
                 }
             }
             Some(out) = async { pushes.as_mut()?.recv().await }, if pushes.is_some() => {
-                let Outgoing { key, frame, ends, hold } = *out;
-                let sequence = frame.sequence;
-                // Frames of a subscription that ended meanwhile are dropped unwritten.
-                if subs.by_sequence.get(&sequence).is_none_or(|s| s.key != key) {
-                    continue;
-                }
-                let sent = send_bounded(&mut ws, &frame, settings.send_timeout).await;
-                drop(hold);
-                if let Err(why) = sent {
+                if let Err(why) = deliver(&mut ws, &mut subs, *out, settings.send_timeout).await {
                     break (None, why);
-                }
-                if ends {
-                    subs.end(sequence);
-                } else if let Some(sub) = subs.by_sequence.get_mut(&sequence) {
-                    sub.answered = true;
-                    // The frame is written: its cursor is where a resume starts now.
-                    match frame.resp {
-                        Some(Resp::KafkaRecordsPush(push)) => sub.cursor = push.cursor,
-                        Some(Resp::KafkaSubscribeResp(started)) => sub.cursor = started.cursor,
-                        _ => {}
-                    }
                 }
             }
             Some(_) = subs.tasks.join_next(), if !subs.tasks.is_empty() => {}
@@ -331,6 +327,79 @@ pub(crate) async fn run<S>(
         })
         .await;
     }
+}
+
+/// Writes one frame of a subscription, unless the subscription ended meanwhile (then it is
+/// dropped unwritten), and keeps the subscription's state: answered, its cursor, ended.
+async fn deliver<S>(
+    ws: &mut WebSocketStream<S>,
+    subs: &mut Subscriptions,
+    out: Outgoing,
+    limit: Duration,
+) -> Result<(), &'static str>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let Outgoing {
+        key,
+        frame,
+        ends,
+        hold,
+    } = out;
+    let sequence = frame.sequence;
+    if subs.by_sequence.get(&sequence).is_none_or(|s| s.key != key) {
+        return Ok(());
+    }
+    let sent = send_bounded(ws, &frame, limit).await;
+    drop(hold);
+    sent?;
+    if ends {
+        subs.end(sequence);
+    } else if let Some(sub) = subs.by_sequence.get_mut(&sequence) {
+        sub.answered = true;
+        // The frame is written: its cursor is where a resume starts now.
+        match frame.resp {
+            Some(Resp::KafkaRecordsPush(push)) => sub.cursor = push.cursor,
+            Some(Resp::KafkaSubscribeResp(started)) => sub.cursor = started.cursor,
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Before an unsubscribe of `subscription` is handled: when its subscribe is not answered yet
+/// but its task has ended, the answer (a refusal such as NOT_FOUND or FORBIDDEN) is waiting in
+/// the queue. It is written now, with every frame queued before it, so the subscribe keeps its
+/// real answer and the unsubscribe then names a subscription that no longer exists.
+async fn write_queued_answer<S>(
+    ws: &mut WebSocketStream<S>,
+    subs: &mut Subscriptions,
+    pushes: Option<&mut mpsc::Receiver<Box<Outgoing>>>,
+    subscription: i64,
+    limit: Duration,
+) -> Result<(), &'static str>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let Some(key) = subs
+        .by_sequence
+        .get(&subscription)
+        .filter(|s| !s.answered && s.task.is_finished())
+        .map(|s| s.key)
+    else {
+        return Ok(());
+    };
+    let Some(pushes) = pushes else {
+        return Ok(());
+    };
+    while let Ok(out) = pushes.try_recv() {
+        let its_answer = out.frame.sequence == subscription && out.key == key;
+        deliver(ws, subs, *out, limit).await?;
+        if its_answer {
+            break;
+        }
+    }
+    Ok(())
 }
 
 /// A close frame carries at most 123 bytes of reason (RFC 6455 §5.5): longer ones are cut at a
@@ -498,6 +567,9 @@ fn subscribe(
     subs: &mut Subscriptions,
 ) -> Option<PubSubResp> {
     let limit = access.target.settings.max_subscriptions;
+    if let Some(why) = subscription::over_limits(&cmd) {
+        return Some(PubSubResp::error(sequence, ErrorCode::BadRequest, why));
+    }
     if subs.by_sequence.contains_key(&sequence) {
         return Some(PubSubResp::error(
             sequence,
@@ -552,6 +624,7 @@ fn subscribe(
             cursor: String::new(),
             task,
             row_filter: access.row_filter.clone(),
+            target: Arc::clone(&access.target),
             answered: false,
         },
     );
@@ -569,17 +642,20 @@ async fn end_refused<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    // The topic no longer allowed, or the caller's row filter changed (the task applies the one
-    // it started with): the subscription ends and the client subscribes again.
+    // The topic no longer allowed, or the caller's row filter or the route's Kafka identity
+    // changed (the task reads with the ones it started with): the subscription ends and the
+    // client subscribes again.
     let refused: Vec<(i64, String, &'static str)> = subs
         .by_sequence
         .iter()
         .filter_map(|(seq, sub)| {
-            let why = access.refusal(&sub.topic).or_else(|| {
-                (sub.row_filter != access.row_filter).then_some(
-                    "forbidden: the records this caller may receive changed; subscribe again",
-                )
-            })?;
+            let why = access
+                .refusal(&sub.topic)
+                .or_else(|| (sub.row_filter != access.row_filter).then_some(ROW_FILTER_CHANGED))
+                .or_else(|| {
+                    (!sub.target.identity.same_as(&access.target.identity))
+                        .then_some(IDENTITY_CHANGED)
+                })?;
             Some((*seq, sub.topic.clone(), why))
         })
         .collect();
@@ -596,6 +672,12 @@ where
     }
     Ok(())
 }
+
+/// Why a reload ends a subscription or event stream whose caller may still read its topic.
+pub(super) const ROW_FILTER_CHANGED: &str =
+    "forbidden: the records this caller may receive changed; subscribe again";
+pub(super) const IDENTITY_CHANGED: &str =
+    "forbidden: the route now reads another Kafka cluster, or with other credentials; subscribe again";
 
 /// The session's access under a new configuration, or why it must end.
 pub(super) fn renewed(
@@ -652,10 +734,9 @@ impl CommandRate {
     }
 }
 
-/// The LIMIT_EXCEEDED answer to a frame over the command rate, under the frame's sequence when
-/// it decodes.
-fn rate_limited(data: &[u8], limit: u32) -> PubSubResp {
-    let sequence = PubSubReq::decode(data).map_or(0, |r| r.sequence);
+/// The LIMIT_EXCEEDED answer to a frame over the command rate, under the frame's sequence (0
+/// when it does not decode).
+fn rate_limited(sequence: i64, limit: u32) -> PubSubResp {
     PubSubResp::error(
         sequence,
         ErrorCode::LimitExceeded,

@@ -154,7 +154,9 @@ pub(super) async fn serve(
     lifelines: Lifelines,
     slots: impl Send + 'static,
 ) -> pingora::Result<bool> {
-    let cmd = match subscribe_command(session.req_header()) {
+    let cmd = subscribe_command(session.req_header())
+        .and_then(|cmd| subscription::over_limits(&cmd).map_or(Ok(cmd), Err));
+    let cmd = match cmd {
         Ok(cmd) => cmd,
         Err(why) => {
             respond::send(session, ctx, Answer::error(400, &why)).await?;
@@ -277,8 +279,10 @@ impl Writer {
         let read = std::collections::HashSet::from([topic.to_string()]);
         // Opening comment: proxies and clients see the stream start at once. `retry` has
         // EventSource reconnect after a second (with Last-Event-ID) when the stream drops.
-        let opening =
-            format!(": streamgate event stream; resume point {first_cursor}\nretry: 1000\n\n");
+        // The `id` is the start's cursor: EventSource keeps it as the last event id even though
+        // the block dispatches no event, so a reconnect before the first record resumes here
+        // rather than at `latest`.
+        let opening = format!(": streamgate event stream\nid: {first_cursor}\nretry: 1000\n\n");
         if self.write(opening.as_bytes()).await.is_err() {
             return "client";
         }
@@ -308,9 +312,14 @@ impl Writer {
                         // changes the records it may receive, ends the stream.
                         let why = match session::renewed(&*check, access, &read) {
                             Err(why) => Some(why),
-                            Ok(renewed) if renewed.row_filter != access.row_filter => Some(
-                                "the records this caller may receive changed: reconnect".to_string(),
-                            ),
+                            Ok(renewed) if renewed.row_filter != access.row_filter => {
+                                Some(session::ROW_FILTER_CHANGED.to_string())
+                            }
+                            Ok(renewed)
+                                if !renewed.target.identity.same_as(&access.target.identity) =>
+                            {
+                                Some(session::IDENTITY_CHANGED.to_string())
+                            }
                             Ok(_) => None,
                         };
                         if let Some(why) = why {
@@ -479,24 +488,46 @@ async fn client_gone(body: &mut ResponseBody) {
     }
 }
 
-/// `{"partition":P,"offset":O,"timestamp":T,"key":K,"value":V,"headers":{...}}`; keys, values and
-/// header values are strings when they are UTF-8, else `{"base64":"..."}`.
+/// `{"partition":P,"offset":O,"timestamp":T,"key":K,"value":V,"headers":H}`. Keys, values and
+/// header values are strings when they are UTF-8, else `{"base64":"..."}`; a null key or value
+/// is `null`. `H` is an object of names and values, or, when the record repeats a header name,
+/// a list of `[name, value]` pairs in the record's order, so nothing is lost.
 fn record_json(partition: i32, m: &KafkaMessage) -> String {
     let bytes = |b: &[u8]| match std::str::from_utf8(b) {
         Ok(text) => serde_json::Value::from(text),
         Err(_) => serde_json::json!({ "base64": STANDARD.encode(b) }),
     };
-    let headers: serde_json::Map<String, serde_json::Value> = m
+    let nullable = |b: &[u8], null: bool| {
+        if null {
+            serde_json::Value::Null
+        } else {
+            bytes(b)
+        }
+    };
+    let repeats = m
         .headers
         .iter()
-        .map(|h| (h.key.clone(), bytes(&h.value)))
-        .collect();
+        .enumerate()
+        .any(|(i, h)| m.headers[..i].iter().any(|earlier| earlier.key == h.key));
+    let headers: serde_json::Value = if repeats {
+        m.headers
+            .iter()
+            .map(|h| serde_json::json!([h.key, bytes(&h.value)]))
+            .collect::<Vec<_>>()
+            .into()
+    } else {
+        m.headers
+            .iter()
+            .map(|h| (h.key.clone(), bytes(&h.value)))
+            .collect::<serde_json::Map<_, _>>()
+            .into()
+    };
     serde_json::json!({
         "partition": partition,
         "offset": m.offset,
         "timestamp": m.timestamp,
-        "key": bytes(&m.key),
-        "value": bytes(&m.value),
+        "key": nullable(&m.key, m.nulls & 1 != 0),
+        "value": nullable(&m.value, m.nulls & 2 != 0),
         "headers": headers,
     })
     .to_string()
@@ -562,10 +593,31 @@ mod tests {
             key: Bytes::from_static(b"k"),
             value: Bytes::from_static(&[0xff, 0]),
             headers: vec![],
+            nulls: 0,
         };
         assert_eq!(
             record_json(1, &m),
             r#"{"headers":{},"key":"k","offset":3,"partition":1,"timestamp":9,"value":{"base64":"/wA="}}"#
+        );
+    }
+
+    #[test]
+    fn nulls_and_repeated_headers_are_kept() {
+        let header = |k: &str, v: &'static [u8]| KafkaHeader {
+            key: k.into(),
+            value: Bytes::from_static(v),
+        };
+        let m = KafkaMessage {
+            offset: 3,
+            timestamp: 9,
+            key: Bytes::new(),
+            value: Bytes::new(),
+            headers: vec![header("a", b"1"), header("b", b"2"), header("a", b"3")],
+            nulls: 1,
+        };
+        assert_eq!(
+            record_json(1, &m),
+            r#"{"headers":[["a","1"],["b","2"],["a","3"]],"key":null,"offset":3,"partition":1,"timestamp":9,"value":""}"#
         );
     }
 }

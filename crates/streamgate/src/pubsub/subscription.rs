@@ -23,16 +23,18 @@ use super::failure::KafkaFailure;
 use super::reader::{Fetched, PartitionReader};
 use super::target::{KafkaAccess, RowFilter};
 use crate::limits::AnswerHold;
+use bytes::Bytes;
 use futures_util::future::join_all;
 use prost::Message as _;
 use rskafka::chrono::{TimeZone, Utc};
 use rskafka::client::partition::OffsetAt;
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 use streamgate_protocol::{
-    cmd_kafka_subscribe::StartFrom, pub_sub_resp::Resp, CmdKafkaSubscribe, ErrorCode, KafkaMessage,
-    KafkaPartitionRecords, KafkaRecordsPush, KafkaSubscribeResp, PartitionStart, PubSubResp,
-    RecordFilter,
+    cmd_kafka_subscribe::StartFrom, pub_sub_resp::Resp, CmdKafkaSubscribe, ErrorCode, KafkaHeader,
+    KafkaMessage, KafkaPartitionRecords, KafkaRecordsPush, KafkaSubscribeResp, PartitionStart,
+    PubSubResp, RecordFilter,
 };
 use tokio::sync::{mpsc, watch};
 
@@ -70,6 +72,91 @@ const OUTAGE_BACKOFF: (Duration, Duration) = (Duration::from_millis(100), Durati
 /// the cursor (counted separately).
 const PUSH_ENVELOPE_BYTES: usize = 64;
 
+/// What one subscribe may list, at most. A subscription keeps its filter for as long as it runs
+/// and checks every record against it, so these bound what a client can make the gateway hold:
+/// a subscription at every limit holds about 150 KiB (its keys in a hash set), a connection at
+/// `max_subscriptions` (16) about 2.4 MiB, a small multiple of the frames that asked for it.
+pub(crate) mod limits {
+    /// Keys in `filter.keys`.
+    pub const KEYS: usize = 1_000;
+    /// Bytes of all keys in `filter.keys` together.
+    pub const KEY_BYTES: usize = 64 * 1024;
+    /// Bytes of `filter.key_prefix`.
+    pub const KEY_PREFIX_BYTES: usize = 1024;
+    /// Pairs in `filter.headers`.
+    pub const HEADERS: usize = 32;
+    /// Bytes of all header names and values in `filter.headers` together.
+    pub const HEADER_BYTES: usize = 8 * 1024;
+    /// Entries in `partitions`, and in `offsets` (where each partition may appear once).
+    pub const PARTITIONS: usize = 1_024;
+}
+
+/// Why a subscribe lists more than a subscription may hold ([`limits`]), naming the limit; the
+/// transports refuse it before anything starts (BAD_REQUEST, or 400 for an event stream).
+pub(crate) fn over_limits(cmd: &CmdKafkaSubscribe) -> Option<String> {
+    // With a cursor, the cursor's partitions apply and the other start fields are ignored.
+    let starts_listed = cmd.cursor.is_empty();
+    if starts_listed && cmd.partitions.len() > limits::PARTITIONS {
+        return Some(format!(
+            "partitions lists {} entries, more than the {} a subscribe may",
+            cmd.partitions.len(),
+            limits::PARTITIONS
+        ));
+    }
+    if starts_listed {
+        if cmd.offsets.len() > limits::PARTITIONS {
+            return Some(format!(
+                "offsets lists {} entries, more than the {} a subscribe may",
+                cmd.offsets.len(),
+                limits::PARTITIONS
+            ));
+        }
+        let mut seen = std::collections::HashSet::with_capacity(cmd.offsets.len());
+        if let Some(twice) = cmd.offsets.iter().find(|o| !seen.insert(o.partition)) {
+            return Some(format!(
+                "offsets names partition {} more than once (one start per partition)",
+                twice.partition
+            ));
+        }
+    }
+    let f = cmd.filter.as_ref()?;
+    let key_bytes: usize = f.keys.iter().map(|k| k.len()).sum();
+    let header_bytes: usize = f.headers.iter().map(|h| h.key.len() + h.value.len()).sum();
+    let over = |what: &str, got: usize, limit: usize| {
+        Some(format!(
+            "{what} is {got}, more than the {limit} a subscription may filter on"
+        ))
+    };
+    if f.keys.len() > limits::KEYS {
+        return over("the number of filter.keys", f.keys.len(), limits::KEYS);
+    }
+    if key_bytes > limits::KEY_BYTES {
+        return over("the bytes of filter.keys", key_bytes, limits::KEY_BYTES);
+    }
+    if f.key_prefix.len() > limits::KEY_PREFIX_BYTES {
+        return over(
+            "the bytes of filter.key_prefix",
+            f.key_prefix.len(),
+            limits::KEY_PREFIX_BYTES,
+        );
+    }
+    if f.headers.len() > limits::HEADERS {
+        return over(
+            "the number of filter.headers",
+            f.headers.len(),
+            limits::HEADERS,
+        );
+    }
+    if header_bytes > limits::HEADER_BYTES {
+        return over(
+            "the bytes of filter.headers",
+            header_bytes,
+            limits::HEADER_BYTES,
+        );
+    }
+    None
+}
+
 /// One subscribed partition.
 struct Part {
     partition: i32,
@@ -89,7 +176,7 @@ pub(crate) async fn run(
     access: KafkaAccess,
     key: u64,
     sequence: i64,
-    cmd: CmdKafkaSubscribe,
+    mut cmd: CmdKafkaSubscribe,
     mut grants: watch::Receiver<Granted>,
     out: mpsc::Sender<Box<Outgoing>>,
 ) {
@@ -130,8 +217,10 @@ pub(crate) async fn run(
         })
         .collect();
     let first_cursor = cursor_of(&topic, &parts);
-    let cmd_filter = cmd.filter;
+    let cmd_filter = cmd.filter.take();
     let credit_bytes = cmd.credit_bytes;
+    // The rest of the request (partitions, offsets, cursor) is not needed once started.
+    drop(cmd);
     let answer = PubSubResp {
         sequence,
         resp: Some(Resp::KafkaSubscribeResp(KafkaSubscribeResp {
@@ -601,8 +690,12 @@ async fn start(
             ));
         }
     }
-    let from =
-        StartFrom::try_from(cmd.from).map_err(|_| bad(format!("unknown `from` {}", cmd.from)))?;
+    // With a cursor every partition has an exact start: `from` and `timestamp_ms` are ignored.
+    let from = match &resumed {
+        Some(_) => StartFrom::Latest,
+        None => StartFrom::try_from(cmd.from)
+            .map_err(|_| bad(format!("unknown `from` {}", cmd.from)))?,
+    };
     let at = match from {
         StartFrom::Latest => OffsetAt::Latest,
         StartFrom::Earliest => OffsetAt::Earliest,
@@ -681,7 +774,10 @@ async fn start(
 /// client's can narrow but never widen.
 #[derive(Debug)]
 struct Filter {
-    filter: RecordFilter,
+    /// `filter.keys` as a set: a record's key is looked up, not compared with each.
+    keys: HashSet<Bytes>,
+    key_prefix: Bytes,
+    headers: Vec<KafkaHeader>,
     any: bool,
     row: Option<Arc<RowFilter>>,
 }
@@ -690,7 +786,13 @@ impl Filter {
     fn new(filter: RecordFilter, row: Option<Arc<RowFilter>>) -> Self {
         let any =
             filter.keys.is_empty() && filter.key_prefix.is_empty() && filter.headers.is_empty();
-        Self { filter, any, row }
+        Self {
+            keys: filter.keys.into_iter().collect(),
+            key_prefix: filter.key_prefix,
+            headers: filter.headers,
+            any,
+            row,
+        }
     }
 
     /// Every part given must pass: the key is one of `keys`, starts with `key_prefix`, every
@@ -702,10 +804,9 @@ impl Filter {
         if self.any {
             return true;
         }
-        let f = &self.filter;
-        (f.keys.is_empty() || f.keys.contains(&m.key))
-            && m.key.starts_with(&f.key_prefix)
-            && f.headers.iter().all(|want| {
+        (self.keys.is_empty() || self.keys.contains(&m.key))
+            && m.key.starts_with(&self.key_prefix)
+            && self.headers.iter().all(|want| {
                 m.headers
                     .iter()
                     .any(|h| h.key == want.key && h.value == want.value)
@@ -732,8 +833,6 @@ impl Drop for GaugeGuard {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bytes::Bytes;
-    use streamgate_protocol::KafkaHeader;
 
     fn message(offset: i64, key: &str, headers: &[(&str, &str)]) -> KafkaMessage {
         KafkaMessage {
@@ -741,6 +840,7 @@ mod tests {
             timestamp: 0,
             key: Bytes::copy_from_slice(key.as_bytes()),
             value: Bytes::from_static(b"v"),
+            nulls: 0,
             headers: headers
                 .iter()
                 .map(|(k, v)| KafkaHeader {

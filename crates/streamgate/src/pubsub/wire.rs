@@ -108,7 +108,7 @@ impl<'a> Picked<'a> {
     /// Writes the record as a `KafkaFetchResp.messages` entry. Keys and values are copied
     /// straight from the shared buffers (prost's own encoder clones each `Bytes` first, which
     /// allocates the first time a buffer is shared). Field numbers as in `proto/pubsub.proto`:
-    /// offset 1, timestamp 2, key 3, value 4, headers 5 (each a key 1 and a value 2).
+    /// offset 1, timestamp 2, key 3, value 4, headers 5 (each a key 1 and a value 2), nulls 6.
     fn encode(&self, buf: &mut Vec<u8>) {
         let m = self.message;
         encoding::encode_key(MESSAGES, WireType::LengthDelimited, buf);
@@ -126,6 +126,9 @@ impl<'a> Picked<'a> {
             encoding::encode_varint(h.encoded_len() as u64, buf);
             put_bytes(buf, 1, h.key.as_bytes());
             put_bytes(buf, 2, &h.value);
+        }
+        if m.nulls != 0 {
+            encoding::uint32::encode(6, &m.nulls, buf);
         }
     }
 }
@@ -228,6 +231,7 @@ mod tests {
             key: Bytes::from(vec![b'k'; (offset as usize * 13) % 150]),
             value: Bytes::from(vec![b'v'; value_len + offset as usize % 2]),
             headers,
+            nulls: (offset % 4) as u32,
         }
     }
 
