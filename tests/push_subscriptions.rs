@@ -7,16 +7,19 @@ mod common;
 
 use bytes::Bytes;
 use common::*;
+use futures_util::{SinkExt, StreamExt};
 use std::collections::{BTreeMap, HashSet};
 use std::time::{Duration, Instant};
 use streamgate_protocol::{
-    cmd_kafka_subscribe::StartFrom, pub_sub_resp::Resp, ClientError, CmdKafkaSubscribe, ErrorCode,
-    KafkaHeader, PartitionOffset, PubSubClient, PubSubResp, RecordFilter,
+    cmd_kafka_subscribe::StartFrom, pub_sub_req::Req, pub_sub_resp::Resp, ClientError,
+    CmdKafkaSubscribe, CmdPing, ErrorCode, KafkaHeader, Message as _, PartitionOffset,
+    PubSubClient, PubSubReq, PubSubResp, RecordFilter,
 };
 use streamgate_testkit::fixtures;
 use streamgate_testkit::{
     unique_topic, Broker, BrokerOptions, Engine, FaultOptions, FaultyCluster, GatewayProcess,
 };
+use tokio_tungstenite::tungstenite::Message;
 
 /// Everything one subscription delivered, as the client saw it.
 #[derive(Debug, Default)]
@@ -740,6 +743,88 @@ async fn nothing_more_under(c: &mut PubSubClient, refused: i64, quiet: Duration)
             "a frame after the refusal of {refused}: {frame:?}"
         );
     }
+}
+
+/// A reader that stops reading: the gateway's socket fills, it blocks writing a push, and more
+/// pushes wait in its queue. A ping sent then is read and answered as soon as that one write
+/// completes: the client finds the pong behind what the socket buffers already held (here 4
+/// pushes of 1 MiB), never behind the queued ones. With pushes served before client frames the
+/// pong came after all 17 pushes of the topic.
+#[tokio::test]
+async fn a_ping_overtakes_the_pushes_queued_for_a_reader_that_stopped() {
+    let broker = Broker::start().await;
+    let kafka = broker.client().await;
+    let topic = unique_topic("push-stalled");
+    fixtures::create_topic(&kafka, &topic, 1).await;
+    // 16 MiB in 64 KiB records: about 16 pushes of 1 MiB.
+    for chunk in 0..16 {
+        let records = (0..16)
+            .map(|i| {
+                fixtures::record(
+                    None,
+                    Some(&vec![(chunk * 16 + i) as u8; 64 * 1024]),
+                    &[],
+                    None,
+                )
+            })
+            .collect();
+        fixtures::produce_each(&kafka, &topic, 0, records).await;
+    }
+    let gw = gateway_for(&broker, "", "").await;
+    let url = gw.ws_url("/kafka");
+    let addr = url
+        .trim_start_matches("ws://")
+        .split('/')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(16 * 1024).unwrap();
+    let tcp = socket.connect(addr).await.unwrap();
+    let (mut ws, _) = tokio_tungstenite::client_async(url.as_str(), tcp)
+        .await
+        .unwrap();
+    let send = |req: PubSubReq| Message::Binary(req.encode_to_vec().into());
+    let sub = PubSubReq::new(
+        1,
+        Req::CmdKafkaSubscribe(subscribe(&topic, StartFrom::Earliest, 1_000_000)),
+    );
+    ws.send(send(sub)).await.unwrap();
+    let mut pushes = 0;
+    while pushes == 0 {
+        let Some(Ok(Message::Binary(data))) = ws.next().await else {
+            panic!("the session ended")
+        };
+        let frame = PubSubResp::decode(data).unwrap();
+        pushes += usize::from(matches!(frame.resp, Some(Resp::KafkaRecordsPush(_))));
+    }
+    // Stop reading: everything the gateway has ready piles up.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let ping = PubSubReq::new(
+        99,
+        Req::CmdPing(CmdPing {
+            state: Bytes::from_static(b"p"),
+        }),
+    );
+    ws.send(send(ping)).await.unwrap();
+    let mut before_pong = 0;
+    loop {
+        let Some(Ok(Message::Binary(data))) = ws.next().await else {
+            panic!("the session ended")
+        };
+        let frame = PubSubResp::decode(data).unwrap();
+        match frame.resp {
+            Some(Resp::PongResp(_)) => break,
+            Some(Resp::KafkaRecordsPush(_)) => before_pong += 1,
+            other => panic!("{other:?}"),
+        }
+    }
+    println!("pushes between the ping and its pong: {before_pong}");
+    assert!(
+        before_pong <= 6,
+        "the pong came after {before_pong} pushes: it waited behind the queued ones"
+    );
 }
 
 async fn next_kept(c: &mut PubSubClient) -> Option<PubSubResp> {
