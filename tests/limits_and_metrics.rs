@@ -8,8 +8,8 @@ use futures_util::{SinkExt, StreamExt};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 use streamgate_protocol::{
-    cmd_kafka_subscribe::StartFrom, pub_sub_req::Req, CmdKafkaFetch, CmdKafkaSubscribe, CmdPing,
-    ErrorCode, Message as _, PubSubClient, PubSubReq, PubSubResp,
+    cmd_kafka_subscribe::StartFrom, pub_sub_req::Req, CmdKafkaCredit, CmdKafkaFetch,
+    CmdKafkaSubscribe, CmdPing, ErrorCode, Message as _, PubSubClient, PubSubReq, PubSubResp,
 };
 use streamgate_testkit::{fixtures, unique_topic, Broker, GatewayProcess, Upstream};
 use tokio_tungstenite::tungstenite::{client::IntoClientRequest, Message};
@@ -381,9 +381,15 @@ async fn oversized_headers_and_bodies_are_refused() {
         .contains("\"content-length\":\"1000\""));
 }
 
-/// Encodes a ping command.
-fn ping(sequence: i64) -> Message {
-    let req = PubSubReq::new(sequence, Req::CmdPing(CmdPing { state: "s".into() }));
+/// Encodes a command the gateway answers at once without Kafka (a credit for no subscription:
+/// BAD_REQUEST). Pings would not do: they are answered whatever the rate.
+fn instant_command(sequence: i64) -> Message {
+    let credit = CmdKafkaCredit {
+        subscription: 999,
+        records: 1,
+        bytes: 0,
+    };
+    let req = PubSubReq::new(sequence, Req::CmdKafkaCredit(credit));
     Message::Binary(req.encode_to_vec().into())
 }
 
@@ -394,19 +400,24 @@ async fn sessions_are_rate_limited_pinged_when_idle_and_closed_when_old() {
     let plugin = "max_commands_per_second = 5\nidle_timeout_ms = 1000";
     let (gw, admin) = gateway(&broker, &web, plugin, "").await;
 
-    // Twenty commands at once: the first five are answered, the rest refused by sequence.
+    // Twenty commands at once: the first five are answered, the rest refused by sequence; a
+    // ping among them is answered all the same.
     let mut c = PubSubClient::connect(&gw.ws_url("/kafka")).await.unwrap();
     for seq in 1..=20 {
-        c.websocket().feed(ping(seq)).await.unwrap();
+        c.websocket().feed(instant_command(seq)).await.unwrap();
     }
+    let ping = PubSubReq::new(21, Req::CmdPing(CmdPing { state: "s".into() }));
+    let ping = Message::Binary(ping.encode_to_vec().into());
+    c.websocket().feed(ping).await.unwrap();
     c.websocket().flush().await.unwrap();
-    let (mut pongs, mut limited) = (0, 0);
-    for _ in 1..=20 {
+    let (mut answered, mut limited, mut pongs) = (0, 0, 0);
+    for _ in 1..=21 {
         let resp: PubSubResp = c.recv().await.unwrap();
         match resp.resp {
             Some(streamgate_protocol::pub_sub_resp::Resp::PongResp(_)) => pongs += 1,
-            Some(streamgate_protocol::pub_sub_resp::Resp::ErrorResp(e)) => {
-                assert_eq!(e.code, ErrorCode::LimitExceeded as i32);
+            Some(streamgate_protocol::pub_sub_resp::Resp::ErrorResp(e))
+                if e.code == ErrorCode::LimitExceeded as i32 =>
+            {
                 assert!(e.message.contains("5/s"), "{}", e.message);
                 assert!(
                     resp.sequence > 0,
@@ -414,12 +425,21 @@ async fn sessions_are_rate_limited_pinged_when_idle_and_closed_when_old() {
                 );
                 limited += 1;
             }
+            Some(streamgate_protocol::pub_sub_resp::Resp::ErrorResp(e)) => {
+                assert_eq!(e.code, ErrorCode::BadRequest as i32, "{}", e.message);
+                answered += 1;
+            }
             other => panic!("unexpected {other:?}"),
         }
     }
-    assert_eq!((pongs, limited), (5, 15));
+    assert_eq!((answered, limited, pongs), (5, 15, 1));
     tokio::time::sleep(Duration::from_millis(400)).await;
-    assert!(c.ping("again").await.is_ok(), "the rate recovers");
+    c.websocket().send(instant_command(22)).await.unwrap();
+    let again = c.recv().await.unwrap();
+    assert!(
+        matches!(&again.resp, Some(streamgate_protocol::pub_sub_resp::Resp::ErrorResp(e)) if e.code == ErrorCode::BadRequest as i32),
+        "the rate recovers: {again:?}"
+    );
 
     // A client that reads (and so answers the gateway's pings) stays connected while idle.
     let reader = tokio::time::timeout(Duration::from_millis(2500), async {
