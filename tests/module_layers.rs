@@ -72,10 +72,21 @@ fn code_of(text: &str) -> String {
 
 /// The top-level module names that `crate::` paths in `code` start with.
 fn used_modules(code: &str) -> BTreeSet<String> {
+    used_after(code, "crate::")
+}
+
+/// The names that paths starting with `prefix` (e.g. `crate::`, `super::`) continue with.
+fn used_after(code: &str, prefix: &str) -> BTreeSet<String> {
     let mut used = BTreeSet::new();
     let mut rest = code;
-    while let Some(at) = rest.find("crate::") {
-        rest = &rest[at + "crate::".len()..];
+    while let Some(at) = rest.find(prefix) {
+        // `super::` inside `super::super::` is counted once, as the longer prefix.
+        let preceded = code.len() - rest.len() + at;
+        if prefix == "super::" && code[..preceded].ends_with("super::") {
+            rest = &rest[at + prefix.len()..];
+            continue;
+        }
+        rest = &rest[at + prefix.len()..];
         if let Some(group) = rest.strip_prefix('{') {
             // `crate::{a, b::{c, d}, e}`: the leading name of each item at depth one.
             let mut depth = 1;
@@ -175,4 +186,118 @@ fn the_parser_sees_grouped_and_plain_paths() {
     );
     let used: Vec<String> = used_modules(&code).into_iter().collect();
     assert_eq!(used, ["a", "c", "f", "g", "i"]);
+}
+
+/// The pub/sub engine's tiers (docs/architecture.md), bottom first: the shared root modules
+/// (`failure`, `wire`; `target`; `ending`), the Kafka tier, the reading modes, the transports,
+/// and `pubsub/mod.rs` on top. A file may use only what is below its tier; cross-tier paths
+/// are written `crate::pubsub::...`, and `super::` reaches siblings only.
+const PUBSUB_TIERS: &[&[&str]] = &[
+    &["failure", "wire"],
+    &["kafka"],
+    &["target"],
+    &["modes"],
+    &["ending"],
+    &["transports"],
+    &["mod"],
+];
+
+/// Files in one tier that must not use each other: the two reading modes, the two transports.
+const APART: &[(&str, &str, &str)] = &[
+    ("modes", "pull", "push"),
+    ("transports", "websocket", "sse"),
+];
+
+struct PubsubFile {
+    /// The tier folder or root module the file belongs to (`kafka`, `target`, `mod`, ...).
+    unit: String,
+    /// The file's own name within a tier folder (`pull`), empty for a root module.
+    name: String,
+    /// Units its `crate::pubsub::` (and, from a root module, `super::`) paths name.
+    units: BTreeSet<String>,
+    /// Siblings its `super::` paths name, within a tier folder.
+    siblings: BTreeSet<String>,
+}
+
+fn pubsub_files() -> Vec<PubsubFile> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/pubsub");
+    let mut files = Vec::new();
+    rust_files(&dir, &mut files);
+    files
+        .into_iter()
+        .map(|file| {
+            let relative = file.strip_prefix(&dir).expect("under pubsub");
+            let parts: Vec<String> = relative
+                .components()
+                .map(|c| {
+                    c.as_os_str()
+                        .to_string_lossy()
+                        .trim_end_matches(".rs")
+                        .to_string()
+                })
+                .collect();
+            let code = code_of(&std::fs::read_to_string(&file).expect("read file"));
+            let mut units = used_after(&code, "crate::pubsub::");
+            let mut siblings = BTreeSet::new();
+            let (unit, name) = if parts.len() == 1 {
+                units.extend(used_after(&code, "super::"));
+                (parts[0].clone(), String::new())
+            } else {
+                units.extend(used_after(&code, "super::super::"));
+                siblings = used_after(&code, "super::");
+                (parts[0].clone(), parts[1].clone())
+            };
+            units.remove(&unit);
+            PubsubFile {
+                unit,
+                name,
+                units,
+                siblings,
+            }
+        })
+        .collect()
+}
+
+fn tier_of(unit: &str) -> Option<usize> {
+    PUBSUB_TIERS.iter().position(|tier| tier.contains(&unit))
+}
+
+#[test]
+fn the_pubsub_tiers_use_only_tiers_below_them() {
+    let files = pubsub_files();
+    assert!(files.len() >= 15, "found only {} files", files.len());
+    let mut problems = Vec::new();
+    for f in &files {
+        let Some(own) = tier_of(&f.unit) else {
+            problems.push(format!(
+                "pubsub/{} is in no tier: add it to PUBSUB_TIERS and docs/architecture.md",
+                f.unit
+            ));
+            continue;
+        };
+        let file = if f.name.is_empty() {
+            format!("pubsub/{}.rs", f.unit)
+        } else {
+            format!("pubsub/{}/{}.rs", f.unit, f.name)
+        };
+        for used in &f.units {
+            match tier_of(used) {
+                Some(theirs) if theirs < own => {}
+                Some(theirs) => problems.push(format!(
+                    "{file} (tier {own}) uses pubsub::{used} (tier {theirs}): tiers point down"
+                )),
+                None => problems.push(format!("{file} uses pubsub::{used}, which is in no tier")),
+            }
+        }
+        for (tier, a, b) in APART {
+            let apart = (f.name == *a && f.siblings.contains(*b))
+                || (f.name == *b && f.siblings.contains(*a));
+            if f.unit == *tier && apart {
+                problems.push(format!(
+                    "{file}: {tier}/{a} and {tier}/{b} must not use each other"
+                ));
+            }
+        }
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
 }

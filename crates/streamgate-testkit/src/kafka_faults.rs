@@ -32,10 +32,12 @@ use kafka_protocol::records::RecordBatchDecoder;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
+
+use crate::tap::read_frame;
 
 /// Kafka's error codes the proxy answers with.
 const OFFSET_OUT_OF_RANGE: i16 = 1;
@@ -312,16 +314,6 @@ async fn serve(shared: Arc<Shared>, node: i32, client: TcpStream) {
         () = up => {}
         () = down => {}
     }
-}
-
-async fn read_frame(read: &mut (impl AsyncReadExt + Unpin)) -> Option<Vec<u8>> {
-    let mut size = [0u8; 4];
-    read.read_exact(&mut size).await.ok()?;
-    let len = usize::try_from(i32::from_be_bytes(size)).ok()?;
-    let mut frame = vec![0u8; 4 + len];
-    frame[..4].copy_from_slice(&size);
-    read.read_exact(&mut frame[4..]).await.ok()?;
-    Some(frame)
 }
 
 /// The request's key, version and, for Fetch and ListOffsets, what the rewrite needs.

@@ -102,7 +102,7 @@ impl Tap {
 }
 
 /// One Kafka request: its 4-byte size and the request itself.
-async fn read_frame(read: &mut (impl AsyncReadExt + Unpin)) -> Option<Vec<u8>> {
+pub(crate) async fn read_frame(read: &mut (impl AsyncReadExt + Unpin)) -> Option<Vec<u8>> {
     let mut size = [0u8; 4];
     read.read_exact(&mut size).await.ok()?;
     let len = usize::try_from(i32::from_be_bytes(size)).ok()?;

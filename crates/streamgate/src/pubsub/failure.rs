@@ -139,6 +139,52 @@ pub(crate) fn kafka_name(e: &ProtocolError) -> String {
     out
 }
 
+/// `text` with every `host:port` (and `[v6]:port`) written as `<broker>`.
+pub(crate) fn without_addresses(text: &str) -> String {
+    let is_host =
+        |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | '[' | ']' | ':');
+    let chars: Vec<char> = text.chars().collect();
+    let mut out = String::with_capacity(text.len());
+    let mut i = 0;
+    while i < chars.len() {
+        if !is_host(chars[i]) {
+            out.push(chars[i]);
+            i += 1;
+            continue;
+        }
+        // A run of host-like characters: an address when it ends in `:digits` after a host
+        // with a letter, digit or bracket before the colon.
+        let start = i;
+        while i < chars.len() && is_host(chars[i]) {
+            i += 1;
+        }
+        let whole: String = chars[start..i].iter().collect();
+        // A sentence's full stop is not part of the address.
+        let token = whole.trim_end_matches('.');
+        let stop = &whole[token.len()..];
+        let address = token.rsplit_once(':').is_some_and(|(host, port)| {
+            !host.is_empty()
+                && !port.is_empty()
+                && port.len() <= 5
+                && port.chars().all(|c| c.is_ascii_digit())
+                && host
+                    .chars()
+                    .any(|c| c.is_ascii_alphabetic() || c == '.' || c == '[')
+        });
+        out.push_str(if address { "<broker>" } else { token });
+        out.push_str(stop);
+    }
+    out
+}
+
+/// The BAD_REQUEST for a timestamp that is neither -1, -2 nor a time.
+pub(crate) fn invalid_timestamp(ms: i64) -> KafkaFailure {
+    KafkaFailure::new(
+        ErrorCode::BadRequest,
+        format!("invalid timestamp {ms}: use -1 (latest), -2 (earliest) or milliseconds since the epoch"),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -171,5 +217,25 @@ mod tests {
             "error connecting to broker \"127.0.0.1:1\": Connection refused".into(),
         );
         assert_eq!(down.code, ErrorCode::Unavailable);
+    }
+
+    #[test]
+    fn addresses_are_left_out() {
+        assert_eq!(
+            without_addresses("Connection error: error connecting to broker \"127.0.0.1:9092\": Connection refused (os error 111)"),
+            "Connection error: error connecting to broker \"<broker>\": Connection refused (os error 111)"
+        );
+        assert_eq!(
+            without_addresses("kafka-1.internal:9093 and [::1]:9092, then b-2.example.com:19092."),
+            "<broker> and <broker>, then <broker>."
+        );
+        assert_eq!(
+            without_addresses("OFFSET_OUT_OF_RANGE"),
+            "OFFSET_OUT_OF_RANGE"
+        );
+        assert_eq!(
+            without_addresses("no answer within 2000 ms: at 12:30"),
+            "no answer within 2000 ms: at 12:30"
+        );
     }
 }

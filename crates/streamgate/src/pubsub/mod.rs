@@ -1,26 +1,25 @@
-//! Kafka pub/sub over WebSocket: the routes whose upstream has `scheme = "kafka"`.
+//! Kafka pub/sub over WebSocket and Server-Sent Events: the routes whose upstream has
+//! `scheme = "kafka"`. Three tiers, each using only those below (`tests/module_layers.rs`):
 //!
 //! ```text
 //! request_filter ─▶ PubSub::serve ── origin listed? ──no──▶ 403
-//!                        │ handshake valid? ──no──▶ 400
+//!                        │ WebSocket handshake or event-stream request? ──no──▶ 400
 //!                        │ consumer under max_sessions_per_consumer? ──no──▶ 429
 //!                        ▼
-//!              101, detach the TCP stream from Pingora (upgrade.rs)
-//!                        │
-//!                        ▼  tokio task, one per connection
-//!              session loop (session.rs) ── ping ──▶ pong
-//!                        │ list offset / fetch (commands.rs), concurrently; answers written as
-//!                        │   frames encoded once (wire.rs)
-//!                        │ subscribe / credit / unsubscribe: push tasks (subscription.rs),
-//!                        │   resume cursors (cursor.rs)
+//! transports/   websocket.rs: 101, the TCP stream detached from Pingora (upgrade.rs), a task
+//!                        │   per connection: the command loop (a ping answered at once)
+//!               sse.rs: 200 text/event-stream, the response detached, a task per stream
+//!                        │   (what ends either besides its client: ending.rs)
 //!                        ▼
-//!              partition readers (reader.rs): coalesced fetches, tail polling, the shared
-//!              window of recent records
+//! modes/        pull.rs: list offset / fetch, concurrently; answers encoded once (wire.rs)
+//!               push.rs: subscriptions with credit, one task each; resume points (cursor.rs)
+//!                        │   (the route's Kafka side, the caller, the row filter: target.rs)
 //!                        ▼
-//!              fetches from partition leaders (fetcher.rs), record batches decoded within a
-//!                        │   budget (batch.rs)
-//!                        ▼
-//!              shared Kafka clients and connections (kafka_pool.rs) ──▶ brokers
+//! kafka/        reader.rs: a partition's shared reader: coalesced fetches, the tail poller,
+//!                        │   the window of recent records, reading ahead
+//!               fetch.rs: Fetch to the partition's leader over the gateway's own connections,
+//!                        │   record batches decoded within a budget (batch.rs)
+//!               pool.rs: shared clients per identity (cluster.rs) ──▶ brokers
 //! ```
 //!
 //! A route's Kafka side ([`KafkaTarget`]: settings and client identity) is resolved once when
@@ -29,23 +28,15 @@
 //! Detached sessions no longer see Pingora's shutdown, so [`ShutdownRelay`] (a Pingora
 //! background service) passes the signal on and sessions send Close 1001.
 
-mod batch;
-mod cluster;
-mod commands;
-mod cursor;
+mod ending;
 mod failure;
-mod fetcher;
-mod kafka_pool;
-mod reader;
-mod session;
-mod sse;
-mod subscription;
+mod kafka;
+mod modes;
 mod target;
-mod upgrade;
+mod transports;
 mod wire;
 
-pub(crate) use cluster::KafkaCluster;
-pub(crate) use kafka_pool::KafkaPool;
+pub(crate) use kafka::{KafkaCluster, KafkaPool};
 pub(crate) use target::{KafkaTarget, SessionCheck};
 
 use crate::ctx::RequestCtx;
@@ -121,7 +112,7 @@ impl PubSub {
         limits: &Arc<ConnectionLimits>,
     ) -> pingora::Result<bool> {
         let settings = &target.settings;
-        if !upgrade::origin_allowed(session, settings.allowed_origins.as_deref()) {
+        if !transports::upgrade::origin_allowed(session, settings.allowed_origins.as_deref()) {
             let message =
                 "403 Forbidden: this origin may not read this route (WebSocket or event stream)";
             respond::send(session, ctx, Answer::error(403, message)).await?;
@@ -130,7 +121,7 @@ impl PubSub {
         let req = session.req_header();
         let event_stream = req.method == http::Method::GET
             && !crate::request::asks_upgrade(req)
-            && sse::wanted(req);
+            && transports::sse::wanted(req);
         let not_websocket = "this route serves Kafka pub/sub over WebSocket (send `Connection: Upgrade` and `Upgrade: websocket`) or as Server-Sent Events (GET with `Accept: text/event-stream` and ?topic=NAME)";
         if let Some(problem) = crate::request::websocket_handshake_problem(req, not_websocket)
             .filter(|_| !event_stream)
@@ -139,7 +130,7 @@ impl PubSub {
             return Ok(true);
         }
         // Row-level security is settled before Kafka is asked anything.
-        let row_filter = match target::RowFilter::for_caller(
+        let row_filter = match target::RecordMatcher::for_caller(
             settings,
             ctx.consumer.as_deref(),
             ctx.claims.as_deref(),
@@ -175,7 +166,7 @@ impl PubSub {
             claims: ctx.claims.clone(),
             row_filter,
         };
-        let lifelines = session::Lifelines {
+        let endings = ending::Endings {
             shutdown: self.shutdown.subscribe(),
             recheck: self.recheck.subscribe(),
             credential_expires: ctx.credential_expires,
@@ -187,9 +178,9 @@ impl PubSub {
                 consumer_slot,
                 ActiveGuard::new(&self.active),
             );
-            return sse::serve(session, ctx, access, lifelines, slots).await;
+            return transports::sse::serve(session, ctx, access, endings, slots).await;
         }
-        let (stream, early) = upgrade::accept_and_detach(session, ctx).await?;
+        let (stream, early) = transports::upgrade::accept_and_detach(session, ctx).await?;
         // The session holds its places in the limits until it closes.
         let slots = (
             ctx.slot.take(),
@@ -200,13 +191,13 @@ impl PubSub {
             .pubsub_sessions_opened
             .with_label_values(&[&*target.route_id])
             .inc();
-        let config = session::websocket_config(settings.max_frame_bytes);
+        let config = transports::websocket::websocket_config(settings.max_frame_bytes);
         tokio::spawn(async move {
             let ws =
                 WebSocketStream::from_partially_read(stream, early, Role::Server, Some(config))
                     .await;
             let route_id = Arc::clone(&access.target.route_id);
-            session::run(ws, access, lifelines).await;
+            transports::websocket::run(ws, access, endings).await;
             drop(slots);
             tracing::debug!(route = %route_id, "pub/sub session ended");
         });

@@ -2,13 +2,16 @@
 //! the identity of the shared client its sessions use. A session adds who is calling
 //! ([`KafkaAccess`]).
 
-use super::cluster::KafkaCluster;
-use super::kafka_pool::{KafkaIdentity, KafkaPool};
+use super::failure::KafkaFailure;
 use crate::error::StartupError;
 use crate::limits::ConnectionLimits;
+use crate::pubsub::kafka::cluster::KafkaCluster;
+use crate::pubsub::kafka::pool::{KafkaIdentity, KafkaPool};
+use bytes::Bytes;
+use std::collections::HashSet;
 use std::sync::Arc;
 use streamgate_config::model::{Consumer, KafkaProxy, Route, SaslMechanism};
-use streamgate_protocol::KafkaMessage;
+use streamgate_protocol::{ErrorCode, KafkaMessage, PubSubResp, RecordFilter};
 
 /// The Kafka side of one route to a kafka upstream.
 #[derive(Debug)]
@@ -71,26 +74,30 @@ pub(crate) struct KafkaAccess {
     pub claims: Option<Arc<serde_json::Value>>,
     /// The records this caller may receive at all (row-level security), from its consumer's
     /// `record_filter` and the route's `key_prefix_from_claim`; `None` = every record.
-    pub row_filter: Option<Arc<RowFilter>>,
+    pub row_filter: Option<Arc<RecordMatcher>>,
 }
 
-/// The records a caller may receive at all: every part must hold. Applied to fetches,
-/// subscriptions and event streams alike; a client's own filter can narrow it, never widen it.
+/// Which records pass: every part given must hold. The one matcher behind both filters a record
+/// meets: the caller's row filter (the records it may receive at all, from the operator's
+/// settings; applied to fetches, subscriptions and event streams alike) and a subscription's own
+/// filter (the client's, which can narrow the row filter, never widen it).
 #[derive(Debug, Default, PartialEq, Eq)]
-pub(crate) struct RowFilter {
-    /// Each of these prefixes the key (the consumer's `record_filter`, as the operator wrote it).
-    key_prefixes: Vec<Vec<u8>>,
+pub(crate) struct RecordMatcher {
+    /// The key is one of these (empty: any key); a set, so a record costs one look-up.
+    keys: HashSet<Bytes>,
+    /// Each of these prefixes the key.
+    key_prefixes: Vec<Bytes>,
     /// The caller's own keys (`key_prefix_from_claim`): the claim's value exactly, or followed
     /// by the route's delimiter (this second form is stored, the first is it less the delimiter).
-    owned: Option<(Vec<u8>, usize)>,
+    owned: Option<(Bytes, usize)>,
     /// Each of these headers is present with this value.
-    headers: Vec<(String, Vec<u8>)>,
+    headers: Vec<(String, Bytes)>,
 }
 
-impl RowFilter {
-    /// The filter for a caller of `settings`' route: `consumer`'s record filter, and the route's
-    /// claim-derived key prefix taken from `claims`. Errs (the caller is refused with 403) when
-    /// the route derives a prefix from a claim the caller's token does not carry.
+impl RecordMatcher {
+    /// The row filter for a caller of `settings`' route: `consumer`'s record filter, and the
+    /// keys the caller owns by its token's claim. Errs (the caller is refused with 403) when the
+    /// route derives them from a claim the caller's token does not carry. `None`: every record.
     pub(crate) fn for_caller(
         settings: &KafkaProxy,
         consumer: Option<&Consumer>,
@@ -100,11 +107,11 @@ impl RowFilter {
         if let Some(f) = consumer.and_then(|c| c.record_filter.as_ref()) {
             filter
                 .key_prefixes
-                .extend(f.key_prefix.iter().map(|p| p.as_bytes().to_vec()));
+                .extend(f.key_prefix.iter().map(|p| Bytes::from(p.clone())));
             filter.headers.extend(
                 f.headers
                     .iter()
-                    .map(|(k, v)| (k.clone(), v.as_bytes().to_vec())),
+                    .map(|(k, v)| (k.clone(), Bytes::from(v.clone()))),
             );
         }
         if let Some(claim) = &settings.key_prefix_from_claim {
@@ -124,29 +131,106 @@ impl RowFilter {
             let mut owned = value.into_bytes();
             let exact = owned.len();
             owned.extend_from_slice(delimiter.as_bytes());
-            filter.owned = Some((owned, exact));
+            filter.owned = Some((Bytes::from(owned), exact));
         }
-        if filter.key_prefixes.is_empty() && filter.owned.is_none() && filter.headers.is_empty() {
-            return Ok(None);
-        }
-        Ok(Some(Arc::new(filter)))
+        Ok((!filter.is_empty()).then(|| Arc::new(filter)))
     }
 
-    /// Whether the caller may receive `m`.
+    /// A subscription's own filter: the key is one of `keys` (when given), starts with
+    /// `key_prefix`, and every listed header is present with that value.
+    pub(crate) fn of_client(filter: RecordFilter) -> Self {
+        Self {
+            keys: filter.keys.into_iter().collect(),
+            key_prefixes: Some(filter.key_prefix)
+                .filter(|p| !p.is_empty())
+                .into_iter()
+                .collect(),
+            owned: None,
+            headers: filter
+                .headers
+                .into_iter()
+                .map(|h| (h.key, h.value))
+                .collect(),
+        }
+    }
+
+    /// Whether it lets every record through.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+            && self.key_prefixes.is_empty()
+            && self.owned.is_none()
+            && self.headers.is_empty()
+    }
+
+    /// Whether `m` passes.
     pub(crate) fn passes(&self, m: &KafkaMessage) -> bool {
-        self.key_prefixes.iter().all(|p| m.key.starts_with(p))
+        (self.keys.is_empty() || self.keys.contains(&m.key))
+            && self.key_prefixes.iter().all(|p| m.key.starts_with(p))
             && self.owned.as_ref().is_none_or(|(owned, exact)| {
                 m.key.starts_with(owned) || m.key[..] == owned[..*exact]
             })
-            && self.headers.iter().all(|(k, v)| {
-                m.headers
-                    .iter()
-                    .any(|h| h.key == *k && h.value[..] == v[..])
-            })
+            && self
+                .headers
+                .iter()
+                .all(|(k, v)| m.headers.iter().any(|h| h.key == *k && h.value == *v))
     }
 }
 
 impl KafkaAccess {
+    /// The error answer for a failed command on `topic`/`partition`, in APISIX's wording.
+    pub(crate) fn failed(
+        &self,
+        sequence: i64,
+        what: &str,
+        topic: &str,
+        partition: Option<i32>,
+        f: KafkaFailure,
+    ) -> PubSubResp {
+        // Broker addresses are the operator's business: a caller nobody authenticated is not told
+        // where the brokers are (the gateway's log is).
+        let reason = if self.consumer.is_none() {
+            let scrubbed = super::failure::without_addresses(&f.reason);
+            if scrubbed != f.reason {
+                tracing::debug!(route = %self.target.route_id, reason = %f.reason, "Kafka failure (addresses left out of the answer)");
+            }
+            scrubbed
+        } else {
+            f.reason
+        };
+        let message = match partition {
+            Some(partition) => {
+                format!("failed to {what}, topic: {topic}, partition: {partition}, err: {reason}")
+            }
+            None => format!("failed to {what}, topic: {topic}, err: {reason}"),
+        };
+        PubSubResp::error(sequence, f.code, message)
+    }
+
+    /// A topic or partition the broker says does not exist is not asked for again by name.
+    pub(crate) fn forget_if_gone<T>(
+        &self,
+        topic: &str,
+        partition: i32,
+        answer: &Result<T, KafkaFailure>,
+    ) {
+        if matches!(answer, Err(f) if f.code == ErrorCode::NotFound) {
+            self.pool.forget(&self.target.identity, topic, partition);
+        }
+    }
+
+    /// The one topic check of every command and subscription, before Kafka is asked anything:
+    /// BAD_REQUEST for a name Kafka would refuse, FORBIDDEN for a topic outside the route's or
+    /// the consumer's allow-list.
+    pub(crate) fn check_topic(&self, topic: &str) -> Result<(), KafkaFailure> {
+        if let Some(why) = invalid_topic(topic) {
+            return Err(KafkaFailure::new(ErrorCode::BadRequest, why));
+        }
+        match self.refusal(topic) {
+            Some(why) => Err(KafkaFailure::new(ErrorCode::Forbidden, why)),
+            None => Ok(()),
+        }
+    }
+
     /// Why this caller may not read `topic` on this route, if it may not: the route's
     /// allow-list, then the consumer's.
     pub(crate) fn refusal(&self, topic: &str) -> Option<&'static str> {
@@ -171,4 +255,23 @@ pub(crate) trait SessionCheck: Send + Sync + std::fmt::Debug {
         route_id: &str,
         consumer: Option<&Consumer>,
     ) -> Result<(Arc<KafkaTarget>, Option<Arc<Consumer>>), String>;
+}
+
+/// Why `topic` is not a name Kafka accepts (1 to 249 of `[A-Za-z0-9._-]`, not `.` or `..`),
+/// if it is not. Checked before anything reaches the broker.
+fn invalid_topic(topic: &str) -> Option<&'static str> {
+    if topic.is_empty() {
+        Some("topic is empty")
+    } else if topic.len() > 249 {
+        Some("invalid topic name: longer than 249 characters")
+    } else if topic == "." || topic == ".." {
+        Some("invalid topic name: `.` and `..` are not topics")
+    } else if !topic
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+    {
+        Some("invalid topic name: use only letters, digits, `.`, `_` and `-`")
+    } else {
+        None
+    }
 }

@@ -79,6 +79,59 @@ impl WireFrame {
     }
 }
 
+/// The room a route's `max_frame_bytes` leaves for records in one frame, and the one rule for
+/// what a record takes of it, for fetch answers and pushes alike.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct FrameBudget {
+    max_frame_bytes: usize,
+    /// Everything around the records, at its longest.
+    envelope: usize,
+}
+
+impl FrameBudget {
+    /// A fetch answer: sequence, the fields' tags and lengths, and the high watermark.
+    pub(crate) fn fetch_answer(max_frame_bytes: usize) -> Self {
+        Self {
+            max_frame_bytes,
+            envelope: 40,
+        }
+    }
+
+    /// A push: as a fetch answer, plus the partition, the caught-up flag and the cursor
+    /// (`cursor_len`: at its longest).
+    pub(crate) fn push(max_frame_bytes: usize, cursor_len: usize) -> Self {
+        Self {
+            max_frame_bytes,
+            envelope: 64 + cursor_len,
+        }
+    }
+
+    /// Bytes the records of one frame may take together.
+    pub(crate) fn for_records(&self) -> usize {
+        self.max_frame_bytes.saturating_sub(self.envelope)
+    }
+
+    /// Bytes the envelope may take.
+    pub(crate) fn envelope(&self) -> usize {
+        self.envelope
+    }
+
+    /// What a record of `encoded_len` bytes takes of a frame: its field key (one byte in both
+    /// answers), its length and itself.
+    pub(crate) fn framed_len(encoded_len: usize) -> usize {
+        1 + encoded_len_varint(encoded_len as u64) + encoded_len
+    }
+
+    /// Why a record that takes `framed` bytes cannot be sent even alone (the TOO_LARGE text).
+    pub(crate) fn too_large(&self, offset: i64, framed: usize) -> String {
+        format!(
+            "record at offset {offset} needs {} bytes, more than this route's max_frame_bytes of {}",
+            framed + self.envelope,
+            self.max_frame_bytes
+        )
+    }
+}
+
 /// A record chosen for a fetch answer, its encoded size measured once: the size decides whether
 /// it fits the frame and sizes the buffer it is encoded into.
 #[derive(Debug, Clone, Copy)]
@@ -102,7 +155,8 @@ impl<'a> Picked<'a> {
 
     /// The record's place in an answer: field key, length, body.
     pub(crate) fn framed_len(&self) -> usize {
-        key_len(MESSAGES) + encoded_len_varint(self.len as u64) + self.len
+        debug_assert_eq!(key_len(MESSAGES), 1);
+        FrameBudget::framed_len(self.len)
     }
 
     /// Writes the record as a `KafkaFetchResp.messages` entry. Keys and values are copied

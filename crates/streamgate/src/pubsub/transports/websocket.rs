@@ -5,7 +5,7 @@
 //! answer carries its request's sequence. A command task's result is its answer, collected by the
 //! loop as tasks finish.
 //!
-//! Push subscriptions (subscription.rs) are tasks too; their frames come through one small channel
+//! Push subscriptions (modes/push.rs) are tasks too; their frames come through one small channel
 //! per session, read after client frames, so a ping is answered before the next push. The loop
 //! grants credit (no answer), ends subscriptions (the answer carries the cursor of the last push
 //! actually written; anything not yet written is dropped), and ends those a reload no longer
@@ -17,10 +17,11 @@
 //! read: while an answer waits to be written the loop reads no more commands, at most
 //! `max_in_flight` answers wait behind it, and after `send_timeout` the connection is dropped.
 
-use super::commands::{self, Reply};
-use super::subscription::{self, Granted, Outgoing};
-use super::target::{KafkaAccess, KafkaTarget, RowFilter, SessionCheck};
-use super::wire::{self, WireFrame};
+use crate::pubsub::ending::{renewed, Endings, IDENTITY_CHANGED, ROW_FILTER_CHANGED};
+use crate::pubsub::modes::pull::{self, Reply};
+use crate::pubsub::modes::push::{self, Granted, Outgoing};
+use crate::pubsub::target::{KafkaAccess, KafkaTarget, RecordMatcher};
+use crate::pubsub::wire::{self, WireFrame};
 use crate::rate::TokenBucket;
 use futures_util::{SinkExt, StreamExt};
 use prost::Message as _;
@@ -57,17 +58,6 @@ pub(crate) fn websocket_config(max_frame_bytes: usize) -> WebSocketConfig {
         .max_frame_size(Some(max_frame_bytes))
 }
 
-/// What else ends a session, besides its client and its own limits.
-pub(crate) struct Lifelines {
-    /// Turns true when the gateway shuts down (Close 1001).
-    pub shutdown: watch::Receiver<bool>,
-    /// A new configuration to re-check the session against (Close 1008 when it no longer
-    /// allows the session's caller or a topic it read).
-    pub recheck: watch::Receiver<Option<Arc<dyn SessionCheck>>>,
-    /// When the caller's credential expires (a JWT's `exp`; Close 1008).
-    pub credential_expires: Option<std::time::SystemTime>,
-}
-
 /// Frames from a session's subscriptions waiting to be written, at most (each subscription
 /// waits for room: what a slow client holds back stays in Kafka). Frames travel boxed: a
 /// channel's slots are allocated 32 at a time, whatever its capacity.
@@ -85,7 +75,7 @@ struct Subscribed {
     cursor: String,
     task: AbortHandle,
     /// The row filter the subscription's task applies (a reload that changes it ends it).
-    row_filter: Option<Arc<RowFilter>>,
+    row_filter: Option<Arc<RecordMatcher>>,
     /// The route's Kafka side the task reads through (a reload that moves the route to another
     /// cluster or other credentials ends it).
     target: Arc<KafkaTarget>,
@@ -118,18 +108,15 @@ impl Subscriptions {
 
 /// Runs a session until the client leaves, the gateway shuts down, or the session may no
 /// longer run.
-pub(crate) async fn run<S>(
-    mut ws: WebSocketStream<S>,
-    mut access: KafkaAccess,
-    lifelines: Lifelines,
-) where
+pub(crate) async fn run<S>(mut ws: WebSocketStream<S>, mut access: KafkaAccess, endings: Endings)
+where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let Lifelines {
+    let Endings {
         mut shutdown,
         mut recheck,
         credential_expires,
-    } = lifelines;
+    } = endings;
     let metrics = crate::metrics::metrics();
     // The session's own limits stay those it started with; allow-lists and credentials follow
     // reloads (`access` is replaced on each re-check).
@@ -468,15 +455,15 @@ fn dispatch(
     tasks.spawn(async move {
         match cmd {
             Req::CmdKafkaListOffset(c) => {
-                let answer = commands::list_offset(&access, sequence, c).await;
-                commands::reply(&access, kind, answer)
+                let answer = pull::list_offset(&access, sequence, c).await;
+                pull::reply(&access, kind, answer)
             }
-            Req::CmdKafkaFetch(c) => commands::fetch(&access, sequence, c).await,
+            Req::CmdKafkaFetch(c) => pull::fetch(&access, sequence, c).await,
             // Answered inline above or by `dispatch_push`; never spawned.
             _ => {
                 let answer =
                     PubSubResp::error(sequence, ErrorCode::Internal, "command dispatched twice");
-                commands::reply(&access, kind, answer)
+                pull::reply(&access, kind, answer)
             }
         }
     });
@@ -567,7 +554,7 @@ fn subscribe(
     subs: &mut Subscriptions,
 ) -> Option<PubSubResp> {
     let limit = access.target.settings.max_subscriptions;
-    if let Some(why) = subscription::over_limits(&cmd) {
+    if let Some(why) = push::over_limits(&cmd) {
         return Some(PubSubResp::error(sequence, ErrorCode::BadRequest, why));
     }
     if subs.by_sequence.contains_key(&sequence) {
@@ -606,7 +593,7 @@ fn subscribe(
             sender
         }
     };
-    let task = subs.tasks.spawn(subscription::run(
+    let task = subs.tasks.spawn(push::run(
         access.clone(),
         key,
         sequence,
@@ -671,41 +658,6 @@ where
         send_bounded(ws, &answer, limit).await?;
     }
     Ok(())
-}
-
-/// Why a reload ends a subscription or event stream whose caller may still read its topic.
-pub(super) const ROW_FILTER_CHANGED: &str =
-    "forbidden: the records this caller may receive changed; subscribe again";
-pub(super) const IDENTITY_CHANGED: &str =
-    "forbidden: the route now reads another Kafka cluster, or with other credentials; subscribe again";
-
-/// The session's access under a new configuration, or why it must end.
-pub(super) fn renewed(
-    check: &dyn SessionCheck,
-    access: &KafkaAccess,
-    topics_read: &HashSet<String>,
-) -> Result<KafkaAccess, String> {
-    let (target, consumer) = check.recheck(&access.target.route_id, access.consumer.as_deref())?;
-    // The row filter follows the new settings and consumer; a caller the new ones refuse ends.
-    let row_filter = RowFilter::for_caller(
-        &target.settings,
-        consumer.as_deref(),
-        access.claims.as_deref(),
-    )?;
-    let renewed = KafkaAccess {
-        target,
-        consumer,
-        pool: Arc::clone(&access.pool),
-        limits: Arc::clone(&access.limits),
-        claims: access.claims.clone(),
-        row_filter,
-    };
-    for topic in topics_read {
-        if let Some(why) = renewed.refusal(topic) {
-            return Err(format!("topic {topic:?} is no longer allowed ({why})"));
-        }
-    }
-    Ok(renewed)
 }
 
 /// A session's frame rate: `per_second` sustained, as many at once; 0 means no limit.

@@ -1,5 +1,5 @@
 //! A Kafka cluster as a kafka upstream describes it, and the SASL settings in rskafka's form: what
-//! both the shared clients (kafka_pool.rs) and the fetch connections (fetcher.rs) connect with.
+//! both the shared clients (pool.rs) and the fetch connections (fetch.rs) connect with.
 
 use crate::error::StartupError;
 use rskafka::client::{Credentials, SaslConfig};

@@ -14,9 +14,9 @@
 //! connections) is waited out: retriable errors are retried with backoff until the caller's
 //! deadline, looking the leader up again where it may have moved.
 
-use super::batch::{self, AbortedTxn, BatchError, Budget, Decoded};
+use super::batch::{self, AbortedTxn, BatchError, Budget};
 use super::cluster::{sasl_config, KafkaCluster};
-use super::failure::{bounded, is_retriable, KafkaFailure};
+use crate::pubsub::failure::{bounded, is_retriable, KafkaFailure};
 use crate::sync::lock;
 use bytes::{Buf, Bytes};
 use rskafka::messenger::{Messenger, RequestError};
@@ -36,6 +36,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use streamgate_config::model::{Isolation, Sasl};
 use streamgate_protocol::ErrorCode;
+use streamgate_protocol::KafkaMessage;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::sync::OnceCell;
@@ -261,16 +262,34 @@ impl Brokers {
     }
 }
 
-/// What one fetch brought back.
+/// Records decoded once, shared by every session that asked for them.
 #[derive(Debug)]
-pub(crate) struct FetchAnswer {
-    pub decoded: Decoded,
-    /// The partition's high watermark.
+pub(crate) struct Fetched {
+    /// The offset asked for: records before it (the rest of their batch) are not for the asker.
+    pub from: i64,
+    /// Records in log order (keys and values are shared buffers, never copied per session).
+    pub messages: Vec<KafkaMessage>,
+    /// Where the next read starts: past every batch this answer settled, records or not
+    /// (transaction markers, aborted transactions, batches emptied by compaction).
+    pub next: i64,
+    /// The partition's high watermark when the broker answered.
     pub high_watermark: i64,
-    /// Where this identity's reading of the partition ends now: the last stable offset when
-    /// reading committed records (nothing at or after an open transaction's first record is
-    /// visible), the high watermark otherwise.
+    /// Where reading ends for now under the identity's isolation (the last stable offset when
+    /// reading committed records): what readiness, "at the end", caught-up and the high
+    /// watermark told to clients go by.
     pub end: i64,
+    /// Key, value and header bytes of `messages`.
+    pub record_bytes: usize,
+    /// The fetch's byte budget. Batches are kept whole, so `record_bytes` may pass it; the result
+    /// is still what any asker with this budget would get.
+    pub max_bytes: i32,
+}
+
+impl Fetched {
+    /// Whether the read reached the end of what is readable now.
+    pub(crate) fn at_end(&self) -> bool {
+        self.next >= self.end
+    }
 }
 
 /// Fetches of one partition, sent to its leader (looked up once, and again when it moves).
@@ -312,7 +331,7 @@ impl PartitionFetcher {
         max_bytes: i32,
         wait_ms: i32,
         deadline: Instant,
-    ) -> Result<FetchAnswer, KafkaFailure> {
+    ) -> Result<Fetched, KafkaFailure> {
         let mut backoff = RETRY_BACKOFF.0;
         loop {
             match self.fetch_once(offset, max_bytes, wait_ms).await {
@@ -337,7 +356,7 @@ impl PartitionFetcher {
         offset: i64,
         max_bytes: i32,
         wait_ms: i32,
-    ) -> Result<FetchAnswer, Attempt> {
+    ) -> Result<Fetched, Attempt> {
         let known = lock(&self.leader).clone();
         let address = match known {
             Some(a) => a,
@@ -420,10 +439,14 @@ impl PartitionFetcher {
                 }
             })
         })?;
-        Ok(FetchAnswer {
-            decoded,
+        Ok(Fetched {
+            from: offset,
+            messages: decoded.messages,
+            next: decoded.next,
             high_watermark: part.high_watermark,
             end,
+            record_bytes: decoded.record_bytes,
+            max_bytes,
         })
     }
 }
@@ -454,11 +477,11 @@ fn request_failure(e: &RequestError) -> KafkaFailure {
     )
 }
 
-/// rskafka's Fetch request (v4), answered as [`RawFetchAnswer`]: record bytes left undecoded.
+/// rskafka's Fetch request (v4), answered as [`FetchResponse`]: record bytes left undecoded.
 struct RawFetch(FetchRequest);
 
 impl RequestBody for RawFetch {
-    type ResponseBody = RawFetchAnswer;
+    type ResponseBody = FetchResponse;
     const API_KEY: ApiKey = ApiKey::Fetch;
     const API_VERSION_RANGE: ApiVersionRange =
         ApiVersionRange::new(ApiVersion(Int16(4)), ApiVersion(Int16(4)));
@@ -477,11 +500,11 @@ impl<W: std::io::Write> WriteVersionedType<W> for RawFetch {
 }
 
 /// A Fetch v4 answer with each partition's records as the bytes the broker sent.
-struct RawFetchAnswer {
-    partitions: Vec<RawPartition>,
+struct FetchResponse {
+    partitions: Vec<PartitionResponse>,
 }
 
-struct RawPartition {
+struct PartitionResponse {
     topic: String,
     partition: i32,
     error_code: i16,
@@ -491,7 +514,7 @@ struct RawPartition {
     records: Bytes,
 }
 
-impl ReadVersionedType<Cursor<Vec<u8>>> for RawFetchAnswer {
+impl ReadVersionedType<Cursor<Vec<u8>>> for FetchResponse {
     fn read_versioned(
         reader: &mut Cursor<Vec<u8>>,
         _version: ApiVersion,
@@ -514,7 +537,7 @@ impl ReadVersionedType<Cursor<Vec<u8>>> for RawFetchAnswer {
     }
 }
 
-fn read_fetch_answer(buf: &mut Bytes) -> Result<RawFetchAnswer, &'static str> {
+fn read_fetch_answer(buf: &mut Bytes) -> Result<FetchResponse, &'static str> {
     let _throttle_ms = get_i32(buf)?;
     let mut partitions = Vec::new();
     for _ in 0..count(buf)? {
@@ -539,7 +562,7 @@ fn read_fetch_answer(buf: &mut Bytes) -> Result<RawFetchAnswer, &'static str> {
                     usize::try_from(n).map_err(|_| "negative records length")?,
                 )?,
             };
-            partitions.push(RawPartition {
+            partitions.push(PartitionResponse {
                 topic: topic.clone(),
                 partition,
                 error_code,
@@ -553,7 +576,7 @@ fn read_fetch_answer(buf: &mut Bytes) -> Result<RawFetchAnswer, &'static str> {
     if !buf.is_empty() {
         return Err("bytes left after the answer");
     }
-    Ok(RawFetchAnswer { partitions })
+    Ok(FetchResponse { partitions })
 }
 
 fn take(buf: &mut Bytes, n: usize) -> Result<Bytes, &'static str> {

@@ -21,16 +21,16 @@
 //! push subscription replaying) gets its next fetch started as soon as one is answered, so the
 //! broker reads while the gateway and the client handle the answer, instead of after.
 
-use super::failure::{bounded, KafkaFailure};
-use super::fetcher::PartitionFetcher;
+pub(crate) use super::fetch::Fetched;
+use super::fetch::PartitionFetcher;
+use crate::pubsub::failure::{bounded, KafkaFailure};
 use crate::sync::lock;
 use futures_util::future::{BoxFuture, FutureExt, Shared};
-use rskafka::client::partition::PartitionClient;
+use rskafka::client::partition::{OffsetAt, PartitionClient};
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use streamgate_protocol::KafkaMessage;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
@@ -50,36 +50,6 @@ const WINDOW_BYTES: usize = 4 << 20;
 /// be cut short under them (a topic deleted and created again, an unclean leader election): this
 /// bounds how long the window could hide that.
 const WINDOW_TTL: Duration = Duration::from_secs(1);
-
-/// Records decoded once, shared by every session that asked for them.
-#[derive(Debug)]
-pub(crate) struct Fetched {
-    /// The offset asked for: records before it (the rest of their batch) are not for the asker.
-    pub from: i64,
-    /// Records in log order (keys and values are shared buffers, never copied per session).
-    pub messages: Vec<KafkaMessage>,
-    /// Where the next read starts: past every batch this answer settled, records or not
-    /// (transaction markers, aborted transactions, batches emptied by compaction).
-    pub next: i64,
-    /// The partition's high watermark when the broker answered.
-    pub high_watermark: i64,
-    /// Where reading ends for now under the identity's isolation (the last stable offset when
-    /// reading committed records): what readiness, "at the end", caught-up and the high
-    /// watermark told to clients go by.
-    pub end: i64,
-    /// Key, value and header bytes of `messages`.
-    pub record_bytes: usize,
-    /// The fetch's byte budget. Batches are kept whole, so `record_bytes` may pass it; the result
-    /// is still what any asker with this budget would get.
-    pub max_bytes: i32,
-}
-
-impl Fetched {
-    /// Whether the read reached the end of what is readable now.
-    pub(crate) fn at_end(&self) -> bool {
-        self.next >= self.end
-    }
-}
 
 type SharedFetch = Shared<BoxFuture<'static, Result<Arc<Fetched>, KafkaFailure>>>;
 
@@ -364,6 +334,44 @@ impl PartitionReader {
             .fetch_max(high_watermark, Ordering::Relaxed);
     }
 
+    /// Kafka's answer to "which offset is at `at`" for one partition, checked: -1 for a time later
+    /// than every record, even from a broker that answers an older record's offset.
+    pub(crate) async fn offset_at(
+        self: &Arc<Self>,
+        at: OffsetAt,
+        timeout: Duration,
+    ) -> Result<i64, KafkaFailure> {
+        let reader = self;
+        let started = std::time::Instant::now();
+        let offset = kafka_call(timeout, reader.client().get_offset(at)).await;
+        crate::metrics::metrics().kafka_call("list_offsets", started.elapsed());
+        let offset = offset?;
+        let OffsetAt::Timestamp(time) = at else {
+            return Ok(offset);
+        };
+        if offset < 0 {
+            return Ok(offset);
+        }
+        let wanted = time.timestamp_millis();
+        // Kafka answers -1 when no record is that late; some brokers answer an offset whose record
+        // is older than asked. Read the records there and check.
+        let fetched = reader.fetch_now(offset, 64 * 1024, timeout).await?;
+        let records = &fetched.messages;
+        let first_late_enough = records
+            .iter()
+            .find(|m| m.offset >= offset && m.timestamp >= wanted);
+        Ok(match first_late_enough {
+            Some(m) => m.offset,
+            None if records
+                .last()
+                .is_none_or(|m| m.offset.saturating_add(1) >= fetched.end) =>
+            {
+                -1
+            }
+            None => offset,
+        })
+    }
+
     /// Starts the partition's poller unless it runs; it stops when nobody waits.
     fn ensure_poller(self: &Arc<Self>, timeout: Duration) {
         let mut running = lock(&self.poller_running);
@@ -415,6 +423,16 @@ fn keep(results: &mut VecDeque<(Instant, Arc<Fetched>)>, fetched: &Arc<Fetched>)
     }
 }
 
+async fn kafka_call<T>(
+    timeout: Duration,
+    call: impl std::future::Future<Output = Result<T, rskafka::client::error::Error>>,
+) -> Result<T, KafkaFailure> {
+    match tokio::time::timeout(timeout, call).await {
+        Ok(result) => result.map_err(|e| KafkaFailure::from_kafka(&e)),
+        Err(_) => Err(KafkaFailure::timeout(timeout)),
+    }
+}
+
 async fn broker_fetch(
     fetcher: Arc<PartitionFetcher>,
     offset: i64,
@@ -432,14 +450,5 @@ async fn broker_fetch(
     )
     .await;
     metrics.kafka_call("fetch", started.elapsed());
-    let answer = result?;
-    Ok(Arc::new(Fetched {
-        from: offset,
-        messages: answer.decoded.messages,
-        next: answer.decoded.next,
-        high_watermark: answer.high_watermark,
-        end: answer.end,
-        record_bytes: answer.decoded.record_bytes,
-        max_bytes,
-    }))
+    Ok(Arc::new(result?))
 }

@@ -14,12 +14,12 @@
 //! Flow control is TCP's: credit is granted back as events are written, and a reader that takes
 //! nothing for `send_timeout_ms` is disconnected (it resumes with its last id).
 
-use super::cursor;
-use super::session::{self, Lifelines};
-use super::subscription::{self, Granted, Outgoing};
-use super::target::KafkaAccess;
 use crate::ctx::RequestCtx;
 use crate::detach::ResponseBody;
+use crate::pubsub::ending::{self, Endings};
+use crate::pubsub::modes::cursor;
+use crate::pubsub::modes::push::{self, Granted, Outgoing};
+use crate::pubsub::target::KafkaAccess;
 use crate::respond::{self, Answer};
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
@@ -41,7 +41,7 @@ const CREDIT_WINDOW: u32 = 512;
 const KEEP_ALIVE: Duration = Duration::from_secs(15);
 
 /// Whether the request asks for an event stream rather than a WebSocket.
-pub(super) fn wanted(req: &RequestHeader) -> bool {
+pub(crate) fn wanted(req: &RequestHeader) -> bool {
     let accepts = req
         .headers
         .get_all(http::header::ACCEPT)
@@ -57,7 +57,7 @@ pub(super) fn wanted(req: &RequestHeader) -> bool {
 }
 
 /// The subscription a request's query (and `Last-Event-ID`) asks for, or why it is malformed.
-pub(super) fn subscribe_command(req: &RequestHeader) -> Result<CmdKafkaSubscribe, String> {
+pub(crate) fn subscribe_command(req: &RequestHeader) -> Result<CmdKafkaSubscribe, String> {
     let mut cmd = CmdKafkaSubscribe {
         credit_records: CREDIT_WINDOW,
         ..Default::default()
@@ -147,15 +147,15 @@ fn status_of(code: i32) -> u16 {
 
 /// Serves an event stream: starts the subscription, answers a refusal with its status, else
 /// writes the 200 and hands the connection to a task. Always answers (`Ok(true)`).
-pub(super) async fn serve(
+pub(crate) async fn serve(
     session: &mut Session,
     ctx: &mut RequestCtx,
     access: KafkaAccess,
-    lifelines: Lifelines,
+    endings: Endings,
     slots: impl Send + 'static,
 ) -> pingora::Result<bool> {
     let cmd = subscribe_command(session.req_header())
-        .and_then(|cmd| subscription::over_limits(&cmd).map_or(Ok(cmd), Err));
+        .and_then(|cmd| push::over_limits(&cmd).map_or(Ok(cmd), Err));
     let cmd = match cmd {
         Ok(cmd) => cmd,
         Err(why) => {
@@ -169,14 +169,7 @@ pub(super) async fn serve(
     });
     let (sender, mut frames) = mpsc::channel(2);
     let topic = cmd.topic.clone();
-    let task = tokio::spawn(subscription::run(
-        access.clone(),
-        0,
-        1,
-        cmd,
-        receiver,
-        sender,
-    ));
+    let task = tokio::spawn(push::run(access.clone(), 0, 1, cmd, receiver, sender));
     let started = match frames.recv().await.map(|out| out.frame.resp) {
         Some(Some(Resp::KafkaSubscribeResp(started))) => started,
         Some(Some(Resp::ErrorResp(e))) => {
@@ -238,7 +231,7 @@ pub(super) async fn serve(
                 &topic,
                 started.cursor,
                 &mut frames,
-                lifelines,
+                endings,
                 max_session,
             )
             .await;
@@ -248,6 +241,11 @@ pub(super) async fn serve(
     });
     Ok(true)
 }
+
+/// The stream could not be written: the client went away, or took nothing for the send
+/// timeout.
+#[derive(Debug)]
+struct Unwritten;
 
 /// Writes one event stream.
 struct Writer {
@@ -268,14 +266,14 @@ impl Writer {
         topic: &str,
         first_cursor: String,
         frames: &mut mpsc::Receiver<Box<Outgoing>>,
-        lifelines: Lifelines,
+        endings: Endings,
         max_session: Option<Duration>,
     ) -> &'static str {
-        let Lifelines {
+        let Endings {
             mut shutdown,
             mut recheck,
             credential_expires,
-        } = lifelines;
+        } = endings;
         let read = std::collections::HashSet::from([topic.to_string()]);
         // Opening comment: proxies and clients see the stream start at once. `retry` has
         // EventSource reconnect after a second (with Last-Event-ID) when the stream drops.
@@ -310,15 +308,15 @@ impl Writer {
                     if let Some(check) = check {
                         // A reload that no longer allows the caller or the topic, or that
                         // changes the records it may receive, ends the stream.
-                        let why = match session::renewed(&*check, access, &read) {
+                        let why = match ending::renewed(&*check, access, &read) {
                             Err(why) => Some(why),
                             Ok(renewed) if renewed.row_filter != access.row_filter => {
-                                Some(session::ROW_FILTER_CHANGED.to_string())
+                                Some(ending::ROW_FILTER_CHANGED.to_string())
                             }
                             Ok(renewed)
                                 if !renewed.target.identity.same_as(&access.target.identity) =>
                             {
-                                Some(session::IDENTITY_CHANGED.to_string())
+                                Some(ending::IDENTITY_CHANGED.to_string())
                             }
                             Ok(_) => None,
                         };
@@ -371,7 +369,7 @@ impl Writer {
 
     /// One push as events: a `record` per record, its id the cursor after it; a `caught_up`
     /// when its batch says so. Then the records written are granted again.
-    async fn push(&mut self, topic: &str, push: KafkaRecordsPush) -> Result<(), ()> {
+    async fn push(&mut self, topic: &str, push: KafkaRecordsPush) -> Result<(), Unwritten> {
         // The push's cursor holds every partition's position after it; each record's id is that
         // with its own partition's position just after the record.
         let mut positions = cursor::decode(&push.cursor)
@@ -411,7 +409,7 @@ impl Writer {
         Ok(())
     }
 
-    async fn error(&mut self, code: i32, message: &str) -> Result<(), ()> {
+    async fn error(&mut self, code: i32, message: &str) -> Result<(), Unwritten> {
         let data = serde_json::json!({ "code": code, "message": message });
         self.write(format!("event: error\ndata: {data}\n\n").as_bytes())
             .await?;
@@ -419,7 +417,7 @@ impl Writer {
     }
 
     /// The end of the body: HTTP/1.1's last chunk, HTTP/2's end of stream.
-    async fn end(&mut self) -> Result<(), ()> {
+    async fn end(&mut self) -> Result<(), Unwritten> {
         match &mut self.body {
             ResponseBody::Http1(_) => {
                 self.raw(b"0\r\n\r\n").await?;
@@ -432,19 +430,19 @@ impl Writer {
                 let end = h2.write_body(Bytes::new(), true);
                 match tokio::time::timeout(self.send_timeout, end).await {
                     Ok(Ok(())) => Ok(()),
-                    _ => Err(()),
+                    _ => Err(Unwritten),
                 }
             }
         }
     }
 
     /// Writes `text` (one chunk on HTTP/1.1, one DATA frame on HTTP/2), within the send timeout.
-    async fn write(&mut self, text: &[u8]) -> Result<(), ()> {
+    async fn write(&mut self, text: &[u8]) -> Result<(), Unwritten> {
         if let ResponseBody::Http2(h2) = &mut self.body {
             let write = h2.write_body(Bytes::copy_from_slice(text), false);
             return match tokio::time::timeout(self.send_timeout, write).await {
                 Ok(Ok(())) => Ok(()),
-                _ => Err(()),
+                _ => Err(Unwritten),
             };
         }
         let mut chunk = Vec::with_capacity(text.len() + 12);
@@ -455,9 +453,9 @@ impl Writer {
     }
 
     /// Writes bytes to an HTTP/1.1 connection as they are.
-    async fn raw(&mut self, bytes: &[u8]) -> Result<(), ()> {
+    async fn raw(&mut self, bytes: &[u8]) -> Result<(), Unwritten> {
         let ResponseBody::Http1(stream) = &mut self.body else {
-            return Err(());
+            return Err(Unwritten);
         };
         let write = async {
             stream.write_all(bytes).await?;
@@ -465,7 +463,7 @@ impl Writer {
         };
         match tokio::time::timeout(self.send_timeout, write).await {
             Ok(Ok(())) => Ok(()),
-            _ => Err(()),
+            _ => Err(Unwritten),
         }
     }
 }

@@ -2,16 +2,16 @@
 //!
 //! One rskafka client per [`KafkaIdentity`] (bootstrap brokers, TLS settings, SASL identity) for
 //! listings and offset look-ups, and beside it the identity's own fetch connections ([`Brokers`],
-//! see fetcher.rs), reused by every session of every route with the same three; two routes with
+//! see fetch.rs), reused by every session of every route with the same three; two routes with
 //! different credentials never share a connection. Identities are built once per route when the
 //! route table is built, not per command. Partition clients are cached per client. Clients idle for
 //! [`IDLE_CLIENT_TTL`] are dropped on a later lookup. Locks are held only to look up or insert an
 //! entry, never across a network call.
 
 use super::cluster::{sasl_config, KafkaCluster};
-use super::failure::{bounded, KafkaFailure};
-use super::fetcher::{Brokers, PartitionFetcher};
+use super::fetch::{Brokers, PartitionFetcher};
 use super::reader::PartitionReader;
+use crate::pubsub::failure::{bounded, KafkaFailure};
 use crate::rate::TokenBucket;
 use crate::sync::lock;
 use rskafka::client::partition::UnknownTopicHandling;

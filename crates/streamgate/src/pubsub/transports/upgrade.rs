@@ -13,7 +13,7 @@ use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 /// Whether a browser page at the request's `Origin` may open this WebSocket. Browsers always send
 /// `Origin` on WebSocket handshakes, and cookies or query-string credentials ride along, so a
 /// route that lists origins refuses every other one (cross-site WebSocket hijacking).
-pub(super) fn origin_allowed(session: &Session, allowed: Option<&[String]>) -> bool {
+pub(crate) fn origin_allowed(session: &Session, allowed: Option<&[String]>) -> bool {
     let Some(allowed) = allowed else { return true };
     match session
         .req_header()
@@ -30,7 +30,7 @@ pub(super) fn origin_allowed(session: &Session, allowed: Option<&[String]>) -> b
 ///
 /// Returns the stream and the bytes the client already sent after the handshake (a client may
 /// send its first frame in the same TCP write). Call only for a valid handshake.
-pub(super) async fn accept_and_detach(
+pub(crate) async fn accept_and_detach(
     session: &mut Session,
     ctx: &mut RequestCtx,
 ) -> pingora::Result<(Stream, Vec<u8>)> {

@@ -16,25 +16,24 @@
 //! Credit is counted as totals granted (a `watch` the session adds to) against totals used (kept
 //! here): no lock, and granting never waits.
 
-use super::batch::record_size;
-use super::commands::{failed, forget_if_gone, invalid_timestamp, invalid_topic, offset_at};
 use super::cursor;
-use super::failure::KafkaFailure;
-use super::reader::{Fetched, PartitionReader};
-use super::target::{KafkaAccess, RowFilter};
 use crate::limits::AnswerHold;
-use bytes::Bytes;
+use crate::pubsub::failure::invalid_timestamp;
+use crate::pubsub::failure::KafkaFailure;
+use crate::pubsub::kafka::batch::record_size;
+use crate::pubsub::kafka::reader::{Fetched, PartitionReader};
+use crate::pubsub::target::{KafkaAccess, RecordMatcher};
+use crate::pubsub::wire::FrameBudget;
 use futures_util::future::join_all;
 use prost::Message as _;
 use rskafka::chrono::{TimeZone, Utc};
 use rskafka::client::partition::OffsetAt;
-use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 use streamgate_protocol::{
-    cmd_kafka_subscribe::StartFrom, pub_sub_resp::Resp, CmdKafkaSubscribe, ErrorCode, KafkaHeader,
-    KafkaMessage, KafkaPartitionRecords, KafkaRecordsPush, KafkaSubscribeResp, PartitionStart,
-    PubSubResp, RecordFilter,
+    cmd_kafka_subscribe::StartFrom, pub_sub_resp::Resp, CmdKafkaSubscribe, ErrorCode, KafkaMessage,
+    KafkaPartitionRecords, KafkaRecordsPush, KafkaSubscribeResp, PartitionStart, PubSubResp,
+    RecordFilter,
 };
 use tokio::sync::{mpsc, watch};
 
@@ -67,10 +66,6 @@ const HEAD_RECHECK: Duration = Duration::from_secs(1);
 
 /// First and longest pause before reading again after the brokers could not be reached.
 const OUTAGE_BACKOFF: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(2));
-
-/// Room in a push for everything but the records: sequence, tags, partition, watermark, flag, and
-/// the cursor (counted separately).
-const PUSH_ENVELOPE_BYTES: usize = 64;
 
 /// What one subscribe may list, at most. A subscription keeps its filter for as long as it runs
 /// and checks every record against it, so these bound what a client can make the gateway hold:
@@ -158,7 +153,7 @@ pub(crate) fn over_limits(cmd: &CmdKafkaSubscribe) -> Option<String> {
 }
 
 /// One subscribed partition.
-struct Part {
+struct SubscribedPartition {
     partition: i32,
     reader: Arc<PartitionReader>,
     /// The offset of the next record to look at.
@@ -202,7 +197,7 @@ pub(crate) async fn run(
     let mut parts = match Box::pin(start(&access, &cmd)).await {
         Ok(parts) => parts,
         Err((partition, f)) => {
-            let frame = failed(&access, sequence, "subscribe", &topic, partition, f);
+            let frame = access.failed(sequence, "subscribe", &topic, partition, f);
             crate::metrics::metrics().command(&route, "subscribe", &frame);
             let _ = out.send(Box::new(ending(key, frame))).await;
             return;
@@ -270,11 +265,14 @@ pub(crate) async fn run(
     let mut outage = OUTAGE_BACKOFF.0;
     // Offsets grow, and their cursor with them: room for every offset at its longest.
     let cursor_len = cursor::encode(&topic, parts.iter().map(|p| (p.partition, i64::MAX))).len();
-    let frame_budget = settings
-        .max_frame_bytes
-        .saturating_sub(PUSH_ENVELOPE_BYTES + cursor_len);
-    let fetch_bytes =
-        i32::try_from(settings.fetch_max_bytes.min(frame_budget).max(1)).unwrap_or(i32::MAX);
+    let frame_budget = FrameBudget::push(settings.max_frame_bytes, cursor_len);
+    let fetch_bytes = i32::try_from(
+        settings
+            .fetch_max_bytes
+            .min(frame_budget.for_records())
+            .max(1),
+    )
+    .unwrap_or(i32::MAX);
     loop {
         lag.set(
             parts
@@ -323,7 +321,7 @@ pub(crate) async fn run(
             }
             Err(f) => {
                 let partition = part.partition;
-                forget_if_gone(&access, &topic, partition, &Err::<(), _>(f.clone()));
+                access.forget_if_gone(&topic, partition, &Err::<(), _>(f.clone()));
                 end(&out, &access, key, sequence, &topic, Some(partition), f).await;
                 return;
             }
@@ -364,7 +362,7 @@ pub(crate) async fn run(
                 // Nothing read although the log went further before: a new leader whose high
                 // watermark still lags, or a broker catching up. Only a broker's own
                 // OFFSET_OUT_OF_RANGE ends a subscription: look again shortly.
-                tokio::time::sleep(super::reader::TAIL_POLL).await;
+                tokio::time::sleep(crate::pubsub::kafka::reader::TAIL_POLL).await;
             }
             // Otherwise the position moved past batches without records for this reader
             // (markers, aborted or filtered records), or reached the end: the readable end
@@ -457,7 +455,7 @@ struct Credit {
 
 /// The records one push carries from one partition.
 #[derive(Debug, Default)]
-struct Batch {
+struct Taken {
     records: Vec<KafkaMessage>,
     /// Their bytes as credit counts them.
     bytes: usize,
@@ -472,13 +470,13 @@ struct Batch {
 /// what the filter leaves out, and, when it takes all, past every batch the read settled (so
 /// markers and batches without records for this reader never hold a position back).
 fn take(
-    part: &mut Part,
+    part: &mut SubscribedPartition,
     fetched: &Fetched,
     filter: &Filter,
     credit: Credit,
-    frame_budget: usize,
-) -> Result<Batch, KafkaFailure> {
-    let mut batch = Batch::default();
+    frame_budget: FrameBudget,
+) -> Result<Taken, KafkaFailure> {
+    let mut batch = Taken::default();
     let mut framed_total = 0usize;
     let from = part.next;
     let mut took_all = true;
@@ -502,17 +500,11 @@ fn take(
             took_all = false;
             break;
         }
-        let len = m.encoded_len();
-        let framed = 1 + prost::encoding::encoded_len_varint(len as u64) + len;
-        if framed_total + framed > frame_budget {
+        let framed = FrameBudget::framed_len(m.encoded_len());
+        if framed_total + framed > frame_budget.for_records() {
             if batch.records.is_empty() {
-                return Err(KafkaFailure::new(
-                    ErrorCode::TooLarge,
-                    format!(
-                        "record at offset {} needs {} bytes, more than this route's max_frame_bytes allows in a push ({frame_budget})",
-                        m.offset, framed
-                    ),
-                ));
+                let why = frame_budget.too_large(m.offset, framed);
+                return Err(KafkaFailure::new(ErrorCode::TooLarge, why));
             }
             took_all = false;
             break;
@@ -534,7 +526,7 @@ fn take(
 }
 
 /// Waits until some partition has records past its position, or a while passes.
-async fn wait_at_head(parts: &[Part], timeout: Duration) {
+async fn wait_at_head(parts: &[SubscribedPartition], timeout: Duration) {
     if parts.is_empty() {
         // `select_all` of nothing would panic; a subscription always has a partition.
         tokio::time::sleep(HEAD_RECHECK).await;
@@ -548,7 +540,7 @@ async fn wait_at_head(parts: &[Part], timeout: Duration) {
 }
 
 /// The cursor after everything the positions in `parts` have passed.
-fn cursor_of(topic: &str, parts: &[Part]) -> String {
+fn cursor_of(topic: &str, parts: &[SubscribedPartition]) -> String {
     cursor::encode(topic, parts.iter().map(|p| (p.partition, p.next)))
 }
 
@@ -579,7 +571,7 @@ async fn end(
     partition: Option<i32>,
     f: KafkaFailure,
 ) {
-    let frame = failed(access, sequence, "subscribe", topic, partition, f);
+    let frame = access.failed(sequence, "subscribe", topic, partition, f);
     let _ = out.send(Box::new(ending(key, frame))).await;
 }
 
@@ -596,14 +588,9 @@ fn ending(key: u64, frame: PubSubResp) -> Outgoing {
 async fn start(
     access: &KafkaAccess,
     cmd: &CmdKafkaSubscribe,
-) -> Result<Vec<Part>, (Option<i32>, KafkaFailure)> {
+) -> Result<Vec<SubscribedPartition>, (Option<i32>, KafkaFailure)> {
     let bad = |why: String| (None, KafkaFailure::new(ErrorCode::BadRequest, why));
-    if let Some(why) = invalid_topic(&cmd.topic) {
-        return Err(bad(why.to_string()));
-    }
-    if let Some(why) = access.refusal(&cmd.topic) {
-        return Err((None, KafkaFailure::new(ErrorCode::Forbidden, why)));
-    }
+    access.check_topic(&cmd.topic).map_err(|f| (None, f))?;
     let resumed = if cmd.cursor.is_empty() {
         None
     } else {
@@ -711,7 +698,8 @@ async fn start(
             .await
             .map_err(|f| (Some(partition), f))?;
         // The latest offset a read-committed look-up gives: the last stable offset.
-        let high_watermark = offset_at(&reader, OffsetAt::Latest, timeout)
+        let high_watermark = reader
+            .offset_at(OffsetAt::Latest, timeout)
             .await
             .map_err(|f| (Some(partition), f))?;
         reader.observe(high_watermark, high_watermark);
@@ -734,14 +722,14 @@ async fn start(
             }
             Some(offset) => offset,
             None if at == OffsetAt::Latest => high_watermark,
-            None => match offset_at(&reader, at, timeout).await {
+            None => match reader.offset_at(at, timeout).await {
                 // No record that late: start at the head.
                 Ok(-1) => high_watermark,
                 Ok(offset) => offset,
                 Err(f) => return Err((Some(partition), f)),
             },
         };
-        Ok(Part {
+        Ok(SubscribedPartition {
             partition,
             reader,
             next,
@@ -750,7 +738,7 @@ async fn start(
             probed: false,
         })
     });
-    let parts: Vec<Part> = join_all(starts)
+    let parts: Vec<SubscribedPartition> = join_all(starts)
         .await
         .into_iter()
         .collect::<Result<_, _>>()?;
@@ -774,43 +762,21 @@ async fn start(
 /// client's can narrow but never widen.
 #[derive(Debug)]
 struct Filter {
-    /// `filter.keys` as a set: a record's key is looked up, not compared with each.
-    keys: HashSet<Bytes>,
-    key_prefix: Bytes,
-    headers: Vec<KafkaHeader>,
-    any: bool,
-    row: Option<Arc<RowFilter>>,
+    own: RecordMatcher,
+    row: Option<Arc<RecordMatcher>>,
 }
 
 impl Filter {
-    fn new(filter: RecordFilter, row: Option<Arc<RowFilter>>) -> Self {
-        let any =
-            filter.keys.is_empty() && filter.key_prefix.is_empty() && filter.headers.is_empty();
+    fn new(filter: RecordFilter, row: Option<Arc<RecordMatcher>>) -> Self {
         Self {
-            keys: filter.keys.into_iter().collect(),
-            key_prefix: filter.key_prefix,
-            headers: filter.headers,
-            any,
+            own: RecordMatcher::of_client(filter),
             row,
         }
     }
 
-    /// Every part given must pass: the key is one of `keys`, starts with `key_prefix`, every
-    /// listed header is present with that value, and the row filter lets it through.
+    /// Both must pass.
     fn passes(&self, m: &KafkaMessage) -> bool {
-        if self.row.as_ref().is_some_and(|row| !row.passes(m)) {
-            return false;
-        }
-        if self.any {
-            return true;
-        }
-        (self.keys.is_empty() || self.keys.contains(&m.key))
-            && m.key.starts_with(&self.key_prefix)
-            && self.headers.iter().all(|want| {
-                m.headers
-                    .iter()
-                    .any(|h| h.key == want.key && h.value == want.value)
-            })
+        self.row.as_ref().is_none_or(|row| row.passes(m)) && self.own.passes(m)
     }
 }
 
@@ -833,6 +799,8 @@ impl Drop for GaugeGuard {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::Bytes;
+    use streamgate_protocol::KafkaHeader;
 
     fn message(offset: i64, key: &str, headers: &[(&str, &str)]) -> KafkaMessage {
         KafkaMessage {
