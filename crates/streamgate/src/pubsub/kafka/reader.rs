@@ -31,8 +31,13 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use streamgate_protocol::ErrorCode;
 use tokio::sync::watch;
 use tokio::time::Instant;
+
+/// First and longest pause between offset look-ups while the cluster is moving.
+const LOOKUP_BACKOFF: (Duration, Duration) =
+    (Duration::from_millis(50), Duration::from_millis(500));
 
 /// How often a partition with waiting sessions is polled for new records.
 pub(crate) const TAIL_POLL: Duration = Duration::from_millis(20);
@@ -343,7 +348,24 @@ impl PartitionReader {
     ) -> Result<i64, KafkaFailure> {
         let reader = self;
         let started = std::time::Instant::now();
-        let offset = kafka_call(timeout, reader.client().get_offset(at)).await;
+        // The shared client gives up on its own after the upstream's connect timeout; a leader
+        // being elected or a broker restarting is waited out for the route's whole timeout, as
+        // fetches are.
+        let deadline = Instant::now() + timeout;
+        let mut backoff = LOOKUP_BACKOFF.0;
+        let offset = loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match kafka_call(left, reader.client().get_offset(at)).await {
+                Err(f)
+                    if f.code == ErrorCode::Unavailable && Instant::now() + backoff < deadline =>
+                {
+                    tracing::debug!(reason = %f.reason, "offset look-up retried");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(LOOKUP_BACKOFF.1);
+                }
+                result => break result,
+            }
+        };
         crate::metrics::metrics().kafka_call("list_offsets", started.elapsed());
         let offset = offset?;
         let OffsetAt::Timestamp(time) = at else {
