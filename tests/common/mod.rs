@@ -1,6 +1,8 @@
 //! Shared set-up of the integration tests: a gateway in front of real brokers.
 #![allow(dead_code)]
 
+pub mod push;
+
 use std::net::SocketAddr;
 use std::path::Path;
 use streamgate_testkit::{free_port, Broker, GatewayProcess};
