@@ -31,6 +31,18 @@ async fn gateway_on(bootstrap: &str, plugin: &str) -> (GatewayProcess, std::net:
     (GatewayProcess::start(binary(), &config, addr).await, admin)
 }
 
+/// A `FaultyCluster` with `options` in front of `broker`, and a gateway on it (kafka-proxy body
+/// `plugin`).
+async fn behind(
+    broker: &Broker,
+    options: FaultOptions,
+    plugin: &str,
+) -> (FaultyCluster, GatewayProcess) {
+    let cluster = FaultyCluster::start(broker.broker_port, options).await;
+    let (gw, _) = gateway_on(&cluster.bootstrap, plugin).await;
+    (cluster, gw)
+}
+
 fn subscribe(topic: &str, credit: u32) -> CmdKafkaSubscribe {
     CmdKafkaSubscribe {
         topic: topic.into(),
@@ -176,15 +188,11 @@ async fn aborted_transactions_are_never_delivered_by_pull_push_or_sse() {
     let topic = unique_topic("txn-aborted");
     fixtures::create_topic(&kafka, &topic, 1).await;
     let committed = transactional_log(&broker, &topic).await;
-    let cluster = FaultyCluster::start(
-        broker.broker_port,
-        FaultOptions {
-            transactions: true,
-            ..Default::default()
-        },
-    )
-    .await;
-    let (gw, _) = gateway_on(&cluster.bootstrap, "").await;
+    let options = FaultOptions {
+        transactions: true,
+        ..Default::default()
+    };
+    let (cluster, gw) = behind(&broker, options, "").await;
 
     let mut c = PubSubClient::connect(&gw.ws_url("/kafka")).await.unwrap();
     let (pulled, end) = pull_all(&mut c, &topic, 0).await;
@@ -548,8 +556,7 @@ async fn a_new_leader_whose_high_watermark_lags_is_waited_out() {
     fixtures::create_topic(&kafka, &topic, 1).await;
     let values: Vec<_> = (0..5).map(|i| fixtures::value(&format!("r{i}"))).collect();
     fixtures::produce_each(&kafka, &topic, 0, values).await;
-    let cluster = FaultyCluster::start(broker.broker_port, FaultOptions::default()).await;
-    let (gw, _) = gateway_on(&cluster.bootstrap, "").await;
+    let (cluster, gw) = behind(&broker, FaultOptions::default(), "").await;
 
     // A subscription paused at offset 2 of 5, and a pull reader at the end.
     let mut c = PubSubClient::connect(&gw.ws_url("/kafka")).await.unwrap();
@@ -591,15 +598,11 @@ async fn only_the_brokers_own_out_of_range_ends_a_subscription() {
     fixtures::create_topic(&kafka, &topic, 1).await;
     let values: Vec<_> = (0..4).map(|i| fixtures::value(&format!("r{i}"))).collect();
     fixtures::produce_each(&kafka, &topic, 0, values).await;
-    let cluster = FaultyCluster::start(
-        broker.broker_port,
-        FaultOptions {
-            out_of_range: true,
-            ..Default::default()
-        },
-    )
-    .await;
-    let (gw, _) = gateway_on(&cluster.bootstrap, "").await;
+    let options = FaultOptions {
+        out_of_range: true,
+        ..Default::default()
+    };
+    let (_cluster, gw) = behind(&broker, options, "").await;
     let mut c = PubSubClient::connect(&gw.ws_url("/kafka")).await.unwrap();
     let (sub, _) = c
         .subscribe(CmdKafkaSubscribe {
@@ -642,15 +645,11 @@ async fn a_topic_without_partitions_is_not_found_and_hurts_nobody() {
     let kafka = broker.client().await;
     let topic = unique_topic("no-partitions");
     fixtures::create_topic(&kafka, &topic, 1).await;
-    let cluster = FaultyCluster::start(
-        broker.broker_port,
-        FaultOptions {
-            without_partitions: vec![topic.clone()],
-            ..Default::default()
-        },
-    )
-    .await;
-    let (gw, _) = gateway_on(&cluster.bootstrap, "").await;
+    let options = FaultOptions {
+        without_partitions: vec![topic.clone()],
+        ..Default::default()
+    };
+    let (_cluster, gw) = behind(&broker, options, "").await;
     let mut c = PubSubClient::connect(&gw.ws_url("/kafka")).await.unwrap();
     match c.subscribe(subscribe(&topic, 10)).await {
         Err(ClientError::Server { code, message }) => {
