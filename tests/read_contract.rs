@@ -425,6 +425,16 @@ async fn leader_moves_and_restarts_lose_and_repeat_nothing() {
     )
     .await;
     let (gw, _) = gateway_on(&cluster.bootstrap, "socket_timeout_ms = 5000").await;
+    // A reader at the head for the whole run keeps the shared poller fetching after the others
+    // are done, so that faults go on until each kind was injected.
+    let mut keeper = PubSubClient::connect(&gw.ws_url("/kafka")).await.unwrap();
+    keeper
+        .subscribe(CmdKafkaSubscribe {
+            from: StartFrom::Latest as i32,
+            ..subscribe(&topic, 1_000_000)
+        })
+        .await
+        .unwrap();
     cluster.arm(true);
 
     let expected: Vec<String> = (0..PER_PARTITION).map(|i| format!("v{i}")).collect();
@@ -519,17 +529,8 @@ async fn leader_moves_and_restarts_lose_and_repeat_nothing() {
             "pull, partition {p}"
         );
     }
-    // Readers at the head keep the shared poller fetching: faults go on until each kind was
-    // injected at least once.
+    // Faults go on (the keeper waits at the head) until each kind was injected at least once.
     let deadline = Instant::now() + Duration::from_secs(60);
-    let mut c = PubSubClient::connect(&gw.ws_url("/kafka")).await.unwrap();
-    let (_sub, _) = c
-        .subscribe(CmdKafkaSubscribe {
-            from: StartFrom::Latest as i32,
-            ..subscribe(&topic, 10)
-        })
-        .await
-        .unwrap();
     loop {
         let injected = cluster.injected();
         if Fault::ALL

@@ -45,6 +45,11 @@ const LEADER_NOT_AVAILABLE: i16 = 5;
 const NOT_LEADER_OR_FOLLOWER: i16 = 6;
 const FENCED_LEADER_EPOCH: i16 = 74;
 
+/// At most one fault this often, whatever the fetch rate: readers waiting at the head poll
+/// every 20 ms per partition, and a fault per poll would keep a partition without a stable leader
+/// for good, which no cluster does.
+const FAULT_GAP: Duration = Duration::from_millis(200);
+
 /// What the proxy does besides forwarding.
 #[derive(Debug, Clone)]
 pub struct FaultOptions {
@@ -126,6 +131,7 @@ struct State {
     /// Partitions whose answers report this high watermark (and no records past it) until then.
     lagging: HashMap<Partition, (i64, Instant)>,
     injected: HashMap<Fault, u64>,
+    last_fault: Option<Instant>,
 }
 
 impl State {
@@ -206,6 +212,7 @@ impl FaultyCluster {
                 highest_watermark: HashMap::new(),
                 lagging: HashMap::new(),
                 injected: HashMap::new(),
+                last_fault: None,
             }),
             options,
             scanner: tokio::sync::Mutex::new(None),
@@ -492,10 +499,12 @@ async fn fetch(
             let (leads, fault) = {
                 let mut state = shared.state.lock().expect("state");
                 let leads = state.leader(&key) == node && !state.leaderless(&key);
+                let quiet = state.last_fault.is_none_or(|at| at.elapsed() >= FAULT_GAP);
                 let fault = (leads
                     && injected.is_none()
                     && p.error_code == 0
                     && state.armed
+                    && quiet
                     && state.next(100) < u64::from(shared.options.fault_percent))
                 .then(|| Fault::ALL[state.next(Fault::ALL.len() as u64) as usize]);
                 (leads, fault)
@@ -555,7 +564,7 @@ async fn fetch(
                     refuse(p, NOT_LEADER_OR_FOLLOWER);
                 }
                 Fault::LeaderUnavailable => {
-                    let pause = Duration::from_millis(100 + state.next(400));
+                    let pause = Duration::from_millis(50 + state.next(250));
                     state
                         .leaderless_until
                         .insert(key.clone(), Instant::now() + pause);
@@ -574,6 +583,7 @@ async fn fetch(
                 Fault::Delay | Fault::Reset => {}
             }
             *state.injected.entry(fault).or_default() += 1;
+            state.last_fault = Some(Instant::now());
             injected = Some(fault);
         }
     }
