@@ -157,11 +157,11 @@ where
             .unwrap_or(Duration::from_secs(u32::MAX.into())),
     );
     tokio::pin!(lifetime);
-    let (close, why): (Option<(CloseCode, Cow<'static, str>)>, &str) = loop {
+    let (close, why): (Option<(CloseCode, Cow<'static, str>)>, Ended) = loop {
         tokio::select! {
             biased;
             Ok(()) = shutdown.changed() => if *shutdown.borrow() {
-                break (Some((CloseCode::Away, "shutting down".into())), "shutdown");
+                break (Some((CloseCode::Away, "shutting down".into())), Ended::Shutdown);
             },
             Ok(()) = recheck.changed() => {
                 let check = recheck.borrow_and_update().clone();
@@ -175,13 +175,13 @@ where
                         }
                         Err(why) => {
                             tracing::info!(route = %target.route_id, why, "a reload revoked a pub/sub session");
-                            break (Some((CloseCode::Policy, why.into())), "revoked");
+                            break (Some((CloseCode::Policy, why.into())), Ended::Revoked);
                         }
                     }
                 }
             },
             () = &mut expiry => {
-                break (Some((CloseCode::Policy, "credentials expired: reconnect with a fresh token".into())), "expired");
+                break (Some((CloseCode::Policy, "credentials expired: reconnect with a fresh token".into())), Ended::Expired);
             }
             Some(joined) = tasks.join_next(), if !tasks.is_empty() => match joined {
                 Ok((frame, hold)) => {
@@ -196,19 +196,19 @@ where
                 }
             },
             () = &mut lifetime => {
-                break (Some((CloseCode::Away, "session lifetime reached: reconnect".into())), "lifetime");
+                break (Some((CloseCode::Away, "session lifetime reached: reconnect".into())), Ended::Lifetime);
             }
             _ = idle_check.tick() => {
                 if last_heard.elapsed() >= settings.idle_timeout {
-                    break (Some((CloseCode::Away, "idle timeout: no frame or pong".into())), "idle");
+                    break (Some((CloseCode::Away, "idle timeout: no frame or pong".into())), Ended::Idle);
                 }
                 if !pinged && last_heard.elapsed() >= settings.idle_timeout / 2 {
                     pinged = true;
                     let ping = ws.send(Message::Ping(bytes::Bytes::new()));
                     match tokio::time::timeout(settings.send_timeout, ping).await {
                         Ok(Ok(())) => {}
-                        Ok(Err(_)) => break (None, "client"),
-                        Err(_) => break (None, "slow_reader"),
+                        Ok(Err(_)) => break (None, Ended::Client),
+                        Err(_) => break (None, Ended::SlowReader),
                     }
                 }
             }
@@ -216,14 +216,14 @@ where
                 last_heard = Instant::now();
                 pinged = false;
                 match frame {
-                    None => break (None, "client"),
+                    None => break (None, Ended::Client),
                     Some(Err(WsError::Capacity(e))) => {
                         tracing::debug!(route = %target.route_id, error = %e, "frame over the route's limit");
-                        break (Some((CloseCode::Size, "frame larger than this route's max_frame_bytes".into())), "frame_too_large");
+                        break (Some((CloseCode::Size, "frame larger than this route's max_frame_bytes".into())), Ended::FrameTooLarge);
                     }
                     Some(Err(e)) => {
                         tracing::debug!(route = %target.route_id, error = %e, "websocket read failed");
-                        break (None, "client");
+                        break (None, Ended::Client);
                     }
                     Some(Ok(Message::Binary(data))) => {
                         let decoded = PubSubReq::decode(data);
@@ -275,7 +275,7 @@ where
                     // replies now rather than with the next answer.
                     Some(Ok(Message::Ping(_) | Message::Close(_))) => {
                         if ws.flush().await.is_err() {
-                            break (None, "client");
+                            break (None, Ended::Client);
                         }
                     }
                     // Text frames carry no command (as in APISIX): ignored. Pongs only count
@@ -295,9 +295,9 @@ where
     subs.tasks.abort_all();
     metrics
         .pubsub_sessions_closed
-        .with_label_values(&[why])
+        .with_label_values(&[why.label()])
         .inc();
-    if why == "slow_reader" {
+    if matches!(why, Ended::SlowReader) {
         tracing::info!(route = %target.route_id, "closed a pub/sub session whose client did not read its answers");
     }
     if let Some((code, reason)) = close {
@@ -323,7 +323,7 @@ async fn deliver<S>(
     subs: &mut Subscriptions,
     out: Outgoing,
     limit: Duration,
-) -> Result<(), &'static str>
+) -> Result<(), Ended>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -364,7 +364,7 @@ async fn write_queued_answer<S>(
     pushes: Option<&mut mpsc::Receiver<Box<Outgoing>>>,
     subscription: i64,
     limit: Duration,
-) -> Result<(), &'static str>
+) -> Result<(), Ended>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -387,6 +387,42 @@ where
         }
     }
     Ok(())
+}
+
+/// Why a session ended; its label in `streamgate_pubsub_sessions_closed_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ended {
+    /// The client closed the connection, or writing to it failed.
+    Client,
+    /// The client took nothing for `send_timeout`.
+    SlowReader,
+    /// The gateway shut down (Close 1001).
+    Shutdown,
+    /// A reload no longer allows the caller or a topic it read (Close 1008).
+    Revoked,
+    /// The caller's credential expired (Close 1008).
+    Expired,
+    /// `max_session` passed (Close 1001).
+    Lifetime,
+    /// Nothing heard for `idle_timeout` (Close 1001).
+    Idle,
+    /// A frame over `max_frame_bytes` (Close 1009).
+    FrameTooLarge,
+}
+
+impl Ended {
+    fn label(self) -> &'static str {
+        match self {
+            Self::Client => "client",
+            Self::SlowReader => "slow_reader",
+            Self::Shutdown => "shutdown",
+            Self::Revoked => "revoked",
+            Self::Expired => "expired",
+            Self::Lifetime => "lifetime",
+            Self::Idle => "idle",
+            Self::FrameTooLarge => "frame_too_large",
+        }
+    }
 }
 
 /// A close frame carries at most 123 bytes of reason (RFC 6455 §5.5): longer ones are cut at a
@@ -625,7 +661,7 @@ async fn end_refused<S>(
     access: &KafkaAccess,
     subs: &mut Subscriptions,
     limit: Duration,
-) -> Result<(), &'static str>
+) -> Result<(), Ended>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -701,7 +737,7 @@ async fn send_bounded<S>(
     ws: &mut WebSocketStream<S>,
     answer: &PubSubResp,
     limit: Duration,
-) -> Result<(), &'static str>
+) -> Result<(), Ended>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -713,13 +749,13 @@ async fn write_bounded<S>(
     ws: &mut WebSocketStream<S>,
     frame: &WireFrame,
     limit: Duration,
-) -> Result<(), &'static str>
+) -> Result<(), Ended>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     match tokio::time::timeout(limit, wire::write(ws, frame)).await {
         Ok(Ok(())) => Ok(()),
-        Ok(Err(_)) => Err("client"),
-        Err(_) => Err("slow_reader"),
+        Ok(Err(_)) => Err(Ended::Client),
+        Err(_) => Err(Ended::SlowReader),
     }
 }
