@@ -113,6 +113,41 @@ pub(crate) fn is_retriable(e: &ProtocolError) -> bool {
     )
 }
 
+/// Pauses between attempts while the cluster is away or moving: doubling from a first pause up
+/// to a longest one.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Backoff {
+    first: Duration,
+    next: Duration,
+    longest: Duration,
+}
+
+impl Backoff {
+    pub(crate) fn new(first: Duration, longest: Duration) -> Self {
+        Self {
+            first,
+            next: first,
+            longest,
+        }
+    }
+
+    /// The pause the next wait takes.
+    pub(crate) fn pause(&self) -> Duration {
+        self.next
+    }
+
+    /// Waits the next pause, then doubles it (up to the longest).
+    pub(crate) async fn wait(&mut self) {
+        tokio::time::sleep(self.next).await;
+        self.next = (self.next * 2).min(self.longest);
+    }
+
+    /// Back to the first pause, after a success.
+    pub(crate) fn reset(&mut self) {
+        self.next = self.first;
+    }
+}
+
 /// `work`, or UNAVAILABLE naming `timeout` when it takes longer.
 pub(crate) async fn bounded<T>(
     timeout: Duration,

@@ -16,7 +16,7 @@
 
 use super::batch::{self, AbortedTxn, BatchError, Budget};
 use super::cluster::{sasl_config, KafkaCluster};
-use crate::pubsub::failure::{bounded, is_retriable, KafkaFailure};
+use crate::pubsub::failure::{bounded, is_retriable, Backoff, KafkaFailure};
 use crate::sync::lock;
 use bytes::{Buf, Bytes};
 use rskafka::messenger::{Messenger, RequestError};
@@ -332,20 +332,19 @@ impl PartitionFetcher {
         wait_ms: i32,
         deadline: Instant,
     ) -> Result<Fetched, KafkaFailure> {
-        let mut backoff = RETRY_BACKOFF.0;
+        let mut backoff = Backoff::new(RETRY_BACKOFF.0, RETRY_BACKOFF.1);
         loop {
             match self.fetch_once(offset, max_bytes, wait_ms).await {
                 Ok(answer) => return Ok(answer),
                 Err(Attempt::Final(e)) => return Err(e),
                 Err(Attempt::Retry(e)) => {
                     *lock(&self.leader) = None;
-                    if Instant::now() + backoff >= deadline {
+                    if Instant::now() + backoff.pause() >= deadline {
                         return Err(KafkaFailure::new(ErrorCode::Unavailable, e.reason));
                     }
                     tracing::debug!(topic = %self.topic, partition = self.partition, reason = %e.reason, "fetch retried");
                     crate::metrics::metrics().kafka_fetch_retries.inc();
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(RETRY_BACKOFF.1);
+                    backoff.wait().await;
                 }
             }
         }

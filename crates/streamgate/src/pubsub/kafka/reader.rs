@@ -23,7 +23,7 @@
 
 pub(crate) use super::fetch::Fetched;
 use super::fetch::PartitionFetcher;
-use crate::pubsub::failure::{bounded, KafkaFailure};
+use crate::pubsub::failure::{bounded, Backoff, KafkaFailure};
 use crate::sync::lock;
 use futures_util::future::{BoxFuture, FutureExt, Shared};
 use rskafka::client::partition::{OffsetAt, PartitionClient};
@@ -352,16 +352,16 @@ impl PartitionReader {
         // being elected or a broker restarting is waited out for the route's whole timeout, as
         // fetches are.
         let deadline = Instant::now() + timeout;
-        let mut backoff = LOOKUP_BACKOFF.0;
+        let mut backoff = Backoff::new(LOOKUP_BACKOFF.0, LOOKUP_BACKOFF.1);
         let offset = loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match kafka_call(left, reader.client().get_offset(at)).await {
                 Err(f)
-                    if f.code == ErrorCode::Unavailable && Instant::now() + backoff < deadline =>
+                    if f.code == ErrorCode::Unavailable
+                        && Instant::now() + backoff.pause() < deadline =>
                 {
                     tracing::debug!(reason = %f.reason, "offset look-up retried");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(LOOKUP_BACKOFF.1);
+                    backoff.wait().await;
                 }
                 result => break result,
             }

@@ -19,7 +19,7 @@
 use super::cursor;
 use crate::limits::AnswerHold;
 use crate::pubsub::failure::invalid_timestamp;
-use crate::pubsub::failure::KafkaFailure;
+use crate::pubsub::failure::{Backoff, KafkaFailure};
 use crate::pubsub::kafka::batch::record_size;
 use crate::pubsub::kafka::reader::{Fetched, PartitionReader};
 use crate::pubsub::target::{KafkaAccess, RecordMatcher};
@@ -262,7 +262,7 @@ pub(crate) async fn run(
     let byte_bound = credit_bytes > 0;
     let mut used = Granted::default();
     let mut turn = 0usize;
-    let mut outage = OUTAGE_BACKOFF.0;
+    let mut outage = Backoff::new(OUTAGE_BACKOFF.0, OUTAGE_BACKOFF.1);
     // Offsets grow, and their cursor with them: room for every offset at its longest.
     let cursor_len = cursor::encode(&topic, parts.iter().map(|p| (p.partition, i64::MAX))).len();
     let frame_budget = FrameBudget::push(settings.max_frame_bytes, cursor_len);
@@ -309,14 +309,13 @@ pub(crate) async fn run(
         .await
         {
             Ok(fetched) => {
-                outage = OUTAGE_BACKOFF.0;
+                outage.reset();
                 fetched
             }
             Err(f) if matches!(f.code, ErrorCode::Unavailable) => {
                 // The brokers are away: wait and read again from the same position.
                 tracing::debug!(route = %route, topic, partition = part.partition, reason = %f.reason, "subscription waits for the brokers");
-                tokio::time::sleep(outage).await;
-                outage = (outage * 2).min(OUTAGE_BACKOFF.1);
+                outage.wait().await;
                 continue;
             }
             Err(f) => {
