@@ -19,5 +19,7 @@ echo "test broker: $STREAMGATE_TEST_BROKER"
 echo "python client interpreter: $STREAMGATE_PYTHON"
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --quiet -- -D warnings
+# The suite in tests/ runs the programs; build them first so that no test pays for it.
+cargo build --workspace --bins --quiet
 cargo test --workspace --no-fail-fast
 bash scripts/quickstart-test.sh

@@ -11,7 +11,7 @@ use streamgate_testkit::{fixtures, Broker, GatewayProcess, Upstream};
 
 #[tokio::test]
 async fn the_demo_page_shows_live_messages_and_explains_errors() {
-    let web = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/web");
+    let web = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/web");
     assert!(
         web.join("dist/index.html").exists() && web.join("node_modules/playwright-core").exists(),
         "the demo page is not built: run `make test` (or `npm ci && npm run build` in examples/web)"

@@ -7,7 +7,7 @@ use std::process::Command;
 fn run(args: &[&str]) -> (i32, String, String) {
     let out = Command::new(common::binary())
         .args(args)
-        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."))
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
         .output()
         .expect("run streamgate");
     (

@@ -4,7 +4,7 @@
 mod common;
 
 use common::*;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 use streamgate_testkit::{fixtures, unique_topic, Broker, GatewayProcess};
@@ -12,11 +12,7 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, ChildStdout, Command};
 
 fn consume_binary() -> &'static Path {
-    Path::new(env!("CARGO_BIN_EXE_streamgate-consume"))
-}
-
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+    streamgate_testkit::binary("streamgate-consume")
 }
 
 /// A broker with `topic` holding `count` records `msg-0` .. (offsets 0..count), keyed `k-N`.
@@ -254,7 +250,7 @@ async fn check_script_client(program: &str, script: &str, hint: &str) {
     let topic = unique_topic("script");
     let broker = broker_with(&topic, 10).await;
     let gw = gateway_for(&broker, "topics = [\"script*\"]", "").await;
-    let script = repo_root().join(script);
+    let script = streamgate_testkit::workspace_root().join(script);
     let client = |args: &[&str]| {
         let mut cmd = Command::new(program);
         cmd.arg(&script).arg(gw.ws_url("/kafka")).args(args);

@@ -129,7 +129,7 @@ fn used_after(code: &str, prefix: &str) -> BTreeSet<String> {
 }
 
 fn module_uses() -> BTreeMap<String, BTreeSet<String>> {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("crates/streamgate/src");
     let mut files = Vec::new();
     rust_files(&src, &mut files);
     let mut uses: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
@@ -220,7 +220,7 @@ struct PubsubFile {
 }
 
 fn pubsub_files() -> Vec<PubsubFile> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/pubsub");
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("crates/streamgate/src/pubsub");
     let mut files = Vec::new();
     rust_files(&dir, &mut files);
     files

@@ -166,7 +166,7 @@ async fn two_gateways_behind_haproxy_serve_as_one_through_kills_and_restarts() {
     let topic = unique_topic("scale-out");
     fixtures::create_topic(&kafka, &topic, PARTITIONS).await;
 
-    let pages = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/web");
+    let pages = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/web");
     assert!(
         pages.join("dist/events.html").exists() && pages.join("node_modules/playwright-core").exists(),
         "the demo pages are not built: run `make test` (or `npm ci && npm run build` in examples/web)"

@@ -7,9 +7,9 @@ use std::net::SocketAddr;
 use std::path::Path;
 use streamgate_testkit::{free_port, Broker, GatewayProcess};
 
-/// The gateway binary built by Cargo for these tests.
+/// The gateway binary, built up to date for these tests.
 pub fn binary() -> &'static Path {
-    Path::new(env!("CARGO_BIN_EXE_streamgate"))
+    streamgate_testkit::binary("streamgate")
 }
 
 /// A fresh loopback address for a gateway listener.

@@ -1,5 +1,6 @@
 //! Test support for Streamgate: real parts on loopback, nothing mocked.
 //!
+//! * [`binary`]: the workspace's programs (the gateway, `streamgate-consume`), built up to date.
 //! * [`Broker`]: a real Kafka-protocol broker process (tansu, see `tools/test-broker/`) on a free
 //!   127.0.0.1 port, plaintext or with SASL (PLAIN and SCRAM users), optionally behind a TLS
 //!   terminator whose CA is made at test time ([`TestCa`]). Killed on drop.
@@ -14,6 +15,7 @@
 #![deny(rust_2018_idioms, unsafe_code)]
 #![allow(clippy::new_without_default)]
 
+mod binary;
 mod broker;
 pub mod fixtures;
 pub mod fuzz;
@@ -25,6 +27,7 @@ pub mod sessions;
 mod tap;
 mod tls;
 
+pub use binary::{binary, workspace_root};
 pub use broker::{Broker, BrokerOptions, Engine, SaslUser};
 pub use gateway::GatewayProcess;
 pub use http_upstream::Upstream;
