@@ -17,7 +17,7 @@ use streamgate_protocol::{
     cmd_kafka_subscribe::StartFrom, pub_sub_resp::Resp, CmdKafkaSubscribe, PubSubClient,
 };
 use streamgate_testkit::{
-    fixtures, free_port, unique_topic, Broker, BrokerOptions, Engine, GatewayProcess,
+    fixtures, free_port, unique_topic, Broker, BrokerOptions, Engine, GatewayConfig, GatewayProcess,
 };
 use tokio::io::{AsyncBufReadExt, BufReader};
 
@@ -38,14 +38,15 @@ fn haproxy() -> &'static str {
 /// A gateway at `addr` with its admin listener at `admin` (HAProxy checks `/readyz` there), the
 /// pub/sub route `/kafka` and the demo pages from `web` on every other path.
 fn config(broker: &Broker, addr: SocketAddr, admin: SocketAddr, web: SocketAddr) -> String {
-    format!(
-        "{}[admin]\nlisten = \"{admin}\"\n\n{}{}\
-         [[upstreams]]\nid = \"web\"\nnodes = {{ \"{web}\" = 1 }}\n\n\
-         [[routes]]\nid = \"web\"\nuri = \"/*\"\nupstream_id = \"web\"\n",
-        server_toml(addr),
-        kafka_upstream("kafka", &broker.bootstrap, ""),
-        kafka_route("kafka", "/kafka", "kafka", ""),
-    )
+    GatewayConfig::on(addr)
+        .admin(admin)
+        .kafka_upstream("kafka", &broker.bootstrap, "")
+        .kafka_route("kafka", "/kafka", "kafka", "")
+        .table(&format!(
+            "[[upstreams]]\nid = \"web\"\nnodes = {{ \"{web}\" = 1 }}"
+        ))
+        .table("[[routes]]\nid = \"web\"\nuri = \"/*\"\nupstream_id = \"web\"")
+        .to_toml()
 }
 
 /// Subscribes through the balancer and resumes from the last cursor after every drop.

@@ -5,7 +5,7 @@ pub mod push;
 
 use std::net::SocketAddr;
 use std::path::Path;
-use streamgate_testkit::{free_port, Broker, GatewayProcess};
+use streamgate_testkit::{free_port, Broker, GatewayConfig, GatewayProcess};
 
 /// The gateway binary, built up to date for these tests.
 pub fn binary() -> &'static Path {
@@ -17,52 +17,33 @@ pub fn listen_addr() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], free_port()))
 }
 
-/// `[server]` for tests: one plain listener, short shutdown periods.
+#[allow(unused_imports)] // not every test file splices routes by hand
+pub use streamgate_testkit::config::{kafka_route, kafka_upstream};
+
+/// `[server]` for tests (see [`streamgate_testkit::config`]), ending in a blank line that tests
+/// may replace to add server keys.
 pub fn server_toml(addr: SocketAddr) -> String {
-    format!("[server]\nlisten = [\"{addr}\"]\nthreads = 2\ngrace_period_seconds = 1\ngraceful_shutdown_timeout_seconds = 1\n\n")
-}
-
-/// A kafka upstream `id` on `bootstrap`, with extra lines (e.g. a tls table).
-pub fn kafka_upstream(id: &str, bootstrap: &str, extra: &str) -> String {
-    format!("[[upstreams]]\nid = \"{id}\"\nscheme = \"kafka\"\nnodes = {{ \"{bootstrap}\" = 1 }}\n{extra}\n")
-}
-
-/// A route `id` at `uri` to upstream `upstream`, with a kafka-proxy table body. Unless the body
-/// sets them, fetches wait at most 100 ms and Kafka calls give up after 2 s, so tests are quick.
-pub fn kafka_route(id: &str, uri: &str, upstream: &str, plugin: &str) -> String {
-    let mut body = plugin.to_string();
-    for (key, value) in [("fetch_max_wait_ms", "100"), ("socket_timeout_ms", "2000")] {
-        if !plugin.contains(key) {
-            body.push_str(&format!("\n{key} = {value}"));
-        }
-    }
-    format!("[[routes]]\nid = \"{id}\"\nuri = \"{uri}\"\nupstream_id = \"{upstream}\"\n[routes.plugins.kafka-proxy]\n{body}\n\n")
+    format!("{}\n", streamgate_testkit::config::server_toml(addr, 2))
 }
 
 /// A gateway with one plaintext pub/sub route `/kafka` on `broker`, plus `extra` config.
 pub async fn gateway_for(broker: &Broker, plugin: &str, extra: &str) -> GatewayProcess {
-    let addr = listen_addr();
-    let config = format!(
-        "{}{}{}{}",
-        server_toml(addr),
-        kafka_upstream("kafka", &broker.bootstrap, ""),
-        kafka_route("kafka", "/kafka", "kafka", plugin),
-        extra
-    );
-    GatewayProcess::start(binary(), &config, addr).await
+    GatewayConfig::new()
+        .kafka_upstream("kafka", &broker.bootstrap, "")
+        .kafka_route("kafka", "/kafka", "kafka", plugin)
+        .table(extra)
+        .start(binary())
+        .await
 }
 
 /// A gateway whose one pub/sub route `uri` points at a loopback port where nothing listens.
 pub async fn gateway_for_dead_broker(uri: &str, plugin: &str) -> GatewayProcess {
-    let addr = listen_addr();
     let dead = format!("127.0.0.1:{}", free_port());
-    let config = format!(
-        "{}{}{}",
-        server_toml(addr),
-        kafka_upstream("dead", &dead, ""),
-        kafka_route("dead", uri, "dead", plugin)
-    );
-    GatewayProcess::start(binary(), &config, addr).await
+    GatewayConfig::new()
+        .kafka_upstream("dead", &dead, "")
+        .kafka_route("dead", uri, "dead", plugin)
+        .start(binary())
+        .await
 }
 
 /// A real HTTP client that ignores the environment's proxy settings.

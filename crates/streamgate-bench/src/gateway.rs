@@ -2,46 +2,24 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
-use streamgate_testkit::{free_port, GatewayProcess};
+use streamgate_testkit::{GatewayConfig, GatewayProcess};
 
-pub(crate) fn gateway_config(
-    addr: SocketAddr,
-    threads: usize,
-    broker: &str,
-    extra: &str,
-) -> String {
-    format!(
-        r#"[server]
-listen = ["{addr}"]
-threads = {threads}
-grace_period_seconds = 1
-graceful_shutdown_timeout_seconds = 1
-
-# Every benchmark client comes from 127.0.0.1: lift the per-client limits.
-[server.limits]
-max_connections = 1000000
-max_connections_per_ip = 1000000
-
-[[upstreams]]
-id = "kafka"
-scheme = "kafka"
-nodes = {{ "{broker}" = 1 }}
-
-[[routes]]
-id = "kafka"
-uri = "/kafka"
-upstream_id = "kafka"
-[routes.plugins.kafka-proxy]
-max_frame_bytes = 67108864
-fetch_max_bytes = 1048576
-fetch_max_wait_ms = 200
-max_in_flight = 64
-max_commands_per_second = 0
-idle_timeout_ms = 3600000
-
-{extra}
-"#
-    )
+/// The gateway under test: every benchmark client comes from 127.0.0.1, so the per-client limits
+/// are lifted; frames, fetches and commands are as large and as many as the scenarios need.
+pub(crate) fn gateway_config(threads: usize, broker: &str, extra: &str) -> GatewayConfig {
+    GatewayConfig::new()
+        .threads(threads)
+        .table("[server.limits]\nmax_connections = 1000000\nmax_connections_per_ip = 1000000")
+        .kafka_upstream("kafka", broker, "")
+        .kafka_route(
+            "kafka",
+            "/kafka",
+            "kafka",
+            "max_frame_bytes = 67108864\nfetch_max_bytes = 1048576\nfetch_max_wait_ms = 200\n\
+             socket_timeout_ms = 5000\nmax_in_flight = 64\nmax_commands_per_second = 0\n\
+             idle_timeout_ms = 3600000",
+        )
+        .table(extra)
 }
 
 pub(crate) async fn start_gateway(
@@ -50,14 +28,9 @@ pub(crate) async fn start_gateway(
     broker: &str,
     extra: &str,
 ) -> GatewayProcess {
-    let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
-    GatewayProcess::start_with_env(
-        binary,
-        &gateway_config(addr, threads, broker, extra),
-        addr,
-        &[("STREAMGATE_LOG", "warn")],
-    )
-    .await
+    gateway_config(threads, broker, extra)
+        .start_with_env(binary, &[("STREAMGATE_LOG", "warn")])
+        .await
 }
 
 /// A counter from the gateway's `/readyz` (e.g. `kafka_broker_fetches`).

@@ -34,9 +34,14 @@ pub fn binary(name: &str) -> &'static Path {
         .unwrap_or_else(|| panic!("{name} is not one of the workspace's programs"));
     let dir = profile_dir();
     let mut cargo = Command::new(option_env!("CARGO").unwrap_or("cargo"));
-    cargo
-        .current_dir(workspace_root())
-        .args(["build", "--quiet", "--package", package, "--bin", name]);
+    cargo.current_dir(workspace_root()).args([
+        "build",
+        "--quiet",
+        "--package",
+        package,
+        "--bin",
+        name,
+    ]);
     if dir.file_name().is_some_and(|profile| profile == "release") {
         cargo.arg("--release");
     }
@@ -49,7 +54,11 @@ pub fn binary(name: &str) -> &'static Path {
         String::from_utf8_lossy(&output.stderr)
     );
     let path: &'static Path = Box::leak(dir.join(name).into_boxed_path());
-    assert!(path.is_file(), "cargo built {name} but {} is missing", path.display());
+    assert!(
+        path.is_file(),
+        "cargo built {name} but {} is missing",
+        path.display()
+    );
     built.insert(name.to_string(), path);
     path
 }

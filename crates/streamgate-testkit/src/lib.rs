@@ -6,6 +6,7 @@
 //!   terminator whose CA is made at test time ([`TestCa`]). Killed on drop.
 //! * [`fixtures`]: topics with unique names and records produced as the contract's fixtures need.
 //! * [`Upstream`]: a real HTTP(S) server for proxying tests.
+//! * [`GatewayConfig`]: the TOML a test gives the gateway, put together from a few calls.
 //! * [`GatewayProcess`]: the `streamgate` binary with a temporary config, killed on drop.
 //! * [`fuzz`]: a seeded generator for the fuzz tests.
 //! * [`sessions`]: thousands of idle WebSocket sessions at once.
@@ -17,6 +18,7 @@
 
 mod binary;
 mod broker;
+pub mod config;
 pub mod fixtures;
 pub mod fuzz;
 mod gateway;
@@ -29,6 +31,7 @@ mod tls;
 
 pub use binary::{binary, workspace_root};
 pub use broker::{Broker, BrokerOptions, Engine, SaslUser};
+pub use config::GatewayConfig;
 pub use gateway::GatewayProcess;
 pub use http_upstream::Upstream;
 pub use kafka_faults::{Fault, FaultOptions, FaultyCluster, TxnWriter};
