@@ -16,7 +16,7 @@
 
 use crate::ctx::RequestCtx;
 use crate::detach::ResponseBody;
-use crate::pubsub::ending::{self, Endings};
+use crate::pubsub::ending::{self, Ending, Endings, Outside, Seen};
 use crate::pubsub::modes::cursor;
 use crate::pubsub::modes::push::{self, Granted, Outgoing};
 use crate::pubsub::target::KafkaAccess;
@@ -269,11 +269,7 @@ impl Writer {
         endings: Endings,
         max_session: Option<Duration>,
     ) -> &'static str {
-        let Endings {
-            mut shutdown,
-            mut recheck,
-            credential_expires,
-        } = endings;
+        let mut outside = Outside::new(endings, max_session);
         let read = std::collections::HashSet::from([topic.to_string()]);
         // Opening comment: proxies and clients see the stream start at once. `retry` has
         // EventSource reconnect after a second (with Last-Event-ID) when the stream drops.
@@ -284,55 +280,30 @@ impl Writer {
         if self.write(opening.as_bytes()).await.is_err() {
             return "client";
         }
-        let until = |at: Option<Duration>| {
-            tokio::time::sleep(at.unwrap_or(Duration::from_secs(u32::MAX.into())))
-        };
-        let expiry = until(credential_expires.map(|at| {
-            at.duration_since(std::time::SystemTime::now())
-                .unwrap_or_default()
-        }));
-        tokio::pin!(expiry);
-        let lifetime = until(max_session);
-        tokio::pin!(lifetime);
         let mut keep_alive = tokio::time::interval(KEEP_ALIVE);
         keep_alive.reset();
         loop {
             tokio::select! {
                 biased;
-                Ok(()) = shutdown.changed() => if *shutdown.borrow() {
-                    let _ = self.end().await;
-                    return "shutdown";
-                },
-                Ok(()) = recheck.changed() => {
-                    let check = recheck.borrow_and_update().clone();
-                    if let Some(check) = check {
-                        // A reload that no longer allows the caller or the topic, or that
-                        // changes the records it may receive, ends the stream.
-                        let why = match ending::renewed(&*check, access, &read) {
-                            Err(why) => Some(why),
-                            Ok(renewed) if renewed.row_filter != access.row_filter => {
-                                Some(ending::ROW_FILTER_CHANGED.to_string())
+                seen = outside.next(access, &read) => {
+                    // A reload that still allows the caller and the topic but changes the
+                    // records it may receive, or the cluster it reads, ends the stream too: an
+                    // event stream is one subscription (see `ending`).
+                    let ending = match seen {
+                        Seen::Ended(ending) => ending,
+                        Seen::Renewed(renewed) => {
+                            match ending::reads_differently(&access.row_filter, &access.target, &renewed) {
+                                Some(why) => Ending::Revoked(why.to_string()),
+                                None => continue,
                             }
-                            Ok(renewed)
-                                if !renewed.target.identity.same_as(&access.target.identity) =>
-                            {
-                                Some(ending::IDENTITY_CHANGED.to_string())
-                            }
-                            Ok(_) => None,
-                        };
-                        if let Some(why) = why {
-                            let _ = self.error(ErrorCode::Forbidden as i32, &why).await;
-                            return "revoked";
                         }
+                    };
+                    if ending.is_refusal() {
+                        let _ = self.error(ErrorCode::Forbidden as i32, ending.reason()).await;
+                    } else {
+                        let _ = self.end().await;
                     }
-                },
-                () = &mut expiry => {
-                    let _ = self.error(ErrorCode::Forbidden as i32, "credentials expired: reconnect with a fresh token").await;
-                    return "expired";
-                }
-                () = &mut lifetime => {
-                    let _ = self.end().await;
-                    return "lifetime";
+                    return ending.label();
                 }
                 () = client_gone(&mut self.body) => return "client",
                 _ = keep_alive.tick() => {

@@ -17,7 +17,7 @@
 //! read: while an answer waits to be written the loop reads no more commands, at most
 //! `max_in_flight` answers wait behind it, and after `send_timeout` the connection is dropped.
 
-use crate::pubsub::ending::{renewed, Endings, IDENTITY_CHANGED, ROW_FILTER_CHANGED};
+use crate::pubsub::ending::{self, Ending, Endings, Outside, Seen};
 use crate::pubsub::modes::pull::{self, Reply};
 use crate::pubsub::modes::push::{self, Granted, Outgoing};
 use crate::pubsub::target::{KafkaAccess, KafkaTarget, RecordMatcher};
@@ -112,11 +112,6 @@ pub(crate) async fn run<S>(mut ws: WebSocketStream<S>, mut access: KafkaAccess, 
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let Endings {
-        mut shutdown,
-        mut recheck,
-        credential_expires,
-    } = endings;
     let metrics = crate::metrics::metrics();
     // The session's own limits stay those it started with; allow-lists and credentials follow
     // reloads (`access` is replaced on each re-check).
@@ -124,15 +119,7 @@ where
     let settings = &target.settings;
     // The topics this session read, re-checked when the configuration changes.
     let mut topics_read: HashSet<String> = HashSet::new();
-    let expiry = tokio::time::sleep(
-        credential_expires
-            .map(|at| {
-                at.duration_since(std::time::SystemTime::now())
-                    .unwrap_or_default()
-            })
-            .unwrap_or(Duration::from_secs(u32::MAX.into())),
-    );
-    tokio::pin!(expiry);
+    let mut outside = Outside::new(endings, settings.max_session);
     let mut tasks: JoinSet<Reply> = JoinSet::new();
     let mut pushes: Option<mpsc::Receiver<Box<Outgoing>>> = None;
     let mut subs = Subscriptions {
@@ -151,38 +138,25 @@ where
     let mut idle_check = tokio::time::interval(settings.idle_timeout / 4);
     idle_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     idle_check.reset();
-    let lifetime = tokio::time::sleep(
-        settings
-            .max_session
-            .unwrap_or(Duration::from_secs(u32::MAX.into())),
-    );
-    tokio::pin!(lifetime);
     let (close, why): (Option<(CloseCode, Cow<'static, str>)>, Ended) = loop {
         tokio::select! {
             biased;
-            Ok(()) = shutdown.changed() => if *shutdown.borrow() {
-                break (Some((CloseCode::Away, "shutting down".into())), Ended::Shutdown);
-            },
-            Ok(()) = recheck.changed() => {
-                let check = recheck.borrow_and_update().clone();
-                if let Some(check) = check {
-                    match renewed(&*check, &access, &topics_read) {
-                        Ok(renewed) => {
-                            access = renewed;
-                            if let Err(why) = end_refused(&mut ws, &access, &mut subs, settings.send_timeout).await {
-                                break (None, why);
-                            }
-                        }
-                        Err(why) => {
-                            tracing::info!(route = %target.route_id, why, "a reload revoked a pub/sub session");
-                            break (Some((CloseCode::Policy, why.into())), Ended::Revoked);
-                        }
+            seen = outside.next(&access, &topics_read) => match seen {
+                Seen::Renewed(renewed) => {
+                    access = renewed;
+                    if let Err(why) = end_refused(&mut ws, &access, &mut subs, settings.send_timeout).await {
+                        break (None, why);
                     }
                 }
+                Seen::Ended(ending) => {
+                    if let Ending::Revoked(why) = &ending {
+                        tracing::info!(route = %target.route_id, why, "a reload revoked a pub/sub session");
+                    }
+                    // Refusals are policy closes; the others ask the client to come back.
+                    let code = if ending.is_refusal() { CloseCode::Policy } else { CloseCode::Away };
+                    break (Some((code, ending.reason().to_string().into())), Ended::Outside(ending));
+                }
             },
-            () = &mut expiry => {
-                break (Some((CloseCode::Policy, "credentials expired: reconnect with a fresh token".into())), Ended::Expired);
-            }
             Some(joined) = tasks.join_next(), if !tasks.is_empty() => match joined {
                 Ok((frame, hold)) => {
                     let sent = write_bounded(&mut ws, &frame, settings.send_timeout).await;
@@ -195,9 +169,6 @@ where
                     tracing::error!(route = %target.route_id, error = %e, "a pub/sub command task failed");
                 }
             },
-            () = &mut lifetime => {
-                break (Some((CloseCode::Away, "session lifetime reached: reconnect".into())), Ended::Lifetime);
-            }
             _ = idle_check.tick() => {
                 if last_heard.elapsed() >= settings.idle_timeout {
                     break (Some((CloseCode::Away, "idle timeout: no frame or pong".into())), Ended::Idle);
@@ -390,20 +361,14 @@ where
 }
 
 /// Why a session ended; its label in `streamgate_pubsub_sessions_closed_total`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 enum Ended {
     /// The client closed the connection, or writing to it failed.
     Client,
     /// The client took nothing for `send_timeout`.
     SlowReader,
-    /// The gateway shut down (Close 1001).
-    Shutdown,
-    /// A reload no longer allows the caller or a topic it read (Close 1008).
-    Revoked,
-    /// The caller's credential expired (Close 1008).
-    Expired,
-    /// `max_session` passed (Close 1001).
-    Lifetime,
+    /// Something outside the session ended it: shutdown, a reload, expiry, lifetime.
+    Outside(Ending),
     /// Nothing heard for `idle_timeout` (Close 1001).
     Idle,
     /// A frame over `max_frame_bytes` (Close 1009).
@@ -411,14 +376,11 @@ enum Ended {
 }
 
 impl Ended {
-    fn label(self) -> &'static str {
+    fn label(&self) -> &'static str {
         match self {
             Self::Client => "client",
             Self::SlowReader => "slow_reader",
-            Self::Shutdown => "shutdown",
-            Self::Revoked => "revoked",
-            Self::Expired => "expired",
-            Self::Lifetime => "lifetime",
+            Self::Outside(ending) => ending.label(),
             Self::Idle => "idle",
             Self::FrameTooLarge => "frame_too_large",
         }
@@ -674,11 +636,7 @@ where
         .filter_map(|(seq, sub)| {
             let why = access
                 .refusal(&sub.topic)
-                .or_else(|| (sub.row_filter != access.row_filter).then_some(ROW_FILTER_CHANGED))
-                .or_else(|| {
-                    (!sub.target.identity.same_as(&access.target.identity))
-                        .then_some(IDENTITY_CHANGED)
-                })?;
+                .or_else(|| ending::reads_differently(&sub.row_filter, &sub.target, access))?;
             Some((*seq, sub.topic.clone(), why))
         })
         .collect();
