@@ -45,8 +45,12 @@ impl WireFrame {
 
     /// The fetch answer holding `records` and `high_watermark`, the bytes the same as prost's
     /// encoding of that [`PubSubResp`], without cloning a record into one first.
-    pub(crate) fn fetch_answer(sequence: i64, records: &[Picked<'_>], high_watermark: i64) -> Self {
-        let records_len: usize = records.iter().map(Picked::framed_len).sum();
+    pub(crate) fn fetch_answer(
+        sequence: i64,
+        records: &[SizedRecord<'_>],
+        high_watermark: i64,
+    ) -> Self {
+        let records_len: usize = records.iter().map(SizedRecord::framed_len).sum();
         let fetch_len = records_len + int64_len(HIGH_WATERMARK, high_watermark);
         let total = int64_len(SEQUENCE, sequence)
             + key_len(FETCH_RESP)
@@ -135,12 +139,12 @@ impl FrameBudget {
 /// A record chosen for a fetch answer, its encoded size measured once: the size decides whether
 /// it fits the frame and sizes the buffer it is encoded into.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct Picked<'a> {
+pub(crate) struct SizedRecord<'a> {
     message: &'a KafkaMessage,
     len: usize,
 }
 
-impl<'a> Picked<'a> {
+impl<'a> SizedRecord<'a> {
     pub(crate) fn new(message: &'a KafkaMessage) -> Self {
         Self {
             message,
@@ -302,7 +306,7 @@ mod tests {
             (10, 12, 0, -1),
         ] {
             let records: Vec<KafkaMessage> = (0..count).map(|o| record(o, value_len)).collect();
-            let refs: Vec<Picked<'_>> = records.iter().map(Picked::new).collect();
+            let refs: Vec<SizedRecord<'_>> = records.iter().map(SizedRecord::new).collect();
             let frame = WireFrame::fetch_answer(sequence, &refs, hw);
             let expected = PubSubResp {
                 sequence,

@@ -46,7 +46,7 @@ pub(crate) struct AbortedTxn {
 
 /// Records decoded from one fetch answer.
 #[derive(Debug, Default)]
-pub(crate) struct Decoded {
+pub(crate) struct BatchRecords {
     /// Records at or after [`Budget::from`], in log order.
     pub messages: Vec<KafkaMessage>,
     /// Key, value and header bytes of `messages`.
@@ -85,10 +85,10 @@ pub(crate) fn decode(
     mut records: Bytes,
     budget: Budget,
     aborted: &[AbortedTxn],
-) -> Result<Decoded, BatchError> {
-    let mut out = Decoded {
+) -> Result<BatchRecords, BatchError> {
+    let mut out = BatchRecords {
         next: budget.from,
-        ..Decoded::default()
+        ..BatchRecords::default()
     };
     let mut decompressed = 0usize;
     let mut aborts = Aborts::new(aborted);
@@ -258,7 +258,7 @@ fn read_records(
     base_offset: i64,
     timestamp: impl Fn(i64) -> Option<i64>,
     from: i64,
-    out: &mut Decoded,
+    out: &mut BatchRecords,
 ) -> Result<(), String> {
     let count = usize::try_from(count).unwrap_or(0);
     // The claimed count is the sender's word: reserve no more than the bytes can hold.
@@ -829,7 +829,7 @@ mod tests {
         )
     }
 
-    fn offsets(d: &Decoded) -> Vec<i64> {
+    fn offsets(d: &BatchRecords) -> Vec<i64> {
         d.messages.iter().map(|m| m.offset).collect()
     }
 

@@ -7,7 +7,7 @@ use crate::limits::AnswerHold;
 use crate::pubsub::failure::{invalid_timestamp, KafkaFailure};
 use crate::pubsub::kafka::reader::{Fetched, PartitionReader};
 use crate::pubsub::target::KafkaAccess;
-use crate::pubsub::wire::{FrameBudget, Picked, WireFrame};
+use crate::pubsub::wire::{FrameBudget, SizedRecord, WireFrame};
 use prost::Message as _;
 use rskafka::chrono::{TimeZone, Utc};
 use rskafka::client::partition::OffsetAt;
@@ -68,7 +68,7 @@ pub(crate) async fn fetch(access: &KafkaAccess, sequence: i64, cmd: CmdKafkaFetc
     let answer = fetch_inner(access, &cmd).await;
     access.forget_if_gone(&cmd.topic, cmd.partition, &answer);
     let failure = match answer {
-        Ok(Found {
+        Ok(PullRead {
             fetched,
             from,
             reader,
@@ -159,16 +159,16 @@ fn out_of_range() -> KafkaFailure {
     KafkaFailure::new(ErrorCode::KafkaError, "OFFSET_OUT_OF_RANGE")
 }
 
-/// What a fetch command found: records from `from` on, the partition's reader and the byte
+/// What one pull (fetch command) read: records from `from` on, the partition's reader and the byte
 /// budget they were fetched with.
-struct Found {
+struct PullRead {
     fetched: Arc<Fetched>,
     from: i64,
     reader: Arc<PartitionReader>,
     max_bytes: i32,
 }
 
-async fn fetch_inner(access: &KafkaAccess, cmd: &CmdKafkaFetch) -> Result<Found, KafkaFailure> {
+async fn fetch_inner(access: &KafkaAccess, cmd: &CmdKafkaFetch) -> Result<PullRead, KafkaFailure> {
     check_target(access, &cmd.topic, cmd.partition)?;
     let s = &access.target.settings;
     if cmd.offset < 0 {
@@ -236,7 +236,7 @@ async fn fetch_inner(access: &KafkaAccess, cmd: &CmdKafkaFetch) -> Result<Found,
     if cmd.offset > high_watermark && !fetched.messages.iter().any(|m| m.offset >= from) {
         return Err(out_of_range());
     }
-    Ok(Found {
+    Ok(PullRead {
         fetched,
         from,
         reader,
@@ -250,7 +250,7 @@ fn pick<'a>(
     access: &KafkaAccess,
     fetched: &'a Fetched,
     from: i64,
-) -> Result<(Vec<Picked<'a>>, usize), KafkaFailure> {
+) -> Result<(Vec<SizedRecord<'a>>, usize), KafkaFailure> {
     let budget = FrameBudget::fetch_answer(access.target.settings.max_frame_bytes);
     let row_filter = access.row_filter.as_deref();
     let records = fetched
@@ -260,7 +260,7 @@ fn pick<'a>(
     let mut picked = Vec::with_capacity(fetched.messages.len());
     let mut used = 0usize;
     for message in records {
-        let record = Picked::new(message);
+        let record = SizedRecord::new(message);
         let framed = record.framed_len();
         if used + framed > budget.for_records() {
             if picked.is_empty() {
