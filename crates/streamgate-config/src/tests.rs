@@ -840,3 +840,43 @@ fn row_filters_are_checked() {
         Some("sub")
     );
 }
+
+#[test]
+fn group_keys_are_checked() {
+    assert!(check_kafka_proxy("").expect("valid").groups.is_none());
+    let groups = check_kafka_proxy(
+        "group_prefix = \"web.\"\nallowed_groups = [\"team-*\"]\ngroup_session_timeout_ms = 6000",
+    )
+    .expect("valid")
+    .groups
+    .expect("groups on");
+    assert_eq!(groups.prefix, "web.");
+    assert!(groups.allows("team-a") && !groups.allows("billing"));
+    assert_eq!(groups.session_timeout, std::time::Duration::from_secs(6));
+    assert_eq!(
+        groups.auto_commit_interval,
+        std::time::Duration::from_secs(5)
+    );
+    let default = check_kafka_proxy("group_prefix = \"web.\"").unwrap();
+    assert!(default.groups.unwrap().allows("anything"));
+    for (text, key) in [
+        ("allowed_groups = [\"a\"]", "allowed_groups"),
+        ("group_prefix = \"\"", "group_prefix"),
+        ("group_prefix = \"a b\"", "group_prefix"),
+        (
+            "group_prefix = \"w.\"\nallowed_groups = [\"a/b\"]",
+            "allowed_groups[0]",
+        ),
+        (
+            "group_prefix = \"w.\"\nallowed_groups = []",
+            "allowed_groups",
+        ),
+        (
+            "group_prefix = \"w.\"\ngroup_session_timeout_ms = 10",
+            "group_session_timeout_ms",
+        ),
+    ] {
+        let e = check_kafka_proxy(text).unwrap_err();
+        assert_eq!(e.problems[0].key, key, "{text}");
+    }
+}

@@ -252,6 +252,11 @@ pub(crate) struct KafkaProxyToml {
     pub key_prefix_from_claim: Option<Text>,
     pub key_prefix_delimiter: Option<Text>,
     pub isolation: Option<Text>,
+    pub group_prefix: Option<Text>,
+    pub allowed_groups: Option<Vec<Text>>,
+    pub group_from_claim: Option<Text>,
+    pub group_session_timeout_ms: Option<i64>,
+    pub auto_commit_interval_ms: Option<i64>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -1,9 +1,9 @@
 //! A minimal async pub/sub client: one WebSocket, requests answered in order of their sequence.
 
 use crate::{
-    pub_sub_req::Req, pub_sub_resp::Resp, CmdKafkaCredit, CmdKafkaFetch, CmdKafkaListOffset,
-    CmdKafkaSubscribe, CmdKafkaUnsubscribe, CmdPing, ErrorCode, KafkaFetchResp, KafkaSubscribeResp,
-    PubSubReq, PubSubResp,
+    pub_sub_req::Req, pub_sub_resp::Resp, CmdKafkaCommit, CmdKafkaCredit, CmdKafkaFetch,
+    CmdKafkaListOffset, CmdKafkaSubscribe, CmdKafkaUnsubscribe, CmdPing, ErrorCode, KafkaFetchResp,
+    KafkaSubscribeResp, PubSubReq, PubSubResp,
 };
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
@@ -252,6 +252,21 @@ impl PubSubClient {
         self.subscriptions.remove(&subscription);
         match response.resp {
             Some(Resp::KafkaUnsubscribeResp(r)) => Ok(r.cursor),
+            _ => Err(unexpected(response)),
+        }
+    }
+
+    /// Commits a group subscription's position: `cursor` from its answer or a push. Returns
+    /// once the broker acknowledged; REBALANCING when the group moved on meanwhile.
+    pub async fn commit(&mut self, subscription: i64, cursor: &str) -> Result<(), ClientError> {
+        let response = self
+            .call(Req::CmdKafkaCommit(CmdKafkaCommit {
+                subscription,
+                cursor: cursor.to_string(),
+            }))
+            .await?;
+        match response.resp {
+            Some(Resp::KafkaCommitResp(_)) => Ok(()),
             _ => Err(unexpected(response)),
         }
     }

@@ -26,11 +26,13 @@ pub enum ErrorCode {
     LimitExceeded = 9,
     /// A gateway fault.
     Internal = 10,
+    /// A commit for a group generation that has ended: commit again after the next assignment.
+    Rebalancing = 11,
 }
 
 impl ErrorCode {
     /// Every class, in numeric order.
-    pub const ALL: [ErrorCode; 10] = [
+    pub const ALL: [ErrorCode; 11] = [
         ErrorCode::BadRequest,
         ErrorCode::NotFound,
         ErrorCode::Forbidden,
@@ -41,6 +43,7 @@ impl ErrorCode {
         ErrorCode::TooLarge,
         ErrorCode::LimitExceeded,
         ErrorCode::Internal,
+        ErrorCode::Rebalancing,
     ];
 
     /// The class for a wire value; `None` for 0 (APISIX's "unspecified") and unknown numbers.
@@ -61,6 +64,7 @@ impl ErrorCode {
             ErrorCode::TooLarge => "TOO_LARGE",
             ErrorCode::LimitExceeded => "LIMIT_EXCEEDED",
             ErrorCode::Internal => "INTERNAL",
+            ErrorCode::Rebalancing => "REBALANCING",
         }
     }
 }

@@ -23,11 +23,12 @@ mod wire {
 pub use client::{ClientError, PubSubClient};
 pub use codes::ErrorCode;
 pub use wire::{
-    cmd_kafka_subscribe, pub_sub_req, pub_sub_resp, CmdEmpty, CmdKafkaCredit, CmdKafkaFetch,
-    CmdKafkaListOffset, CmdKafkaSubscribe, CmdKafkaUnsubscribe, CmdPing, ErrorResp, KafkaFetchResp,
-    KafkaHeader, KafkaListOffsetResp, KafkaMessage, KafkaPartitionRecords, KafkaRecordsPush,
-    KafkaSubscribeResp, KafkaUnsubscribeResp, PartitionOffset, PartitionStart, PongResp, PubSubReq,
-    PubSubResp, RecordFilter,
+    cmd_kafka_subscribe, pub_sub_req, pub_sub_resp, CmdEmpty, CmdKafkaCommit, CmdKafkaCredit,
+    CmdKafkaFetch, CmdKafkaListOffset, CmdKafkaSubscribe, CmdKafkaUnsubscribe, CmdPing, ErrorResp,
+    KafkaAssignment, KafkaCommitResp, KafkaFetchResp, KafkaHeader, KafkaListOffsetResp,
+    KafkaMessage, KafkaPartitionRecords, KafkaRecordsPush, KafkaSubscribeResp,
+    KafkaUnsubscribeResp, PartitionOffset, PartitionStart, PongResp, PubSubReq, PubSubResp,
+    RecordFilter,
 };
 
 /// `prost`'s encoding traits, re-exported so users need not depend on the same prost version.

@@ -120,7 +120,7 @@ pub(crate) fn build_kafka_proxy(
     c: &mut Checker<'_>,
     span: Option<&std::ops::Range<usize>>,
     key: &str,
-    k: t::KafkaProxyToml,
+    mut k: t::KafkaProxyToml,
 ) -> Option<KafkaProxy> {
     let before = c.problems.len();
     let d = KafkaProxy::default();
@@ -156,6 +156,13 @@ pub(crate) fn build_kafka_proxy(
             password: s.password.0,
         }
     });
+    let groups_toml = GroupsToml {
+        group_prefix: k.group_prefix.take(),
+        allowed_groups: k.allowed_groups.take(),
+        group_from_claim: k.group_from_claim.take(),
+        group_session_timeout_ms: k.group_session_timeout_ms,
+        auto_commit_interval_ms: k.auto_commit_interval_ms,
+    };
     let topics = k
         .topics
         .map(|list| topic_patterns(c, span, &format!("{key}.topics"), list));
@@ -237,6 +244,25 @@ pub(crate) fn build_kafka_proxy(
         1024,
         d.max_subscriptions as i64,
     );
+    let session = num(
+        "group_session_timeout_ms",
+        k.group_session_timeout_ms,
+        1_000,
+        1_800_000,
+        30_000,
+    );
+    let commit_interval = num(
+        "auto_commit_interval_ms",
+        k.auto_commit_interval_ms,
+        100,
+        3_600_000,
+        5_000,
+    );
+    let groups = build_groups(c, span, key, &groups_toml).map(|mut g| {
+        g.session_timeout = Duration::from_millis(session as u64);
+        g.auto_commit_interval = Duration::from_millis(commit_interval as u64);
+        g
+    });
     let key_prefix_from_claim = k.key_prefix_from_claim.map(|t| t.0);
     if key_prefix_from_claim.as_deref() == Some("") {
         c.at(
@@ -279,6 +305,7 @@ pub(crate) fn build_kafka_proxy(
         return None;
     }
     Some(KafkaProxy {
+        groups,
         isolation,
         key_prefix_from_claim,
         key_prefix_delimiter,
@@ -295,5 +322,107 @@ pub(crate) fn build_kafka_proxy(
         socket_timeout: Duration::from_millis(socket as u64),
         max_in_flight: in_flight as usize,
         allowed_origins,
+    })
+}
+
+/// The group keys of a kafka-proxy table, taken out before its other fields are.
+struct GroupsToml {
+    group_prefix: Option<t::Text>,
+    allowed_groups: Option<Vec<t::Text>>,
+    group_from_claim: Option<t::Text>,
+    group_session_timeout_ms: Option<i64>,
+    auto_commit_interval_ms: Option<i64>,
+}
+
+/// A group name a client may send, or a group glob's characters: `A-Za-z0-9._-`.
+pub(crate) fn is_group_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')
+}
+
+/// The group keys of a kafka-proxy table; `None` when the route has no `group_prefix` (then the
+/// other group keys are refused: they would do nothing).
+fn build_groups(
+    c: &mut Checker<'_>,
+    span: Option<&std::ops::Range<usize>>,
+    key: &str,
+    k: &GroupsToml,
+) -> Option<Groups> {
+    let Some(prefix) = k.group_prefix.as_ref().map(|t| t.0.clone()) else {
+        for (name, set) in [
+            ("allowed_groups", k.allowed_groups.is_some()),
+            ("group_from_claim", k.group_from_claim.is_some()),
+            (
+                "group_session_timeout_ms",
+                k.group_session_timeout_ms.is_some(),
+            ),
+            (
+                "auto_commit_interval_ms",
+                k.auto_commit_interval_ms.is_some(),
+            ),
+        ] {
+            if set {
+                c.at(
+                    span,
+                    format!("{key}.{name}"),
+                    format!("{name} without group_prefix does nothing: group subscriptions are off"),
+                    "set group_prefix (e.g. \"web.\") to turn group subscriptions on, or remove the key",
+                );
+            }
+        }
+        return None;
+    };
+    if prefix.is_empty() || prefix.len() > 100 || !prefix.chars().all(is_group_char) {
+        c.at(
+            span,
+            format!("{key}.group_prefix"),
+            format!("{prefix:?} is not a group prefix"),
+            "use 1 to 100 characters of A-Za-z0-9._- (e.g. \"web.\"), so clients' groups never share ids with your services' groups",
+        );
+    }
+    let allowed: Vec<String> = match &k.allowed_groups {
+        None => vec!["*".to_string()],
+        Some(list) => {
+            if list.is_empty() {
+                c.at(
+                    span,
+                    format!("{key}.allowed_groups"),
+                    "an empty list forbids every group".into(),
+                    "list the group names clients may use (globs: \"*\", \"team-*\"), or remove group_prefix",
+                );
+            }
+            list.iter()
+                .enumerate()
+                .filter_map(|(i, glob)| {
+                    let glob = &glob.0;
+                    let ok = !glob.is_empty()
+                        && glob.chars().all(|ch| is_group_char(ch) || ch == '*' || ch == '?');
+                    if !ok {
+                        c.at(
+                            span,
+                            format!("{key}.allowed_groups[{i}]"),
+                            format!("{glob:?} is not a group glob"),
+                            "use A-Za-z0-9._- with * (any run) and ? (one character), e.g. \"team-*\"",
+                        );
+                    }
+                    ok.then(|| glob.clone())
+                })
+                .collect()
+        }
+    };
+    let from_claim = k.group_from_claim.as_ref().map(|t| t.0.clone());
+    if from_claim.as_deref() == Some("") {
+        c.at(
+            span,
+            format!("{key}.group_from_claim"),
+            "empty claim name".into(),
+            "name the JWT claim whose value is each user's group namespace, e.g. \"sub\"",
+        );
+    }
+    Some(Groups {
+        prefix,
+        allowed,
+        from_claim,
+        session_timeout: Duration::from_secs(30),
+        auto_commit_interval: Duration::from_secs(5),
     })
 }

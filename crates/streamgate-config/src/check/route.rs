@@ -282,6 +282,19 @@ pub(super) fn build_route(
         .as_ref()
         .and_then(|k| k.as_ref())
         .is_some_and(|k| k.key_prefix_from_claim.is_some());
+    let claim_groups = kafka_proxy
+        .as_ref()
+        .and_then(|k| k.as_ref())
+        .and_then(|k| k.groups.as_ref())
+        .is_some_and(|g| g.from_claim.is_some());
+    if claim_groups && jwt_auth.is_none() {
+        c.at(
+            span,
+            format!("{key}.plugins.kafka-proxy.group_from_claim"),
+            "the group namespace comes from a JWT claim, and this route verifies no JWT".into(),
+            "add [routes.plugins.jwt-auth] to the route, or remove group_from_claim",
+        );
+    }
     if claim_filter && jwt_auth.is_none() {
         c.at(
             span,

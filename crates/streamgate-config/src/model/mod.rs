@@ -13,7 +13,7 @@ mod upstream;
 
 pub use consumer::{Consumer, JwtCredential, RecordFilter};
 pub use plugins::{
-    Cors, Isolation, JwtAuth, KafkaProxy, KeyAuth, LimitKey, LimitReq, Sasl, SaslMechanism,
+    Cors, Groups, Isolation, JwtAuth, KafkaProxy, KeyAuth, LimitKey, LimitReq, Sasl, SaslMechanism,
     TopicPattern,
 };
 pub use route::{HostPattern, PathPattern, Plugins, Route};

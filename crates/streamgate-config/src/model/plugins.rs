@@ -107,6 +107,54 @@ pub struct KafkaProxy {
     pub key_prefix_delimiter: Option<String>,
     /// Which records of transactional producers readers see.
     pub isolation: Isolation,
+    /// Group subscriptions; `None` = refused on this route.
+    pub groups: Option<Groups>,
+}
+
+/// Group subscriptions on a route: where their broker-side group ids live and how members behave.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Groups {
+    /// Put in front of every broker-side group id (`group_prefix`).
+    pub prefix: String,
+    /// Globs over the client's group name (`allowed_groups`; `*` any run, `?` one character).
+    pub allowed: Vec<String>,
+    /// A JWT claim whose value, escaped, is the caller's own namespace (`group_from_claim`).
+    pub from_claim: Option<String>,
+    /// How long the coordinator waits for a member's heartbeat (`group_session_timeout_ms`).
+    pub session_timeout: Duration,
+    /// How often an AUTO subscription commits what it wrote (`auto_commit_interval_ms`).
+    pub auto_commit_interval: Duration,
+}
+
+impl Groups {
+    /// Whether a client may name `group` (already a valid group name).
+    pub fn allows(&self, group: &str) -> bool {
+        self.allowed.iter().any(|glob| glob_matches(glob, group))
+    }
+}
+
+/// `*` matches any run of characters, `?` one; everything else itself.
+fn glob_matches(glob: &str, text: &str) -> bool {
+    let (glob, text): (Vec<char>, Vec<char>) = (glob.chars().collect(), text.chars().collect());
+    // Iterative matching with one backtrack point (the last `*`): linear in practice.
+    let (mut g, mut t, mut star, mut mark) = (0, 0, None, 0);
+    while t < text.len() {
+        if g < glob.len() && (glob[g] == '?' || glob[g] == text[t]) {
+            g += 1;
+            t += 1;
+        } else if g < glob.len() && glob[g] == '*' {
+            star = Some(g);
+            mark = t;
+            g += 1;
+        } else if let Some(s) = star {
+            g = s + 1;
+            mark += 1;
+            t = mark;
+        } else {
+            return false;
+        }
+    }
+    glob[g..].iter().all(|c| *c == '*')
 }
 
 /// `isolation`: Kafka's consumer setting of the same name.
@@ -139,6 +187,7 @@ impl Default for KafkaProxy {
             key_prefix_from_claim: None,
             key_prefix_delimiter: None,
             isolation: Isolation::ReadCommitted,
+            groups: None,
         }
     }
 }
@@ -202,4 +251,28 @@ pub enum SaslMechanism {
     ScramSha256,
     /// SCRAM-SHA-512.
     ScramSha512,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::glob_matches;
+
+    #[test]
+    fn globs_match_runs_and_single_characters() {
+        for (glob, text, want) in [
+            ("*", "anything", true),
+            ("*", "", true),
+            ("team-*", "team-a", true),
+            ("team-*", "teams", false),
+            ("*-reader", "orders-reader", true),
+            ("a*b*c", "aXbYc", true),
+            ("a*b*c", "aXbY", false),
+            ("r?ad", "read", true),
+            ("r?ad", "rad", false),
+            ("exact", "exact", true),
+            ("exact", "exactly", false),
+        ] {
+            assert_eq!(glob_matches(glob, text), want, "{glob} ~ {text}");
+        }
+    }
 }
