@@ -70,6 +70,8 @@ fn request(rng: &mut Rng) -> PubSubReq {
             },
             credit_records: rng.pick(NUMBERS) as u32,
             credit_bytes: rng.pick(NUMBERS) as u64,
+            group: ["", "team", "../x", "a.b", &"g".repeat(101)][rng.below(5)].to_string(),
+            commit: rng.pick(NUMBERS) as i32,
             filter: (rng.below(2) == 0).then(|| RecordFilter {
                 keys: vec![vec![rng.next_u64() as u8; rng.below(4)].into()],
                 key_prefix: vec![rng.next_u64() as u8; rng.below(3)].into(),

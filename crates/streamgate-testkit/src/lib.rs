@@ -112,6 +112,31 @@ pub fn unique_topic(prefix: &str) -> String {
     )
 }
 
+/// A resume cursor as every gateway writes it (version 1: topic, partition count, each partition
+/// and next offset as varints, CRC-32C; URL-safe base64 without padding), for tests that need
+/// one the gateway did not hand out.
+pub fn cursor(topic: &str, positions: &[(i32, i64)]) -> String {
+    use base64::Engine as _;
+    fn varint(mut v: u64, out: &mut Vec<u8>) {
+        while v >= 0x80 {
+            out.push((v as u8) | 0x80);
+            v >>= 7;
+        }
+        out.push(v as u8);
+    }
+    let mut raw = vec![1u8];
+    varint(topic.len() as u64, &mut raw);
+    raw.extend_from_slice(topic.as_bytes());
+    varint(positions.len() as u64, &mut raw);
+    for &(partition, offset) in positions {
+        varint(u64::from(partition as u32), &mut raw);
+        varint(offset as u64, &mut raw);
+    }
+    let sum = crc32c::crc32c(&raw);
+    raw.extend_from_slice(&sum.to_le_bytes());
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw)
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

@@ -47,6 +47,12 @@ pub(crate) struct Metrics {
     pub sse_streams_opened: IntCounterVec,
     /// Push subscriptions open now, by route.
     pub subscriptions_open: IntGaugeVec,
+    /// Group subscriptions (consumer-group members) open now, by route.
+    pub group_members: IntGaugeVec,
+    /// Group commits, by route and result (`ok`, `refused`).
+    pub group_commits: IntCounterVec,
+    /// Rebalances group subscriptions went through, by route.
+    pub group_rebalances: IntCounterVec,
     /// Push subscriptions stalled, by route and reason (`credit`, `slow_reader`).
     pub subscriptions_stalled: IntGaugeVec,
     /// Records behind the head, summed over open subscriptions, by route and topic.
@@ -196,6 +202,21 @@ impl Metrics {
             subscriptions_open: gauges(
                 "streamgate_pubsub_subscriptions",
                 "Push subscriptions open now, by route.",
+                &["route"],
+            ),
+            group_members: gauges(
+                "streamgate_group_members",
+                "Group subscriptions (each a consumer-group member) open now, by route.",
+                &["route"],
+            ),
+            group_commits: counter(
+                "streamgate_group_commits_total",
+                "Offset commits of group subscriptions (the client's and AUTO ones), by route and result: ok, or refused (the broker refused, or the client's cursor was bad).",
+                &["route", "result"],
+            ),
+            group_rebalances: counter(
+                "streamgate_group_rebalances_total",
+                "New assignments group subscriptions received after their first, by route.",
                 &["route"],
             ),
             subscriptions_stalled: gauges(

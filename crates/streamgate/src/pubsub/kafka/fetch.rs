@@ -53,10 +53,11 @@ const CONSUMER: i32 = -1;
 const RETRY_BACKOFF: (Duration, Duration) = (Duration::from_millis(25), Duration::from_secs(1));
 
 /// A broker connection's byte stream, plain or TLS.
-trait Stream: AsyncRead + AsyncWrite + Send + Unpin {}
+pub(crate) trait Stream: AsyncRead + AsyncWrite + Send + Unpin {}
 impl<T: AsyncRead + AsyncWrite + Send + Unpin> Stream for T {}
 
-type Connection = Messenger<Box<dyn Stream>>;
+/// One broker connection (rskafka's messenger: TLS, versions, SASL, pipelining).
+pub(crate) type Connection = Messenger<Box<dyn Stream>>;
 
 /// The fetch connections of one Kafka identity (cluster, TLS, SASL, isolation), by broker
 /// address.
@@ -185,6 +186,55 @@ impl Brokers {
             tracing::debug!(upstream = %cluster.upstream_id, broker = %address, "connected for fetches");
         }
         result
+    }
+
+    /// A connection of the caller's own to `address`, shared with nobody: a consumer group's
+    /// coordinator connection, where a JoinGroup may wait for a whole rebalance.
+    pub(crate) async fn dedicated(&self, address: &str) -> Result<Arc<Connection>, KafkaFailure> {
+        self.connect(address).await
+    }
+
+    /// The first bootstrap broker that answers, and its (shared) connection.
+    pub(crate) async fn any_broker(&self) -> Result<(String, Arc<Connection>), KafkaFailure> {
+        let mut last = None;
+        for address in &self.cluster.brokers {
+            match self.connection(address).await {
+                Ok(c) => return Ok((address.clone(), c)),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| {
+            KafkaFailure::new(ErrorCode::Unavailable, "the upstream has no brokers")
+        }))
+    }
+
+    /// How many partitions each of `topics` has (a topic the cluster does not know is left out).
+    pub(crate) async fn partition_counts(
+        &self,
+        topics: &[String],
+    ) -> Result<HashMap<String, i32>, KafkaFailure> {
+        let (address, connection) = self.any_broker().await?;
+        let request = MetadataRequest {
+            topics: Some(
+                topics
+                    .iter()
+                    .map(|t| MetadataRequestTopic {
+                        name: String_(t.clone()),
+                    })
+                    .collect(),
+            ),
+            allow_auto_topic_creation: Some(Boolean(false)),
+        };
+        let answer = connection.request(request).await.map_err(|e| {
+            self.forget(&address, Some(&connection));
+            request_failure(&e)
+        })?;
+        Ok(answer
+            .topics
+            .into_iter()
+            .filter(|t| t.error.is_none())
+            .map(|t| (t.name.0, t.partitions.len() as i32))
+            .collect())
     }
 
     /// The address of `topic`/`partition`'s leader, from the first bootstrap broker that answers

@@ -230,6 +230,11 @@ impl KafkaPool {
         Ok((slot, client))
     }
 
+    /// The identity's broker connections (a group member opens its coordinator's through them).
+    pub(crate) fn brokers(&self, identity: &KafkaIdentity) -> Arc<Brokers> {
+        Arc::clone(&self.slot(identity).brokers)
+    }
+
     /// Drops the reader of a topic the broker no longer knows (deleted since it was cached), so
     /// the next command checks the topic list again rather than naming it to the broker.
     pub(crate) fn forget(&self, identity: &KafkaIdentity, topic: &str, partition: i32) {

@@ -51,6 +51,10 @@ pub(crate) struct Granted {
 pub(crate) struct Outgoing {
     /// The session's own number for the subscription (sequences may be reused by clients).
     pub key: u64,
+    /// The subscription's sequence (a commit's answer carries the commit's own).
+    pub subscription: i64,
+    /// Told when the frame is written (group subscriptions commit what was written).
+    pub written: Option<Arc<Written>>,
     /// The frame: the subscribe answer, a push (each carries the resume point once written), or
     /// the error that ends the subscription.
     pub frame: PubSubResp,
@@ -58,6 +62,69 @@ pub(crate) struct Outgoing {
     pub ends: bool,
     /// The frame's place in the process's budget for frames not yet read by their clients.
     pub hold: Option<AnswerHold>,
+}
+
+/// What a session has written of a group subscription's frames: the cursor after the last push
+/// written (what AUTO commits), and how many of the frames handed over are written, so that the
+/// subscription can wait until all are before it commits and tells of a new assignment.
+#[derive(Debug, Default)]
+pub(crate) struct Written {
+    state: std::sync::Mutex<WrittenState>,
+    changed: tokio::sync::Notify,
+}
+
+#[derive(Debug, Default)]
+struct WrittenState {
+    cursor: String,
+    queued: u64,
+    written: u64,
+}
+
+impl Written {
+    /// A frame carrying this is on its way to the session.
+    pub(crate) fn queued(&self) {
+        crate::sync::lock(&self.state).queued += 1;
+    }
+
+    /// The session wrote a frame carrying this; `cursor` is the push's, if it was one.
+    pub(crate) fn wrote(&self, cursor: Option<&str>) {
+        let mut state = crate::sync::lock(&self.state);
+        state.written += 1;
+        if let Some(cursor) = cursor {
+            state.cursor.clear();
+            state.cursor.push_str(cursor);
+        }
+        drop(state);
+        self.changed.notify_waiters();
+    }
+
+    /// The cursor after the last push written.
+    pub(crate) fn cursor(&self) -> String {
+        crate::sync::lock(&self.state).cursor.clone()
+    }
+
+    /// Starts over from `cursor` (a new assignment's start), once nothing is on its way.
+    pub(crate) fn restart(&self, cursor: String) {
+        crate::sync::lock(&self.state).cursor = cursor;
+    }
+
+    /// Waits until every frame handed over is written (or `limit` passes: a session that does
+    /// not write ends anyway).
+    pub(crate) async fn drained(&self, limit: Duration) {
+        let _ = tokio::time::timeout(limit, async {
+            loop {
+                let wait = self.changed.notified();
+                {
+                    let state = crate::sync::lock(&self.state);
+                    if state.written >= state.queued {
+                        return;
+                    }
+                }
+                wait.await;
+            }
+        })
+        .await;
+    }
 }
 
 /// How long a subscription at the head waits before looking again on its own (the poller
@@ -153,7 +220,7 @@ pub(crate) fn over_limits(cmd: &CmdKafkaSubscribe) -> Option<String> {
 }
 
 /// One subscribed partition.
-struct SubscribedPartition {
+pub(crate) struct SubscribedPartition {
     partition: i32,
     reader: Arc<PartitionReader>,
     /// The offset of the next record to look at.
@@ -178,244 +245,305 @@ pub(crate) async fn run(
     let route = Arc::clone(&access.target.route_id);
     let metrics = crate::metrics::metrics();
     let _open = GaugeGuard::new(metrics.subscriptions_open.with_label_values(&[&*route]));
-    // Looked up once: a label look-up per push would cost a hash and a lock each.
-    let label = [&*route];
-    let (pushed, delivered, pushed_bytes, filtered, paused, slow) = (
-        metrics.records_pushed.with_label_values(&label),
-        metrics.records_delivered.with_label_values(&label),
-        metrics.record_bytes_pushed.with_label_values(&label),
-        metrics.records_filtered.with_label_values(&label),
-        metrics
-            .subscriptions_stalled
-            .with_label_values(&[&*route, "credit"]),
-        metrics
-            .subscriptions_stalled
-            .with_label_values(&[&*route, "slow_reader"]),
-    );
     let topic = cmd.topic.clone();
     // Boxed: the start's futures would otherwise stay part of every paused subscription's task.
-    let mut parts = match Box::pin(start(&access, &cmd)).await {
+    let parts = match Box::pin(start(&access, &cmd)).await {
         Ok(parts) => parts,
         Err((partition, f)) => {
             let frame = access.failed(sequence, "subscribe", &topic, partition, f);
             crate::metrics::metrics().command(&route, "subscribe", &frame);
-            let _ = out.send(Box::new(ending(key, frame))).await;
+            let _ = out.send(Box::new(ending(key, sequence, frame))).await;
             return;
         }
     };
-    let starts = parts
+    let starts = starts_of(&parts);
+    let first_cursor = cursor_of(&topic, &parts);
+    let answer = PubSubResp {
+        sequence,
+        resp: Some(Resp::KafkaSubscribeResp(KafkaSubscribeResp {
+            partitions: starts,
+            cursor: first_cursor,
+            ..Default::default()
+        })),
+    };
+    if out
+        .send(Box::new(frame(key, sequence, answer)))
+        .await
+        .is_err()
+    {
+        return;
+    }
+    let pushing = Pushing {
+        access: &access,
+        key,
+        sequence,
+        topic: &topic,
+        filter: Filter::new(
+            cmd.filter.take().unwrap_or_default(),
+            access.row_filter.clone(),
+        ),
+        byte_bound: cmd.credit_bytes > 0,
+        written: None,
+    };
+    // The rest of the request (partitions, offsets, cursor) is not needed once started.
+    drop(cmd);
+    let mut used = Granted::default();
+    pushing.deliver(parts, &mut grants, &mut used, &out).await;
+}
+
+/// Where each partition starts, for a subscribe answer or an assignment.
+pub(crate) fn starts_of(parts: &[SubscribedPartition]) -> Vec<PartitionStart> {
+    parts
         .iter()
         .map(|p| PartitionStart {
             partition: p.partition,
             offset: p.next,
             high_watermark: p.caught_up_at,
         })
-        .collect();
-    let first_cursor = cursor_of(&topic, &parts);
-    let cmd_filter = cmd.filter.take();
-    let credit_bytes = cmd.credit_bytes;
-    // The rest of the request (partitions, offsets, cursor) is not needed once started.
-    drop(cmd);
-    let answer = PubSubResp {
-        sequence,
-        resp: Some(Resp::KafkaSubscribeResp(KafkaSubscribeResp {
-            partitions: starts,
-            cursor: first_cursor,
-        })),
-    };
-    if out.send(Box::new(frame(key, answer))).await.is_err() {
-        return;
-    }
-    // Partitions that start at the watermark are caught up before any record: say so now, even
-    // without credit.
-    let already: Vec<KafkaPartitionRecords> = parts
-        .iter_mut()
-        .filter(|p| p.next >= p.caught_up_at)
-        .map(|p| {
-            p.caught_up = true;
-            KafkaPartitionRecords {
-                partition: p.partition,
-                messages: Vec::new(),
-                high_watermark: p.caught_up_at.max(p.reader.known_end()),
-                caught_up: true,
+        .collect()
+}
+
+/// Pushes of one subscription: what they are for and what they pass.
+pub(crate) struct Pushing<'a> {
+    pub access: &'a KafkaAccess,
+    pub key: u64,
+    pub sequence: i64,
+    pub topic: &'a str,
+    pub filter: Filter,
+    pub byte_bound: bool,
+    /// Attached to every push, for the session to tell when it is written.
+    pub written: Option<Arc<Written>>,
+}
+
+impl Pushing<'_> {
+    /// Pushes records of `parts` as far as credit allows, until the subscription ends with an
+    /// error or its session goes away (or the caller stops polling this).
+    pub(crate) async fn deliver(
+        &self,
+        mut parts: Vec<SubscribedPartition>,
+        grants: &mut watch::Receiver<Granted>,
+        used: &mut Granted,
+        out: &mpsc::Sender<Box<Outgoing>>,
+    ) {
+        let (access, key, sequence, topic, filter, byte_bound) = (
+            self.access,
+            self.key,
+            self.sequence,
+            self.topic,
+            &self.filter,
+            self.byte_bound,
+        );
+        let route = Arc::clone(&access.target.route_id);
+        let metrics = crate::metrics::metrics();
+        // Looked up once: a label look-up per push would cost a hash and a lock each.
+        let label = [&*route];
+        let (pushed, delivered, pushed_bytes, filtered, paused, slow) = (
+            metrics.records_pushed.with_label_values(&label),
+            metrics.records_delivered.with_label_values(&label),
+            metrics.record_bytes_pushed.with_label_values(&label),
+            metrics.records_filtered.with_label_values(&label),
+            metrics
+                .subscriptions_stalled
+                .with_label_values(&[&*route, "credit"]),
+            metrics
+                .subscriptions_stalled
+                .with_label_values(&[&*route, "slow_reader"]),
+        );
+        if parts.is_empty() {
+            return std::future::pending().await;
+        }
+        // Partitions that start at the watermark are caught up before any record: say so now, even
+        // without credit.
+        let already: Vec<KafkaPartitionRecords> = parts
+            .iter_mut()
+            .filter(|p| p.next >= p.caught_up_at)
+            .map(|p| {
+                p.caught_up = true;
+                KafkaPartitionRecords {
+                    partition: p.partition,
+                    messages: Vec::new(),
+                    high_watermark: p.caught_up_at.max(p.reader.known_end()),
+                    caught_up: true,
+                }
+            })
+            .collect();
+        if !already.is_empty() {
+            let cursor = cursor_of(topic, &parts);
+            if self
+                .send(out, push(key, sequence, already, cursor))
+                .await
+                .is_err()
+            {
+                return;
             }
-        })
-        .collect();
-    if !already.is_empty() {
-        let cursor = cursor_of(&topic, &parts);
-        if out
-            .send(Box::new(push(key, sequence, already, cursor)))
+        }
+
+        let mut lag = Lag::new(
+            metrics
+                .subscription_lag
+                .with_label_values(&[&*route, topic]),
+        );
+        let settings = &access.target.settings;
+        let mut turn = 0usize;
+        let mut outage = Backoff::new(OUTAGE_BACKOFF.0, OUTAGE_BACKOFF.1);
+        // Offsets grow, and their cursor with them: room for every offset at its longest.
+        let cursor_len = cursor::encode(topic, parts.iter().map(|p| (p.partition, i64::MAX))).len();
+        let frame_budget = FrameBudget::push(settings.max_frame_bytes, cursor_len);
+        let fetch_bytes = i32::try_from(
+            settings
+                .fetch_max_bytes
+                .min(frame_budget.for_records())
+                .max(1),
+        )
+        .unwrap_or(i32::MAX);
+        loop {
+            lag.set(
+                parts
+                    .iter()
+                    .map(|p| p.reader.known_end().saturating_sub(p.next).max(0))
+                    .sum(),
+            );
+            // Credit first: a paused subscription holds no records and asks the broker nothing.
+            let has_credit =
+                |g: &Granted| g.records > used.records && (!byte_bound || g.bytes > used.bytes);
+            if !has_credit(&grants.borrow()) {
+                let _paused = GaugeGuard::new(paused.clone());
+                if grants.wait_for(has_credit).await.is_err() {
+                    return;
+                }
+            }
+            // A partition with records to read, taking turns so that none starves the others.
+            let ready = (0..parts.len())
+                .map(|i| (turn + i) % parts.len())
+                .find(|&i| !parts[i].probed || parts[i].next < parts[i].reader.known_end());
+            let Some(i) = ready else {
+                Box::pin(wait_at_head(&parts, settings.socket_timeout)).await;
+                continue;
+            };
+            turn = i + 1;
+            let part = &mut parts[i];
+            part.probed = true;
+            let position = part.next;
+            let fetched = match Box::pin(part.reader.fetch_now(
+                part.next,
+                fetch_bytes,
+                settings.socket_timeout,
+            ))
             .await
-            .is_err()
-        {
-            return;
+            {
+                Ok(fetched) => {
+                    outage.reset();
+                    fetched
+                }
+                Err(f) if matches!(f.code, ErrorCode::Unavailable) => {
+                    // The brokers are away: wait and read again from the same position.
+                    tracing::debug!(route = %route, topic, partition = part.partition, reason = %f.reason, "subscription waits for the brokers");
+                    outage.wait().await;
+                    continue;
+                }
+                Err(f) => {
+                    let partition = part.partition;
+                    access.forget_if_gone(topic, partition, &Err::<(), _>(f.clone()));
+                    end(out, access, key, sequence, topic, Some(partition), f).await;
+                    return;
+                }
+            };
+            let granted = *grants.borrow();
+            let credit = Credit {
+                records: granted.records - used.records,
+                bytes: byte_bound.then(|| granted.bytes.saturating_sub(used.bytes)),
+            };
+            let batch = match take(part, &fetched, filter, credit, frame_budget) {
+                Ok(batch) => batch,
+                Err(f) => {
+                    end(out, access, key, sequence, topic, Some(part.partition), f).await;
+                    return;
+                }
+            };
+            if batch.filtered > 0 {
+                filtered.inc_by(batch.filtered);
+            }
+            if batch.records.is_empty() && !batch.caught_up {
+                if batch.short_of_credit {
+                    // The next record needs more bytes than are granted: wait for a grant.
+                    drop(fetched);
+                    let _paused = GaugeGuard::new(paused.clone());
+                    if grants.changed().await.is_err() {
+                        return;
+                    }
+                } else if part.next == position && part.next < part.reader.known_end() {
+                    // Nothing read although the log went further before: a new leader whose high
+                    // watermark still lags, or a broker catching up. Only a broker's own
+                    // OFFSET_OUT_OF_RANGE ends a subscription: look again shortly.
+                    tokio::time::sleep(crate::pubsub::kafka::reader::TAIL_POLL).await;
+                }
+                // Otherwise the position moved past batches without records for this reader
+                // (markers, aborted or filtered records), or reached the end: the readable end
+                // decides when to read again.
+                continue;
+            }
+            // The next read of this partition starts now, while this push is on its way.
+            part.reader
+                .read_ahead(part.next, fetch_bytes, settings.socket_timeout);
+            used.records += batch.records.len() as u64;
+            used.bytes += batch.bytes as u64;
+            pushed.inc_by(batch.records.len() as u64);
+            delivered.inc_by(batch.records.len() as u64);
+            pushed_bytes.inc_by(batch.bytes as u64);
+            let partition = part.partition;
+            let records = KafkaPartitionRecords {
+                partition,
+                messages: batch.records,
+                high_watermark: fetched
+                    .high_watermark
+                    .max(part.reader.known_high_watermark()),
+                caught_up: batch.caught_up,
+            };
+            drop(fetched);
+            let cursor = cursor_of(topic, &parts);
+            let mut frame = push(key, sequence, vec![records], cursor);
+            frame.written = self.written.clone();
+            // Pushes waiting to be written count against the process's budget like answers do;
+            // when it is spent, the subscription waits rather than failing.
+            let size = frame.frame.encoded_len();
+            let budget = access.limits.config().max_queued_answer_bytes;
+            if size > budget {
+                // The budget would never have room for it (the config check refuses a budget below
+                // max_frame_bytes, so this is a safety net, not a path).
+                let why = format!("a push of {size} bytes is larger than the gateway's whole budget for answers not yet read (max_queued_answer_bytes = {budget})");
+                let f = KafkaFailure::new(ErrorCode::TooLarge, why);
+                end(out, access, key, sequence, topic, Some(partition), f).await;
+                return;
+            }
+            frame.hold = loop {
+                if let Some(hold) = access.limits.hold_answer(size) {
+                    break Some(hold);
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            };
+            if let Some(w) = &self.written {
+                w.queued();
+            }
+            // A full channel: the session is still writing earlier frames to a slow client.
+            let frame = match out.try_send(Box::new(frame)) {
+                Ok(()) => continue,
+                Err(mpsc::error::TrySendError::Closed(_)) => return,
+                Err(mpsc::error::TrySendError::Full(frame)) => frame,
+            };
+            let _slow = GaugeGuard::new(slow.clone());
+            if out.send(frame).await.is_err() {
+                return;
+            }
         }
     }
 
-    let mut lag = Lag::new(
-        metrics
-            .subscription_lag
-            .with_label_values(&[&*route, &*topic]),
-    );
-    let settings = &access.target.settings;
-    let filter = Filter::new(cmd_filter.unwrap_or_default(), access.row_filter.clone());
-    let byte_bound = credit_bytes > 0;
-    let mut used = Granted::default();
-    let mut turn = 0usize;
-    let mut outage = Backoff::new(OUTAGE_BACKOFF.0, OUTAGE_BACKOFF.1);
-    // Offsets grow, and their cursor with them: room for every offset at its longest.
-    let cursor_len = cursor::encode(&topic, parts.iter().map(|p| (p.partition, i64::MAX))).len();
-    let frame_budget = FrameBudget::push(settings.max_frame_bytes, cursor_len);
-    let fetch_bytes = i32::try_from(
-        settings
-            .fetch_max_bytes
-            .min(frame_budget.for_records())
-            .max(1),
-    )
-    .unwrap_or(i32::MAX);
-    loop {
-        lag.set(
-            parts
-                .iter()
-                .map(|p| p.reader.known_end().saturating_sub(p.next).max(0))
-                .sum(),
-        );
-        // Credit first: a paused subscription holds no records and asks the broker nothing.
-        let has_credit =
-            |g: &Granted| g.records > used.records && (!byte_bound || g.bytes > used.bytes);
-        if !has_credit(&grants.borrow()) {
-            let _paused = GaugeGuard::new(paused.clone());
-            if grants.wait_for(has_credit).await.is_err() {
-                return;
-            }
+    /// Sends a frame of this subscription, counted when it will be told written.
+    async fn send(&self, out: &mpsc::Sender<Box<Outgoing>>, mut frame: Outgoing) -> Result<(), ()> {
+        if let Some(w) = &self.written {
+            frame.written = Some(Arc::clone(w));
+            w.queued();
         }
-        // A partition with records to read, taking turns so that none starves the others.
-        let ready = (0..parts.len())
-            .map(|i| (turn + i) % parts.len())
-            .find(|&i| !parts[i].probed || parts[i].next < parts[i].reader.known_end());
-        let Some(i) = ready else {
-            Box::pin(wait_at_head(&parts, settings.socket_timeout)).await;
-            continue;
-        };
-        turn = i + 1;
-        let part = &mut parts[i];
-        part.probed = true;
-        let position = part.next;
-        let fetched = match Box::pin(part.reader.fetch_now(
-            part.next,
-            fetch_bytes,
-            settings.socket_timeout,
-        ))
-        .await
-        {
-            Ok(fetched) => {
-                outage.reset();
-                fetched
-            }
-            Err(f) if matches!(f.code, ErrorCode::Unavailable) => {
-                // The brokers are away: wait and read again from the same position.
-                tracing::debug!(route = %route, topic, partition = part.partition, reason = %f.reason, "subscription waits for the brokers");
-                outage.wait().await;
-                continue;
-            }
-            Err(f) => {
-                let partition = part.partition;
-                access.forget_if_gone(&topic, partition, &Err::<(), _>(f.clone()));
-                end(&out, &access, key, sequence, &topic, Some(partition), f).await;
-                return;
-            }
-        };
-        let granted = *grants.borrow();
-        let credit = Credit {
-            records: granted.records - used.records,
-            bytes: byte_bound.then(|| granted.bytes.saturating_sub(used.bytes)),
-        };
-        let batch = match take(part, &fetched, &filter, credit, frame_budget) {
-            Ok(batch) => batch,
-            Err(f) => {
-                end(
-                    &out,
-                    &access,
-                    key,
-                    sequence,
-                    &topic,
-                    Some(part.partition),
-                    f,
-                )
-                .await;
-                return;
-            }
-        };
-        if batch.filtered > 0 {
-            filtered.inc_by(batch.filtered);
-        }
-        if batch.records.is_empty() && !batch.caught_up {
-            if batch.short_of_credit {
-                // The next record needs more bytes than are granted: wait for a grant.
-                drop(fetched);
-                let _paused = GaugeGuard::new(paused.clone());
-                if grants.changed().await.is_err() {
-                    return;
-                }
-            } else if part.next == position && part.next < part.reader.known_end() {
-                // Nothing read although the log went further before: a new leader whose high
-                // watermark still lags, or a broker catching up. Only a broker's own
-                // OFFSET_OUT_OF_RANGE ends a subscription: look again shortly.
-                tokio::time::sleep(crate::pubsub::kafka::reader::TAIL_POLL).await;
-            }
-            // Otherwise the position moved past batches without records for this reader
-            // (markers, aborted or filtered records), or reached the end: the readable end
-            // decides when to read again.
-            continue;
-        }
-        // The next read of this partition starts now, while this push is on its way.
-        part.reader
-            .read_ahead(part.next, fetch_bytes, settings.socket_timeout);
-        used.records += batch.records.len() as u64;
-        used.bytes += batch.bytes as u64;
-        pushed.inc_by(batch.records.len() as u64);
-        delivered.inc_by(batch.records.len() as u64);
-        pushed_bytes.inc_by(batch.bytes as u64);
-        let partition = part.partition;
-        let records = KafkaPartitionRecords {
-            partition,
-            messages: batch.records,
-            high_watermark: fetched
-                .high_watermark
-                .max(part.reader.known_high_watermark()),
-            caught_up: batch.caught_up,
-        };
-        drop(fetched);
-        let cursor = cursor_of(&topic, &parts);
-        let mut frame = push(key, sequence, vec![records], cursor);
-        // Pushes waiting to be written count against the process's budget like answers do;
-        // when it is spent, the subscription waits rather than failing.
-        let size = frame.frame.encoded_len();
-        let budget = access.limits.config().max_queued_answer_bytes;
-        if size > budget {
-            // The budget would never have room for it (the config check refuses a budget below
-            // max_frame_bytes, so this is a safety net, not a path).
-            let why = format!("a push of {size} bytes is larger than the gateway's whole budget for answers not yet read (max_queued_answer_bytes = {budget})");
-            let f = KafkaFailure::new(ErrorCode::TooLarge, why);
-            end(&out, &access, key, sequence, &topic, Some(partition), f).await;
-            return;
-        }
-        frame.hold = loop {
-            if let Some(hold) = access.limits.hold_answer(size) {
-                break Some(hold);
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        };
-        // A full channel: the session is still writing earlier frames to a slow client.
-        let frame = match out.try_send(Box::new(frame)) {
-            Ok(()) => continue,
-            Err(mpsc::error::TrySendError::Closed(_)) => return,
-            Err(mpsc::error::TrySendError::Full(frame)) => frame,
-        };
-        let _slow = GaugeGuard::new(slow.clone());
-        if out.send(frame).await.is_err() {
-            return;
-        }
+        out.send(Box::new(frame)).await.map_err(|_| ())
     }
 }
 
@@ -539,13 +667,15 @@ async fn wait_at_head(parts: &[SubscribedPartition], timeout: Duration) {
 }
 
 /// The cursor after everything the positions in `parts` have passed.
-fn cursor_of(topic: &str, parts: &[SubscribedPartition]) -> String {
+pub(crate) fn cursor_of(topic: &str, parts: &[SubscribedPartition]) -> String {
     cursor::encode(topic, parts.iter().map(|p| (p.partition, p.next)))
 }
 
-fn frame(key: u64, frame: PubSubResp) -> Outgoing {
+pub(crate) fn frame(key: u64, subscription: i64, frame: PubSubResp) -> Outgoing {
     Outgoing {
         key,
+        subscription,
+        written: None,
         frame,
         ends: false,
         hold: None,
@@ -557,7 +687,7 @@ fn push(key: u64, sequence: i64, batches: Vec<KafkaPartitionRecords>, cursor: St
         sequence,
         resp: Some(Resp::KafkaRecordsPush(KafkaRecordsPush { batches, cursor })),
     };
-    frame(key, push)
+    frame(key, sequence, push)
 }
 
 /// Ends the subscription with the error `f` on `partition`, under its sequence.
@@ -571,12 +701,14 @@ async fn end(
     f: KafkaFailure,
 ) {
     let frame = access.failed(sequence, "subscribe", topic, partition, f);
-    let _ = out.send(Box::new(ending(key, frame))).await;
+    let _ = out.send(Box::new(ending(key, sequence, frame))).await;
 }
 
-fn ending(key: u64, frame: PubSubResp) -> Outgoing {
+pub(crate) fn ending(key: u64, subscription: i64, frame: PubSubResp) -> Outgoing {
     Outgoing {
         key,
+        subscription,
+        written: None,
         frame,
         ends: true,
         hold: None,
@@ -584,7 +716,7 @@ fn ending(key: u64, frame: PubSubResp) -> Outgoing {
 }
 
 /// Where the subscription starts, or why it may not (with the partition to name).
-async fn start(
+pub(crate) async fn start(
     access: &KafkaAccess,
     cmd: &CmdKafkaSubscribe,
 ) -> Result<Vec<SubscribedPartition>, (Option<i32>, KafkaFailure)> {
@@ -760,13 +892,13 @@ async fn start(
 /// A subscription's record filter: the client's, and the caller's row filter, which the
 /// client's can narrow but never widen.
 #[derive(Debug)]
-struct Filter {
+pub(crate) struct Filter {
     own: RecordMatcher,
     row: Option<Arc<RecordMatcher>>,
 }
 
 impl Filter {
-    fn new(filter: RecordFilter, row: Option<Arc<RecordMatcher>>) -> Self {
+    pub(crate) fn new(filter: RecordFilter, row: Option<Arc<RecordMatcher>>) -> Self {
         Self {
             own: RecordMatcher::of_client(filter),
             row,

@@ -18,8 +18,9 @@
 //! `max_in_flight` answers wait behind it, and after `send_timeout` the connection is dropped.
 
 use crate::pubsub::ending::{self, Ending, Endings, Outside, Seen};
+use crate::pubsub::modes::group::{self, CommitAsk};
 use crate::pubsub::modes::pull::{self, Reply};
-use crate::pubsub::modes::push::{self, Granted, Outgoing};
+use crate::pubsub::modes::push::{self, Granted, Outgoing, Written};
 use crate::pubsub::target::{KafkaAccess, KafkaTarget, RecordMatcher};
 use crate::pubsub::wire::{self, WireFrame};
 use crate::rate::TokenBucket;
@@ -29,8 +30,8 @@ use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use streamgate_protocol::{
-    pub_sub_req::Req, pub_sub_resp::Resp, CmdKafkaCredit, CmdKafkaSubscribe, CmdKafkaUnsubscribe,
-    ErrorCode, KafkaUnsubscribeResp, PongResp, PubSubReq, PubSubResp,
+    pub_sub_req::Req, pub_sub_resp::Resp, CmdKafkaCommit, CmdKafkaCredit, CmdKafkaSubscribe,
+    CmdKafkaUnsubscribe, ErrorCode, KafkaUnsubscribeResp, PongResp, PubSubReq, PubSubResp,
 };
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{mpsc, watch};
@@ -81,6 +82,8 @@ struct Subscribed {
     target: Arc<KafkaTarget>,
     /// Its subscribe has been answered (the first frame written).
     answered: bool,
+    /// A group subscription's commits go to its task through this.
+    commits: Option<mpsc::Sender<CommitAsk>>,
 }
 
 /// The push subscriptions of one session.
@@ -214,7 +217,7 @@ where
                                     Some(answer)
                                 }
                                 Ok(req) => match req.req {
-                                    Some(Req::CmdKafkaSubscribe(_) | Req::CmdKafkaCredit(_) | Req::CmdKafkaUnsubscribe(_)) => {
+                                    Some(Req::CmdKafkaSubscribe(_) | Req::CmdKafkaCredit(_) | Req::CmdKafkaUnsubscribe(_) | Req::CmdKafkaCommit(_)) => {
                                         if let Some(Req::CmdKafkaUnsubscribe(u)) = &req.req {
                                             // A refusal already queued is the subscribe's answer.
                                             if let Err(why) = write_queued_answer(&mut ws, &mut subs, pushes.as_mut(), u.subscription, settings.send_timeout).await {
@@ -300,17 +303,25 @@ where
 {
     let Outgoing {
         key,
+        subscription: sequence,
         frame,
         ends,
         hold,
+        written,
     } = out;
-    let sequence = frame.sequence;
     if subs.by_sequence.get(&sequence).is_none_or(|s| s.key != key) {
         return Ok(());
     }
     let sent = send_bounded(ws, &frame, limit).await;
     drop(hold);
     sent?;
+    if let Some(written) = written {
+        let cursor = match &frame.resp {
+            Some(Resp::KafkaRecordsPush(push)) => Some(push.cursor.as_str()),
+            _ => None,
+        };
+        written.wrote(cursor);
+    }
     if ends {
         subs.end(sequence);
     } else if let Some(sub) = subs.by_sequence.get_mut(&sequence) {
@@ -351,7 +362,7 @@ where
         return Ok(());
     };
     while let Ok(out) = pushes.try_recv() {
-        let its_answer = out.frame.sequence == subscription && out.key == key;
+        let its_answer = out.subscription == subscription && out.key == key;
         deliver(ws, subs, *out, limit).await?;
         if its_answer {
             break;
@@ -510,6 +521,24 @@ fn dispatch_push(
             metrics.command(route, "credit", &PubSubResp::default());
             None
         }
+        Some(Req::CmdKafkaCommit(CmdKafkaCommit {
+            subscription,
+            cursor,
+        })) => {
+            let refusal = match subs.by_sequence.get(&subscription) {
+                None => Some((ErrorCode::BadRequest, format!("no subscription {subscription} on this connection (commit names the subscribe's sequence)"))),
+                Some(Subscribed { commits: None, .. }) => Some((ErrorCode::BadRequest, format!("subscription {subscription} has no group: only group subscriptions commit"))),
+                Some(Subscribed { commits: Some(commits), .. }) => match commits.try_send(CommitAsk { sequence, cursor }) {
+                    Ok(()) => None,
+                    Err(_) => Some((ErrorCode::LimitExceeded, format!("subscription {subscription} has {} commits waiting: wait for their answers", group::COMMIT_QUEUE))),
+                },
+            };
+            let answer = refusal.map(|(code, why)| PubSubResp::error(sequence, code, why));
+            if let Some(answer) = &answer {
+                metrics.command(route, "commit", answer);
+            }
+            answer
+        }
         Some(Req::CmdKafkaUnsubscribe(CmdKafkaUnsubscribe { subscription })) => {
             let answer = match subs.end(subscription) {
                 Some(ended) => {
@@ -591,14 +620,35 @@ fn subscribe(
             sender
         }
     };
-    let task = subs.tasks.spawn(push::run(
-        access.clone(),
-        key,
-        sequence,
-        cmd,
-        receiver,
-        sender,
-    ));
+    let (task, commits) = if cmd.group.is_empty() {
+        let task = subs.tasks.spawn(push::run(
+            access.clone(),
+            key,
+            sequence,
+            cmd,
+            receiver,
+            sender,
+        ));
+        (task, None)
+    } else {
+        let group_id = match group::group_id(access, &cmd) {
+            Ok(id) => id,
+            Err(f) => return Some(access.failed(sequence, "subscribe", &topic, None, f)),
+        };
+        let (commits, asks) = mpsc::channel(group::COMMIT_QUEUE);
+        let task = subs.tasks.spawn(group::run(
+            access.clone(),
+            key,
+            sequence,
+            cmd,
+            group_id,
+            receiver,
+            sender,
+            asks,
+            Arc::new(Written::default()),
+        ));
+        (task, Some(commits))
+    };
     subs.by_sequence.insert(
         sequence,
         Subscribed {
@@ -611,6 +661,7 @@ fn subscribe(
             row_filter: access.row_filter.clone(),
             target: Arc::clone(&access.target),
             answered: false,
+            commits,
         },
     );
     None

@@ -1,0 +1,389 @@
+//! Group subscriptions (docs/subscriptions.md, "Group subscriptions"): members of a Kafka
+//! consumer group over WebSocket, positions kept by the broker's group coordinator.
+
+mod common;
+
+use common::push::*;
+use common::*;
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+use streamgate_protocol::{
+    cmd_kafka_subscribe::{CommitMode, StartFrom},
+    pub_sub_resp::Resp,
+    CmdKafkaSubscribe, ErrorCode, PubSubClient, PubSubResp,
+};
+use streamgate_testkit::{fixtures, unique_topic, Broker, GatewayProcess};
+
+/// Group settings of the tests' route: a short session, so a dead member is noticed quickly.
+const GROUPS: &str = "group_prefix = \"web.\"\nallowed_groups = [\"team-*\", \"resume-*\", \"solo\"]\ngroup_session_timeout_ms = 6000\nauto_commit_interval_ms = 500";
+
+async fn group_gateway(broker: &Broker) -> GatewayProcess {
+    gateway_for(broker, GROUPS, "").await
+}
+
+fn group_subscribe(topic: &str, group: &str, commit: CommitMode, credit: u32) -> CmdKafkaSubscribe {
+    CmdKafkaSubscribe {
+        topic: topic.to_string(),
+        from: StartFrom::Earliest as i32,
+        group: group.to_string(),
+        commit: commit as i32,
+        credit_records: credit,
+        ..Default::default()
+    }
+}
+
+/// What one member saw: records by partition, the assignments in order, the last cursor.
+#[derive(Debug, Default)]
+struct Member {
+    records: BTreeMap<i32, Vec<(i64, String)>>,
+    assigned: BTreeSet<i32>,
+    generations: Vec<i32>,
+    cursor: String,
+}
+
+impl Member {
+    fn take(&mut self, frame: PubSubResp) {
+        match frame.resp {
+            Some(Resp::KafkaRecordsPush(push)) => {
+                for batch in push.batches {
+                    assert!(
+                        self.assigned.contains(&batch.partition),
+                        "a push for partition {} outside the assignment {:?}",
+                        batch.partition,
+                        self.assigned
+                    );
+                    for m in batch.messages {
+                        let value = String::from_utf8_lossy(&m.value).into_owned();
+                        self.records
+                            .entry(batch.partition)
+                            .or_default()
+                            .push((m.offset, value));
+                    }
+                }
+                self.cursor = push.cursor;
+            }
+            Some(Resp::KafkaAssignment(a)) => {
+                for p in &a.revoked {
+                    assert!(self.assigned.remove(p), "revoked {p}, never assigned");
+                }
+                self.assigned = a.assigned.iter().map(|s| s.partition).collect();
+                self.generations.push(a.generation);
+            }
+            other => panic!("unexpected frame {other:?}"),
+        }
+    }
+
+    fn values(&self) -> BTreeSet<String> {
+        self.records
+            .values()
+            .flatten()
+            .map(|(_, v)| v.clone())
+            .collect()
+    }
+}
+
+/// Reads frames of `sequence` into `member` until `done` holds or `within` passes.
+async fn read_until(
+    c: &mut PubSubClient,
+    member: &mut Member,
+    within: Duration,
+    done: impl Fn(&Member) -> bool,
+) {
+    let deadline = Instant::now() + within;
+    while !done(member) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        assert!(!left.is_zero(), "timed out; member saw {member:?}");
+        match tokio::time::timeout(left, c.recv()).await {
+            Ok(Ok(frame)) => member.take(frame),
+            Ok(Err(e)) => panic!("connection failed: {e}"),
+            Err(_) => panic!("timed out; member saw {member:?}"),
+        }
+    }
+}
+
+async fn topic_with(broker: &Broker, partitions: i32, per_partition: usize) -> String {
+    let kafka = broker.client().await;
+    let topic = unique_topic("groups");
+    fixtures::create_topic(&kafka, &topic, partitions).await;
+    for p in 0..partitions {
+        produce(broker, &topic, p, &format!("p{p}-"), per_partition).await;
+    }
+    topic
+}
+
+#[tokio::test]
+async fn two_members_split_the_partitions_and_a_close_hands_them_over() {
+    let broker = sqlite_broker().await;
+    let topic = topic_with(&broker, 6, 5).await;
+    let gw = group_gateway(&broker).await;
+    let mut a = PubSubClient::connect(&gw.ws_url("/kafka")).await.unwrap();
+    let (sa, started) = a
+        .subscribe(group_subscribe(
+            &topic,
+            "team-split",
+            CommitMode::Manual,
+            1000,
+        ))
+        .await
+        .unwrap();
+    assert!(started.generation >= 0, "{started:?}");
+    assert!(!started.member_id.is_empty());
+    assert_eq!(
+        started.partitions.len(),
+        6,
+        "alone, a member gets all: {started:?}"
+    );
+    let mut ma = Member {
+        assigned: started.partitions.iter().map(|s| s.partition).collect(),
+        ..Default::default()
+    };
+    read_until(&mut a, &mut ma, Duration::from_secs(10), |m| {
+        m.values().len() == 30
+    })
+    .await;
+    // Commit what A read, then B joins: the partitions split 3 and 3.
+    a.commit(sa, &ma.cursor.clone()).await.unwrap();
+    let mut b = PubSubClient::connect(&gw.ws_url("/kafka")).await.unwrap();
+    let (_sb, b_started) = b
+        .subscribe(group_subscribe(
+            &topic,
+            "team-split",
+            CommitMode::Manual,
+            1000,
+        ))
+        .await
+        .unwrap();
+    let mb_assigned: BTreeSet<i32> = b_started.partitions.iter().map(|s| s.partition).collect();
+    assert_eq!(mb_assigned.len(), 3, "{b_started:?}");
+    for s in &b_started.partitions {
+        assert_eq!(s.offset, 5, "B starts at the group's commit: {b_started:?}");
+    }
+    read_until(&mut a, &mut ma, Duration::from_secs(15), |m| {
+        m.assigned.len() == 3
+    })
+    .await;
+    assert!(
+        ma.assigned.is_disjoint(&mb_assigned),
+        "{ma:?} {mb_assigned:?}"
+    );
+    // New records reach their partition's owner only.
+    for p in 0..6 {
+        produce(&broker, &topic, p, &format!("new{p}-"), 2).await;
+    }
+    let mut mb = Member {
+        assigned: mb_assigned.clone(),
+        ..Default::default()
+    };
+    read_until(&mut b, &mut mb, Duration::from_secs(10), |m| {
+        m.values().len() == 6
+    })
+    .await;
+    read_until(&mut a, &mut ma, Duration::from_secs(10), |m| {
+        m.values().iter().filter(|v| v.starts_with("new")).count() == 6
+    })
+    .await;
+    // B leaves: A gets all six at once (LeaveGroup), without waiting for the session timeout.
+    let closed = Instant::now();
+    b.close().await.unwrap();
+    read_until(&mut a, &mut ma, Duration::from_secs(5), |m| {
+        m.assigned.len() == 6
+    })
+    .await;
+    assert!(closed.elapsed() < Duration::from_secs(5));
+    // B committed nothing: A reads B's partitions from A's commit (offset 5), new records too.
+    read_until(&mut a, &mut ma, Duration::from_secs(10), |m| {
+        m.values().iter().filter(|v| v.starts_with("new")).count() == 12
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_member_resumes_on_another_gateway_exactly_after_the_commit() {
+    let broker = sqlite_broker().await;
+    let topic = topic_with(&broker, 2, 10).await;
+    let first = group_gateway(&broker).await;
+    let second = group_gateway(&broker).await;
+    let mut c = PubSubClient::connect(&first.ws_url("/kafka"))
+        .await
+        .unwrap();
+    let (s, started) = c
+        .subscribe(group_subscribe(&topic, "resume-m", CommitMode::Manual, 3))
+        .await
+        .unwrap();
+    assert_eq!(started.partitions.len(), 2);
+    let mut m = Member {
+        assigned: [0, 1].into(),
+        ..Default::default()
+    };
+    read_until(&mut c, &mut m, Duration::from_secs(10), |m| {
+        m.values().len() == 3
+    })
+    .await;
+    c.commit(s, &m.cursor.clone()).await.unwrap();
+    let committed: BTreeMap<i32, i64> = m
+        .records
+        .iter()
+        .map(|(p, list)| (*p, list.last().unwrap().0 + 1))
+        .collect();
+    c.close().await.unwrap();
+    let mut c = PubSubClient::connect(&second.ws_url("/kafka"))
+        .await
+        .unwrap();
+    let (_s, resumed) = c
+        .subscribe(group_subscribe(
+            &topic,
+            "resume-m",
+            CommitMode::Manual,
+            1000,
+        ))
+        .await
+        .unwrap();
+    for start in &resumed.partitions {
+        let want = committed.get(&start.partition).copied().unwrap_or(0);
+        assert_eq!(
+            start.offset, want,
+            "{resumed:?} after committing {committed:?}"
+        );
+    }
+    let mut again = Member {
+        assigned: [0, 1].into(),
+        ..Default::default()
+    };
+    read_until(&mut c, &mut again, Duration::from_secs(10), |m| {
+        m.values().len() == 17
+    })
+    .await;
+    assert!(
+        again.values().is_disjoint(&m.values()),
+        "nothing read twice after a commit"
+    );
+}
+
+#[tokio::test]
+async fn auto_commits_the_position_on_close() {
+    let broker = sqlite_broker().await;
+    let topic = topic_with(&broker, 1, 10).await;
+    let gw = group_gateway(&broker).await;
+    let mut c = PubSubClient::connect(&gw.ws_url("/kafka")).await.unwrap();
+    c.subscribe(group_subscribe(&topic, "resume-auto", CommitMode::Auto, 4))
+        .await
+        .unwrap();
+    let mut m = Member {
+        assigned: [0].into(),
+        ..Default::default()
+    };
+    read_until(&mut c, &mut m, Duration::from_secs(10), |m| {
+        m.values().len() == 4
+    })
+    .await;
+    c.close().await.unwrap();
+    // The commit and LeaveGroup run after the session ends: the next member starts at 4.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut c = PubSubClient::connect(&gw.ws_url("/kafka")).await.unwrap();
+        let (_, started) = c
+            .subscribe(group_subscribe(
+                &topic,
+                "resume-auto",
+                CommitMode::Manual,
+                0,
+            ))
+            .await
+            .unwrap();
+        if started.partitions[0].offset == 4 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "AUTO did not commit 4: {started:?}"
+        );
+        c.close().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test]
+async fn groups_outside_the_routes_namespace_and_bent_subscribes_are_refused() {
+    let broker = sqlite_broker().await;
+    let topic = topic_with(&broker, 2, 3).await;
+    let gw = group_gateway(&broker).await;
+    let plain = gateway_for(&broker, "", "").await;
+    let mut c = PubSubClient::connect(&gw.ws_url("/kafka")).await.unwrap();
+    let cases = [
+        (
+            CmdKafkaSubscribe {
+                partitions: vec![0],
+                ..group_subscribe(&topic, "team-x", CommitMode::Manual, 1)
+            },
+            ErrorCode::BadRequest,
+            "partitions",
+        ),
+        (
+            CmdKafkaSubscribe {
+                cursor: "x".into(),
+                ..group_subscribe(&topic, "team-x", CommitMode::Manual, 1)
+            },
+            ErrorCode::BadRequest,
+            "cursor",
+        ),
+        (
+            group_subscribe(&topic, "backend-billing", CommitMode::Manual, 1),
+            ErrorCode::Forbidden,
+            "allowed_groups",
+        ),
+        (
+            group_subscribe(&topic, "team/../x", CommitMode::Manual, 1),
+            ErrorCode::BadRequest,
+            "A-Za-z0-9._-",
+        ),
+    ];
+    for (cmd, code, says) in cases {
+        let (got, text) = error_of(c.subscribe(cmd).await);
+        assert_eq!(got, code, "{text}");
+        assert!(text.contains(says), "{text}");
+    }
+    let mut p = PubSubClient::connect(&plain.ws_url("/kafka"))
+        .await
+        .unwrap();
+    let (got, text) = error_of(
+        p.subscribe(group_subscribe(&topic, "team-x", CommitMode::Manual, 1))
+            .await,
+    );
+    assert_eq!(got, ErrorCode::Forbidden, "{text}");
+    assert!(text.contains("group_prefix"), "{text}");
+    // A commit beyond what was pushed, or for another topic, is refused.
+    let (s, _) = c
+        .subscribe(group_subscribe(&topic, "solo", CommitMode::Manual, 1))
+        .await
+        .unwrap();
+    let mut m = Member {
+        assigned: [0, 1].into(),
+        ..Default::default()
+    };
+    read_until(&mut c, &mut m, Duration::from_secs(10), |m| {
+        m.values().len() == 1
+    })
+    .await;
+    let (p0, at) = m.records.iter().map(|(p, l)| (*p, l[0].0)).next().unwrap();
+    let beyond = cursor_for(&topic, &[(p0, at + 2)]);
+    let (got, text) = error_of(c.commit(s, &beyond).await);
+    assert_eq!(got, ErrorCode::BadRequest, "{text}");
+    assert!(
+        text.contains("beyond what this subscription pushed"),
+        "{text}"
+    );
+    let (got, _) = error_of(c.commit(s, &cursor_for("other", &[(0, 1)])).await);
+    assert_eq!(got, ErrorCode::BadRequest);
+    // A plain subscription does not commit.
+    let (plain_sub, _) = c
+        .subscribe(subscribe(&topic, StartFrom::Latest, 0))
+        .await
+        .unwrap();
+    let (got, text) = error_of(c.commit(plain_sub, &m.cursor.clone()).await);
+    assert_eq!(got, ErrorCode::BadRequest, "{text}");
+}
+
+/// A cursor as the gateway writes them (docs/subscriptions.md, "Cursors").
+fn cursor_for(topic: &str, positions: &[(i32, i64)]) -> String {
+    streamgate_testkit::cursor(topic, positions)
+}
