@@ -387,3 +387,222 @@ async fn groups_outside_the_routes_namespace_and_bent_subscribes_are_refused() {
 fn cursor_for(topic: &str, positions: &[(i32, i64)]) -> String {
     streamgate_testkit::cursor(topic, positions)
 }
+
+/// A librdkafka consumer (confluent-kafka, tests/python/group_member.py) in a consumer group.
+struct KafkaMember {
+    child: tokio::process::Child,
+    lines: tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+    assigned: BTreeSet<i32>,
+    /// (partition, offset, value) in arrival order.
+    records: Vec<(i32, i64, String)>,
+    committed: Option<BTreeMap<i32, i64>>,
+}
+
+impl KafkaMember {
+    fn start(broker: &Broker, group: &str, topic: &str, partitions: i32) -> Self {
+        use tokio::io::AsyncBufReadExt;
+        let python = std::env::var("STREAMGATE_PYTHON").unwrap_or_else(|_| "python3".into());
+        let script = streamgate_testkit::workspace_root().join("tests/python/group_member.py");
+        let mut child = tokio::process::Command::new(python)
+            .arg(script)
+            .args([&broker.bootstrap, group, topic])
+            .args(["--partitions", &partitions.to_string(), "--seconds", "90"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start the librdkafka consumer (make test installs confluent-kafka)");
+        let lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        KafkaMember {
+            child,
+            lines,
+            assigned: BTreeSet::new(),
+            records: Vec::new(),
+            committed: None,
+        }
+    }
+
+    /// Reads its events until `done` holds (or panics after `within`).
+    async fn read_until(&mut self, within: Duration, done: impl Fn(&Self) -> bool) {
+        let deadline = Instant::now() + within;
+        while !done(self) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = tokio::time::timeout(left, self.lines.next_line())
+                .await
+                .unwrap_or_else(|_| {
+                    panic!(
+                        "librdkafka member timed out: {:?} {:?}",
+                        self.assigned,
+                        self.records.len()
+                    )
+                })
+                .expect("read its output")
+                .expect("it is still running");
+            let event: serde_json::Value = serde_json::from_str(&line).expect("a JSON line");
+            if let Some(list) = event.get("assigned") {
+                self.assigned = list
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|p| p.as_i64().unwrap() as i32)
+                    .collect();
+            } else if let Some(list) = event.get("revoked") {
+                for p in list.as_array().unwrap() {
+                    self.assigned.remove(&(p.as_i64().unwrap() as i32));
+                }
+            } else if let Some(r) = event.get("record") {
+                let r = r.as_array().unwrap();
+                self.records.push((
+                    r[0].as_i64().unwrap() as i32,
+                    r[1].as_i64().unwrap(),
+                    r[2].as_str().unwrap().to_string(),
+                ));
+            } else if let Some(c) = event.get("committed") {
+                self.committed = Some(
+                    c.as_object()
+                        .unwrap()
+                        .iter()
+                        .map(|(p, o)| (p.parse().unwrap(), o.as_i64().unwrap()))
+                        .collect(),
+                );
+            }
+        }
+    }
+
+    /// Asks it to stop, and reads the committed offsets it reports from the broker.
+    async fn stop(&mut self) -> BTreeMap<i32, i64> {
+        drop(self.child.stdin.take());
+        self.read_until(Duration::from_secs(20), |m| m.committed.is_some())
+            .await;
+        self.committed.clone().unwrap()
+    }
+}
+
+#[tokio::test]
+async fn websocket_members_and_a_librdkafka_consumer_share_one_group() {
+    let broker = sqlite_broker().await;
+    let topic = topic_with(&broker, 6, 3).await;
+    let gw = group_gateway(&broker).await;
+    // Two WebSocket members first, then librdkafka joins the same broker-side group.
+    let mut a = PubSubClient::connect(&gw.ws_url("/kafka")).await.unwrap();
+    let (sa, a_started) = a
+        .subscribe(group_subscribe(
+            &topic,
+            "team-mixed",
+            CommitMode::Manual,
+            10_000,
+        ))
+        .await
+        .unwrap();
+    let mut ma = Member {
+        assigned: a_started.partitions.iter().map(|s| s.partition).collect(),
+        ..Default::default()
+    };
+    let mut b = PubSubClient::connect(&gw.ws_url("/kafka")).await.unwrap();
+    let (sb, b_started) = b
+        .subscribe(group_subscribe(
+            &topic,
+            "team-mixed",
+            CommitMode::Manual,
+            10_000,
+        ))
+        .await
+        .unwrap();
+    let mut mb = Member {
+        assigned: b_started.partitions.iter().map(|s| s.partition).collect(),
+        ..Default::default()
+    };
+    let mut c = KafkaMember::start(&broker, "web.team-mixed", &topic, 6);
+    c.read_until(Duration::from_secs(30), |m| !m.assigned.is_empty())
+        .await;
+    // Everyone settles on one generation: three members, two partitions each.
+    read_until(&mut a, &mut ma, Duration::from_secs(20), |m| {
+        m.assigned.len() == 2
+    })
+    .await;
+    read_until(&mut b, &mut mb, Duration::from_secs(20), |m| {
+        m.assigned.len() == 2
+    })
+    .await;
+    assert_eq!(c.assigned.len(), 2, "{:?}", c.assigned);
+    let all: BTreeSet<i32> = ma
+        .assigned
+        .iter()
+        .chain(&mb.assigned)
+        .chain(&c.assigned)
+        .copied()
+        .collect();
+    assert_eq!(
+        all,
+        (0..6).collect(),
+        "A {:?} B {:?} C {:?}",
+        ma.assigned,
+        mb.assigned,
+        c.assigned
+    );
+    // More records everywhere; every member commits what it got.
+    for p in 0..6 {
+        produce(&broker, &topic, p, &format!("more{p}-"), 4).await;
+    }
+    let mores = |v: &BTreeSet<String>| v.iter().filter(|v| v.starts_with("more")).count();
+    read_until(&mut a, &mut ma, Duration::from_secs(15), |m| {
+        mores(&m.values()) == 8
+    })
+    .await;
+    read_until(&mut b, &mut mb, Duration::from_secs(15), |m| {
+        mores(&m.values()) == 8
+    })
+    .await;
+    c.read_until(Duration::from_secs(15), |m| {
+        m.records.iter().filter(|r| r.2.starts_with("more")).count() >= 8
+    })
+    .await;
+    a.commit(sa, &ma.cursor.clone()).await.unwrap();
+    b.commit(sb, &mb.cursor.clone()).await.unwrap();
+    // B leaves: its two partitions go to A and C at once, from B's commit.
+    b.close().await.unwrap();
+    read_until(&mut a, &mut ma, Duration::from_secs(15), |m| {
+        m.assigned.len() == 3
+    })
+    .await;
+    c.read_until(Duration::from_secs(15), |m| m.assigned.len() == 3)
+        .await;
+    for p in 0..6 {
+        produce(&broker, &topic, p, &format!("last{p}-"), 2).await;
+    }
+    let lasts = |v: &BTreeSet<String>| v.iter().filter(|v| v.starts_with("last")).count();
+    read_until(&mut a, &mut ma, Duration::from_secs(15), |m| {
+        lasts(&m.values()) == 6
+    })
+    .await;
+    c.read_until(Duration::from_secs(15), |m| {
+        m.records.iter().filter(|r| r.2.starts_with("last")).count() >= 6
+    })
+    .await;
+    a.commit(sa, &ma.cursor.clone()).await.unwrap();
+    // Nothing produced was skipped: the union of what everyone got is everything.
+    let mut got: BTreeSet<String> = ma.values().union(&mb.values()).cloned().collect();
+    got.extend(c.records.iter().map(|r| r.2.clone()));
+    for p in 0..6 {
+        for (prefix, n) in [
+            (format!("p{p}-"), 3),
+            (format!("more{p}-"), 4),
+            (format!("last{p}-"), 2),
+        ] {
+            for i in 0..n {
+                assert!(
+                    got.contains(&format!("{prefix}{i}")),
+                    "{prefix}{i} was never delivered"
+                );
+            }
+        }
+    }
+    // The broker's own OffsetFetch (through librdkafka) sees what the members committed: every
+    // partition at the end of its log (3 + 4 + 2 records).
+    let committed = c.stop().await;
+    assert_eq!(
+        committed,
+        (0..6).map(|p| (p, 9)).collect(),
+        "committed as the broker reports it"
+    );
+}
