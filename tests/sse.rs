@@ -495,3 +495,52 @@ async fn event_streams_over_http2_on_a_tls_listener() {
     )
     .await;
 }
+
+#[tokio::test]
+async fn a_group_stream_resumes_from_the_groups_commit_not_last_event_id() {
+    let broker = sqlite_broker().await;
+    let kafka = broker.client().await;
+    let topic = unique_topic("sse-group");
+    fixtures::create_topic(&kafka, &topic, 1).await;
+    produce(&broker, &topic, 0, &["r0", "r1", "r2", "r3"]).await;
+    let groups =
+        "group_prefix = \"web.\"\ngroup_session_timeout_ms = 6000\nauto_commit_interval_ms = 500";
+    let gw = gateway_for(&broker, groups, "").await;
+    let url = gw.http_url(&format!("/kafka?topic={topic}&from=earliest&group=reader"));
+    let mut events = Events::new(open(&url, None).await);
+    let seen = events.records(4).await;
+    let last_id = seen.iter().rev().find_map(|e| e.id.clone()).expect("an id");
+    drop(events);
+    // The stream's end commits what it wrote (AUTO) and leaves the group; then more arrive.
+    produce(&broker, &topic, 0, &["r4", "r5"]).await;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let values = loop {
+        // A Last-Event-ID from the first record would mean "after r0": with a group it is ignored.
+        let first_id = seen.iter().find_map(|e| e.id.clone()).unwrap();
+        let mut events = Events::new(open(&url, Some(&first_id)).await);
+        let next = events.records(1).await;
+        let values: Vec<String> = next
+            .iter()
+            .filter(|e| e.event == "record")
+            .map(|e| json(e)["value"].as_str().unwrap().to_string())
+            .collect();
+        if values == ["r4"] || Instant::now() > deadline {
+            break values;
+        }
+        // The old member's commit and LeaveGroup run after its stream ended: try again.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    assert_eq!(
+        values,
+        ["r4"],
+        "resumed from the group's commit (last id {last_id})"
+    );
+    // Groups are refused where the route has none, with the status of FORBIDDEN.
+    let plain = gateway_for(&broker, "", "").await;
+    let response = open(
+        &plain.http_url(&format!("/kafka?topic={topic}&group=reader")),
+        None,
+    )
+    .await;
+    assert_eq!(response.status(), 403);
+}

@@ -18,7 +18,8 @@ use crate::ctx::RequestCtx;
 use crate::detach::ResponseBody;
 use crate::pubsub::ending::{self, Ending, Endings, Outside, Seen};
 use crate::pubsub::modes::cursor;
-use crate::pubsub::modes::push::{self, Granted, Outgoing};
+use crate::pubsub::modes::group;
+use crate::pubsub::modes::push::{self, Granted, Outgoing, Written};
 use crate::pubsub::target::KafkaAccess;
 use crate::respond::{self, Answer};
 use base64::engine::general_purpose::STANDARD;
@@ -28,8 +29,10 @@ use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::proxy::Session;
 use std::time::Duration;
 use streamgate_protocol::{
-    cmd_kafka_subscribe::StartFrom, pub_sub_resp::Resp, CmdKafkaSubscribe, ErrorCode, KafkaHeader,
-    KafkaMessage, KafkaRecordsPush, PartitionOffset, RecordFilter,
+    cmd_kafka_subscribe::{CommitMode, StartFrom},
+    pub_sub_resp::Resp,
+    CmdKafkaSubscribe, ErrorCode, KafkaHeader, KafkaMessage, KafkaRecordsPush, PartitionOffset,
+    RecordFilter,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, watch};
@@ -75,6 +78,11 @@ pub(crate) fn subscribe_command(req: &RequestHeader) -> Result<CmdKafkaSubscribe
                 }
             }
             "from" => from = Some(value),
+            // A group subscription with AUTO commits: the group holds the positions.
+            "group" => {
+                cmd.group = value;
+                cmd.commit = CommitMode::Auto as i32;
+            }
             "key" => filter.keys.push(Bytes::from(value.into_bytes())),
             "key_prefix" => filter.key_prefix = Bytes::from(value.into_bytes()),
             "sse" | "apikey" | "jwt" => {}
@@ -117,9 +125,11 @@ pub(crate) fn subscribe_command(req: &RequestHeader) -> Result<CmdKafkaSubscribe
             }
         }
     }
+    // With a group the group holds the positions: Last-Event-ID is not a resume point then.
     if let Some(last) = req
         .headers
         .get("last-event-id")
+        .filter(|_| cmd.group.is_empty())
         .and_then(|v| v.to_str().ok())
         .filter(|v| !v.trim().is_empty())
     {
@@ -169,7 +179,33 @@ pub(crate) async fn serve(
     });
     let (sender, mut frames) = mpsc::channel(2);
     let topic = cmd.topic.clone();
-    let task = tokio::spawn(push::run(access.clone(), 0, 1, cmd, receiver, sender));
+    // A group subscription's commits are the gateway's own (AUTO): the stream sends none, so the
+    // sending end only has to outlive the task.
+    let (commits, asks) = mpsc::channel(1);
+    let task = if cmd.group.is_empty() {
+        tokio::spawn(push::run(access.clone(), 0, 1, cmd, receiver, sender))
+    } else {
+        let group_id = match group::group_id(&access, &cmd) {
+            Ok(id) => id,
+            Err(f) => {
+                let status = status_of(f.code as i32);
+                respond::send(session, ctx, Answer::error(status, &f.reason)).await?;
+                return Ok(true);
+            }
+        };
+        let written = std::sync::Arc::new(Written::default());
+        tokio::spawn(group::run(
+            access.clone(),
+            0,
+            1,
+            cmd,
+            group_id,
+            receiver,
+            sender,
+            asks,
+            written,
+        ))
+    };
     let started = match frames.recv().await.map(|out| out.frame.resp) {
         Some(Some(Resp::KafkaSubscribeResp(started))) => started,
         Some(Some(Resp::ErrorResp(e))) => {
@@ -236,6 +272,7 @@ pub(crate) async fn serve(
             )
             .await;
         task.abort();
+        drop(commits);
         drop(slots);
         tracing::debug!(route = %route, why, "event stream ended");
     });
@@ -316,9 +353,29 @@ impl Writer {
                         let _ = self.end().await;
                         return "ended";
                     };
-                    let Outgoing { frame, ends, hold, .. } = *out;
+                    let Outgoing { frame, ends, hold, written: mark, .. } = *out;
                     let written = match frame.resp {
-                        Some(Resp::KafkaRecordsPush(push)) => self.push(topic, push).await,
+                        Some(Resp::KafkaRecordsPush(push)) => {
+                            let cursor = mark.is_some().then(|| push.cursor.clone());
+                            let done = self.push(topic, push).await;
+                            if let (Some(mark), Ok(())) = (&mark, &done) {
+                                mark.wrote(cursor.as_deref());
+                            }
+                            done
+                        }
+                        Some(Resp::KafkaAssignment(a)) => {
+                            let assigned: Vec<serde_json::Value> = a
+                                .assigned
+                                .iter()
+                                .map(|s| serde_json::json!({ "partition": s.partition, "offset": s.offset }))
+                                .collect();
+                            let data = serde_json::json!({
+                                "generation": a.generation,
+                                "assigned": assigned,
+                                "revoked": a.revoked,
+                            });
+                            self.write(format!("event: assignment\ndata: {data}\n\n").as_bytes()).await
+                        }
                         Some(Resp::ErrorResp(e)) => {
                             let _ = self.error(e.code, &e.message).await;
                             return "error";
