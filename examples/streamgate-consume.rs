@@ -21,9 +21,10 @@ use clap::{Parser, ValueEnum};
 use std::io::{IsTerminal, Write};
 use std::time::{Duration, Instant};
 use streamgate_protocol::{
-    cmd_kafka_subscribe::StartFrom, pub_sub_resp::Resp, ClientError, CmdKafkaFetch,
-    CmdKafkaSubscribe, ErrorCode, KafkaFetchResp, KafkaHeader, KafkaMessage, PartitionOffset,
-    PubSubClient, RecordFilter,
+    cmd_kafka_subscribe::{CommitMode, StartFrom},
+    pub_sub_resp::Resp,
+    ClientError, CmdKafkaFetch, CmdKafkaSubscribe, ErrorCode, KafkaFetchResp, KafkaHeader,
+    KafkaMessage, PartitionOffset, PubSubClient, RecordFilter,
 };
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::{HeaderName, HeaderValue};
@@ -80,6 +81,20 @@ struct Args {
     /// Read one partition with APISIX's pull protocol (a fetch per round trip) instead.
     #[arg(long)]
     pull: bool,
+    /// Read as a member of this consumer group (the route needs group_prefix): the group assigns
+    /// partitions and keeps the position, so the next run, anywhere, goes on from there.
+    #[arg(long)]
+    group: Option<String>,
+    /// With --group: `manual` commits after each push is printed; `auto` leaves it to the gateway
+    /// (every auto_commit_interval_ms and at the end).
+    #[arg(long, value_enum, default_value_t = Commit::Manual)]
+    commit: Commit,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Commit {
+    Manual,
+    Auto,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -142,6 +157,14 @@ async fn main() {
 
 async fn run(args: &Args) -> Result<(), String> {
     let start = Start::parse(&args.from)?;
+    if args.group.is_some() {
+        if args.pull {
+            return Err("--group reads with a push subscription: drop --pull".into());
+        }
+        if matches!(start, Start::Offset(_)) || args.partition.is_some() || args.cursor.is_some() {
+            return Err("--group starts where the group committed and reads the partitions it assigns: drop --partition, --cursor and offsets in --from".into());
+        }
+    }
     let filter = filter(args)?;
     let mut request = args
         .url
@@ -349,24 +372,41 @@ async fn subscribe(
         filter: filter.clone(),
         ..Default::default()
     };
-    match &*cursor {
-        Some(c) => cmd.cursor = c.clone(),
-        None => match start {
-            Start::Earliest => cmd.from = StartFrom::Earliest as i32,
-            Start::Latest => cmd.from = StartFrom::Latest as i32,
+    if let Some(group) = &args.group {
+        // The group assigns the partitions and holds the positions.
+        cmd.group = group.clone();
+        cmd.commit = match args.commit {
+            Commit::Manual => CommitMode::Manual,
+            Commit::Auto => CommitMode::Auto,
+        } as i32;
+        cmd.from = match start {
+            Start::Latest => StartFrom::Latest,
             Start::Time(ms) => {
-                cmd.from = StartFrom::Timestamp as i32;
                 cmd.timestamp_ms = ms;
+                StartFrom::Timestamp
             }
-            Start::Offset(offset) => {
-                let partition = args.partition.unwrap_or(0);
-                cmd.partitions = vec![partition];
-                cmd.offsets = vec![PartitionOffset { partition, offset }];
-            }
-        },
-    }
-    if cmd.cursor.is_empty() && cmd.partitions.is_empty() {
-        cmd.partitions = args.partition.into_iter().collect();
+            _ => StartFrom::Earliest,
+        } as i32;
+    } else {
+        match &*cursor {
+            Some(c) => cmd.cursor = c.clone(),
+            None => match start {
+                Start::Earliest => cmd.from = StartFrom::Earliest as i32,
+                Start::Latest => cmd.from = StartFrom::Latest as i32,
+                Start::Time(ms) => {
+                    cmd.from = StartFrom::Timestamp as i32;
+                    cmd.timestamp_ms = ms;
+                }
+                Start::Offset(offset) => {
+                    let partition = args.partition.unwrap_or(0);
+                    cmd.partitions = vec![partition];
+                    cmd.offsets = vec![PartitionOffset { partition, offset }];
+                }
+            },
+        }
+        if cmd.cursor.is_empty() && cmd.partitions.is_empty() {
+            cmd.partitions = args.partition.into_iter().collect();
+        }
     }
     if room(out) == 0 {
         return Ok(());
@@ -399,6 +439,16 @@ async fn subscribe(
         let frame = client.recv().await.map_err(classify)?;
         let push = match frame.resp {
             Some(Resp::KafkaRecordsPush(push)) if frame.sequence == subscription => push,
+            Some(Resp::KafkaAssignment(a)) if frame.sequence == subscription => {
+                out.clear_progress();
+                let assigned: Vec<i32> = a.assigned.iter().map(|s| s.partition).collect();
+                eprintln!(
+                    "streamgate-consume: group generation {}: partitions {assigned:?} (revoked {:?})",
+                    a.generation, a.revoked
+                );
+                waiting = assigned.into_iter().collect();
+                continue;
+            }
             Some(Resp::ErrorResp(e)) => {
                 return Err(classify(ClientError::Server {
                     code: e.code,
@@ -417,6 +467,15 @@ async fn subscribe(
             }
             if batch.caught_up {
                 waiting.remove(&batch.partition);
+            }
+        }
+        if args.group.is_some() && args.commit == Commit::Manual {
+            // What was printed is committed; a commit during a rebalance is refused and the
+            // next one, after the new assignment, covers it.
+            match client.commit(subscription, &push.cursor).await {
+                Ok(()) => {}
+                Err(e) if e.code() == Some(ErrorCode::Rebalancing) => {}
+                Err(e) => return Err(classify(e)),
             }
         }
         *cursor = Some(push.cursor);

@@ -319,3 +319,29 @@ async fn node_client_reads_and_reports_refusals() {
     )
     .await;
 }
+
+#[tokio::test]
+async fn consume_cli_with_a_group_goes_on_where_the_last_run_stopped() {
+    let topic = unique_topic("cli-group");
+    let broker = broker_with(&topic, 10).await;
+    let gw = gateway_for(
+        &broker,
+        "group_prefix = \"cli.\"\ngroup_session_timeout_ms = 6000",
+        "",
+    )
+    .await;
+    let group = |limit: &str| {
+        consume(
+            &gw,
+            &["--topic", &topic, "--group", "nightly", "--limit", limit],
+        )
+    };
+    let (code, stdout, stderr) = run(group("4")).await;
+    assert_eq!((code, offsets(&stdout)), (0, vec![0, 1, 2, 3]), "{stderr}");
+    // Another run of the same group (any machine, any gateway) starts after what was printed.
+    let (code, stdout, stderr) = run(group("3")).await;
+    assert_eq!((code, offsets(&stdout)), (0, vec![4, 5, 6]), "{stderr}");
+    let (code, _, stderr) = run(consume(&gw, &["--topic", &topic, "--group", "g", "--pull"])).await;
+    assert_eq!(code, 1);
+    assert!(stderr.contains("drop --pull"), "{stderr}");
+}
