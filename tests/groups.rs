@@ -201,7 +201,8 @@ async fn two_members_split_the_partitions_and_a_close_hands_them_over() {
 async fn a_member_resumes_on_another_gateway_exactly_after_the_commit() {
     let broker = sqlite_broker().await;
     let topic = topic_with(&broker, 2, 10).await;
-    let first = group_gateway(&broker).await;
+    let admin = listen_addr();
+    let first = gateway_for(&broker, GROUPS, &format!("[admin]\nlisten = \"{admin}\"\n")).await;
     let second = group_gateway(&broker).await;
     let mut c = PubSubClient::connect(&first.ws_url("/kafka"))
         .await
@@ -225,6 +226,14 @@ async fn a_member_resumes_on_another_gateway_exactly_after_the_commit() {
         .iter()
         .map(|(p, list)| (*p, list.last().unwrap().0 + 1))
         .collect();
+    // The committed lag shows per group name (no prefix, no user) and partition.
+    for (p, offset) in &committed {
+        let sample = format!(
+            "streamgate_group_committed_lag_records{{group=\"resume-m\",partition=\"{p}\",route=\"kafka\"}}"
+        );
+        let want = (10 - offset) as f64;
+        assert_eq!(settled(admin, &sample, want).await, want, "{sample}");
+    }
     c.close().await.unwrap();
     let mut c = PubSubClient::connect(&second.ws_url("/kafka"))
         .await

@@ -53,6 +53,9 @@ pub(crate) struct Metrics {
     pub group_commits: IntCounterVec,
     /// Rebalances group subscriptions went through, by route.
     pub group_rebalances: IntCounterVec,
+    /// Records between the group's committed offsets and the readable end, by route, group name
+    /// (the client's, without prefix or user namespace) and partition, summed over members.
+    pub group_committed_lag: IntGaugeVec,
     /// Push subscriptions stalled, by route and reason (`credit`, `slow_reader`).
     pub subscriptions_stalled: IntGaugeVec,
     /// Records behind the head, summed over open subscriptions, by route and topic.
@@ -213,6 +216,11 @@ impl Metrics {
                 "streamgate_group_commits_total",
                 "Offset commits of group subscriptions (the client's and AUTO ones), by route and result: ok, or refused (the broker refused, or the client's cursor was bad).",
                 &["route", "result"],
+            ),
+            group_committed_lag: gauges(
+                "streamgate_group_committed_lag_records",
+                "Records between each group subscription's committed offset and the readable end of its assigned partitions, by route, group name as clients give it (no prefix, no user namespace: bounded labels) and partition, summed over members.",
+                &["route", "group", "partition"],
             ),
             group_rebalances: counter(
                 "streamgate_group_rebalances_total",

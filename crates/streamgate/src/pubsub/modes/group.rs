@@ -14,6 +14,7 @@ use super::cursor;
 use super::push::{self, Filter, Granted, Outgoing, Pushing, Written};
 use crate::pubsub::failure::KafkaFailure;
 use crate::pubsub::kafka::group::{GroupError, GroupSpec, Member};
+use crate::pubsub::kafka::reader::PartitionReader;
 use crate::pubsub::target::KafkaAccess;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -202,6 +203,11 @@ pub(crate) async fn run(
         topic: topic.clone(),
     };
     let _member_gauge = MemberGauge::new(&route);
+    let mut lag = CommittedLag {
+        route: Arc::clone(&route),
+        name: cmd.group.clone(),
+        reported: HashMap::new(),
+    };
     let pushing = Pushing {
         access: &access,
         key,
@@ -246,7 +252,7 @@ pub(crate) async fn run(
         if !first {
             metrics.group_rebalances.with_label_values(&[&*route]).inc();
         }
-        let committed = if assignment.partitions.is_empty() {
+        let mut committed = if assignment.partitions.is_empty() {
             HashMap::new()
         } else {
             match member.committed(&assignment.partitions).await {
@@ -290,6 +296,14 @@ pub(crate) async fn run(
                 }
             }
         };
+        let readers: Vec<(i32, Arc<PartitionReader>)> = parts
+            .iter()
+            .map(|p| {
+                let (partition, reader) = p.reader();
+                (partition, Arc::clone(reader))
+            })
+            .collect();
+        lag.report(&readers, &committed);
         let starts = push::starts_of(&parts);
         let start_cursor = push::cursor_of(&topic, &parts);
         written.restart(start_cursor.clone());
@@ -349,7 +363,7 @@ pub(crate) async fn run(
                 tokio::select! {
                     () = &mut delivery => break Next::Over,
                     _ = beat.tick() => match member.heartbeat().await {
-                        Ok(()) => {}
+                        Ok(()) => lag.report(&readers, &committed),
                         Err(GroupError::Rebalance(why)) => {
                             tracing::debug!(route = %route, group = member.group_id(), why, "group rebalancing");
                             break Next::Rejoin;
@@ -362,7 +376,10 @@ pub(crate) async fn run(
                     _ = auto.tick(), if membership.auto => {
                         let offsets = written_offsets(&written, &topic, &membership.assigned);
                         match member.commit(&offsets).await {
-                            Ok(()) => metrics.group_commits.with_label_values(&[&*route, "ok"]).inc(),
+                            Ok(()) => {
+                                metrics.group_commits.with_label_values(&[&*route, "ok"]).inc();
+                                committed.extend(offsets.iter().copied());
+                            }
                             Err(GroupError::Rebalance(_)) => break Next::Rejoin,
                             Err(GroupError::Failed(f)) => {
                                 metrics.group_commits.with_label_values(&[&*route, "refused"]).inc();
@@ -372,6 +389,10 @@ pub(crate) async fn run(
                     }
                     Some(ask) = commits.recv() => {
                         let answer = asked(member, &ask, &topic, &membership.assigned, &written).await;
+                        if let Ok(offsets) = &answer {
+                            committed.extend(offsets.iter().copied());
+                        }
+                        let answer = answer.map(|_| ());
                         let outcome = if answer.is_ok() { "ok" } else { "refused" };
                         metrics.group_commits.with_label_values(&[&*route, outcome]).inc();
                         let rejoin = matches!(&answer, Err(f) if f.code == ErrorCode::Rebalancing);
@@ -415,7 +436,7 @@ async fn asked(
     topic: &str,
     assigned: &[i32],
     written: &Written,
-) -> Result<(), KafkaFailure> {
+) -> Result<Vec<(i32, i64)>, KafkaFailure> {
     let bad = |why: String| Err(KafkaFailure::new(ErrorCode::BadRequest, why));
     let c = match cursor::decode(&ask.cursor) {
         Ok(c) => c,
@@ -445,7 +466,8 @@ async fn asked(
     member.commit(&offsets).await.map_err(|e| match e {
         GroupError::Rebalance(_) => rebalancing(),
         GroupError::Failed(f) => f,
-    })
+    })?;
+    Ok(offsets)
 }
 
 /// A commit's answer, carried with the subscription's frames (so it is written in order with
@@ -464,6 +486,45 @@ fn commit_answer(
         Err(f) => PubSubResp::error(sequence, f.code, format!("commit failed: {}", f.reason)),
     };
     push::frame(key, subscription, frame)
+}
+
+/// A member's share of `streamgate_group_committed_lag_records`, taken back when it ends.
+struct CommittedLag {
+    route: Arc<str>,
+    name: String,
+    reported: HashMap<i32, i64>,
+}
+
+impl CommittedLag {
+    /// Reports, for each assigned partition, the records between `committed` and its reader's
+    /// readable end; partitions no longer assigned report nothing.
+    fn report(&mut self, readers: &[(i32, Arc<PartitionReader>)], committed: &HashMap<i32, i64>) {
+        let mut now: HashMap<i32, i64> = HashMap::new();
+        for (partition, reader) in readers {
+            if let Some(&offset) = committed.get(partition) {
+                now.insert(*partition, reader.known_end().saturating_sub(offset).max(0));
+            }
+        }
+        let partitions: std::collections::HashSet<i32> =
+            now.keys().chain(self.reported.keys()).copied().collect();
+        for partition in partitions {
+            let delta = now.get(&partition).copied().unwrap_or(0)
+                - self.reported.get(&partition).copied().unwrap_or(0);
+            if delta != 0 {
+                crate::metrics::metrics()
+                    .group_committed_lag
+                    .with_label_values(&[&*self.route, &self.name, &partition.to_string()])
+                    .add(delta);
+            }
+        }
+        self.reported = now;
+    }
+}
+
+impl Drop for CommittedLag {
+    fn drop(&mut self) {
+        self.report(&[], &HashMap::new());
+    }
 }
 
 /// Counts the route's group members while the task runs.

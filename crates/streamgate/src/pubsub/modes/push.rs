@@ -291,6 +291,13 @@ pub(crate) async fn run(
     pushing.deliver(parts, &mut grants, &mut used, &out).await;
 }
 
+impl SubscribedPartition {
+    /// The partition and its shared reader.
+    pub(crate) fn reader(&self) -> (i32, &Arc<PartitionReader>) {
+        (self.partition, &self.reader)
+    }
+}
+
 /// Where each partition starts, for a subscribe answer or an assignment.
 pub(crate) fn starts_of(parts: &[SubscribedPartition]) -> Vec<PartitionStart> {
     parts
