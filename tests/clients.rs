@@ -345,3 +345,27 @@ async fn consume_cli_with_a_group_goes_on_where_the_last_run_stopped() {
     assert_eq!(code, 1);
     assert!(stderr.contains("drop --pull"), "{stderr}");
 }
+
+#[tokio::test]
+async fn python_client_with_a_group_goes_on_where_the_last_run_stopped() {
+    let topic = unique_topic("py-group");
+    let broker = broker_with(&topic, 10).await;
+    let gw = gateway_for(
+        &broker,
+        "group_prefix = \"py.\"\ngroup_session_timeout_ms = 6000",
+        "",
+    )
+    .await;
+    let script = streamgate_testkit::workspace_root().join("examples/python/consume.py");
+    let run_group = |limit: &str| {
+        let mut cmd = Command::new(python());
+        cmd.arg(&script)
+            .arg(gw.ws_url("/kafka"))
+            .args(["--topic", &topic, "--group", "reports", "--limit", limit]);
+        cmd
+    };
+    let (code, stdout, stderr) = run(run_group("4")).await;
+    assert_eq!((code, offsets(&stdout)), (0, vec![0, 1, 2, 3]), "{stderr}");
+    let (code, stdout, stderr) = run(run_group("3")).await;
+    assert_eq!((code, offsets(&stdout)), (0, vec![4, 5, 6]), "{stderr}");
+}

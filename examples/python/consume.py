@@ -60,7 +60,12 @@ async def consume(args):
             return min(args.credit, args.limit - printed) if args.limit else args.credit
 
         sub = pb.CmdKafkaSubscribe(topic=args.topic, credit_records=room(0))
-        if args.cursor:
+        if args.group:
+            # The group assigns partitions and holds the position; this client commits what it
+            # printed, so the next run (anywhere) goes on from there.
+            sub.group = args.group
+            setattr(sub, "from", pb.CmdKafkaSubscribe.EARLIEST if args.start == "earliest" else pb.CmdKafkaSubscribe.LATEST)
+        elif args.cursor:
             sub.cursor = args.cursor
         elif args.start.isdigit():
             partition = args.partition or 0
@@ -72,12 +77,41 @@ async def consume(args):
                 sub.partitions.append(args.partition)
         await ws.send(pb.PubSubReq(sequence=1, cmd_kafka_subscribe=sub).SerializeToString())
         sequence, printed, outstanding, waiting, cursor = 1, 0, room(0), None, None
+        committing = None  # the sequence of a commit not answered yet
+
+        async def commit(position):
+            nonlocal sequence, committing
+            sequence += 1
+            committing = sequence
+            ask = pb.CmdKafkaCommit(subscription=1, cursor=position)
+            await ws.send(pb.PubSubReq(sequence=sequence, cmd_kafka_commit=ask).SerializeToString())
+
+        async def settle():
+            # Before leaving, the last commit's answer: an unanswered commit may be lost.
+            while committing is not None:
+                await answer(pb.PubSubResp.FromString(await ws.recv()))
+
+        async def answer(resp):
+            nonlocal committing
+            if resp.sequence == committing:
+                committing = None
+                # REBALANCING (11): the next commit, after the new assignment, covers it.
+                if resp.WhichOneof("resp") == "error_resp" and resp.error_resp.code != 11:
+                    raise GatewayError(resp.error_resp.code, resp.error_resp.message)
+                return True
+            return False
+
         try:
             while True:
                 resp = pb.PubSubResp.FromString(await ws.recv())
+                if await answer(resp):
+                    continue
                 kind = resp.WhichOneof("resp")
                 if kind == "error_resp":
                     raise GatewayError(resp.error_resp.code, resp.error_resp.message)
+                if kind == "kafka_assignment":
+                    waiting = {p.partition for p in resp.kafka_assignment.assigned}
+                    continue
                 if kind == "kafka_subscribe_resp":
                     waiting = {p.partition for p in resp.kafka_subscribe_resp.partitions}
                     cursor = resp.kafka_subscribe_resp.cursor
@@ -93,9 +127,13 @@ async def consume(args):
                     if batch.caught_up:
                         waiting.discard(batch.partition)
                 cursor = push.cursor
+                if args.group:
+                    await commit(push.cursor)
                 if args.limit and printed >= args.limit:
+                    await settle()
                     return
                 if not args.follow and not waiting:
+                    await settle()
                     return
                 want = room(printed)
                 if 2 * outstanding < want:
@@ -114,6 +152,7 @@ def main():
     parser.add_argument("--topic", required=True)
     parser.add_argument("--partition", type=int, default=None, help="one partition (default: all)")
     parser.add_argument("--cursor", help="resume from a cursor printed by an earlier run")
+    parser.add_argument("--group", help="read as a member of this consumer group, committing what is printed")
     parser.add_argument("--credit", type=int, default=500, help="records the gateway may push ahead")
     parser.add_argument("--from", dest="start", default="earliest", help="earliest, latest or an offset")
     parser.add_argument("--follow", action="store_true", help="keep waiting at the end of the log")
