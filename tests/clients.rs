@@ -348,17 +348,27 @@ async fn consume_cli_with_a_group_goes_on_where_the_last_run_stopped() {
 
 #[tokio::test]
 async fn python_client_with_a_group_goes_on_where_the_last_run_stopped() {
-    let topic = unique_topic("py-group");
+    check_group_client(&python(), "examples/python/consume.py").await;
+}
+
+#[tokio::test]
+async fn node_client_with_a_group_goes_on_where_the_last_run_stopped() {
+    check_group_client("node", "examples/node/consume.mjs").await;
+}
+
+/// Two runs of a script client in one group: the second goes on where the first stopped.
+async fn check_group_client(program: &str, script: &str) {
+    let topic = unique_topic("script-group");
     let broker = broker_with(&topic, 10).await;
     let gw = gateway_for(
         &broker,
-        "group_prefix = \"py.\"\ngroup_session_timeout_ms = 6000",
+        "group_prefix = \"scripts.\"\ngroup_session_timeout_ms = 6000",
         "",
     )
     .await;
-    let script = streamgate_testkit::workspace_root().join("examples/python/consume.py");
+    let script = streamgate_testkit::workspace_root().join(script);
     let run_group = |limit: &str| {
-        let mut cmd = Command::new(python());
+        let mut cmd = Command::new(program);
         cmd.arg(&script)
             .arg(gw.ws_url("/kafka"))
             .args(["--topic", &topic, "--group", "reports", "--limit", limit]);

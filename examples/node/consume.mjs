@@ -25,6 +25,7 @@ const { values: opts, positionals } = parseArgs({
     topic: { type: "string" },
     partition: { type: "string" },
     cursor: { type: "string" },
+    group: { type: "string" },
     credit: { type: "string", default: "500" },
     from: { type: "string", default: "earliest" },
     follow: { type: "boolean", default: false },
@@ -33,7 +34,7 @@ const { values: opts, positionals } = parseArgs({
 });
 const [url] = positionals;
 if (!url || !opts.topic || !/^(earliest|latest|\d+)$/.test(opts.from)) {
-  console.error("usage: consume.mjs WS_URL --topic T [--partition P] [--from earliest|latest|OFFSET] [--cursor C] [--credit N] [--follow] [--limit N]");
+  console.error("usage: consume.mjs WS_URL --topic T [--partition P] [--from earliest|latest|OFFSET] [--cursor C] [--group NAME] [--credit N] [--follow] [--limit N]");
   process.exit(2);
 }
 
@@ -50,7 +51,12 @@ async function main() {
   const room = (printed) => (limit ? Math.min(window, limit - printed) : window);
   const subscribe = { topic: opts.topic, creditRecords: room(0) };
   const partition = opts.partition === undefined ? undefined : Number(opts.partition);
-  if (opts.cursor) {
+  if (opts.group) {
+    // The group assigns partitions and holds the position; what is printed is committed, so the
+    // next run (anywhere) goes on from there.
+    subscribe.group = opts.group;
+    subscribe.from = opts.from === "latest" ? 0 : 1;
+  } else if (opts.cursor) {
     subscribe.cursor = opts.cursor;
   } else if (/^\d+$/.test(opts.from)) {
     const p = partition ?? 0;
@@ -67,10 +73,32 @@ async function main() {
   let outstanding = room(0);
   let waiting = null;
   let cursor = null;
+  // The sequence of a commit not answered yet; leaving waits for it (a commit still queued when
+  // the connection closes may be lost).
+  let committing = null;
+  let finished = false;
   const done = new Promise((resolve, reject) => {
+    const finish = () => {
+      finished = true;
+      if (committing === null) resolve();
+    };
     ws.on("close", (code) => reject(new Error(`connection closed (${code})`)));
     ws.on("message", (data) => {
       const resp = PubSubResp.toObject(PubSubResp.decode(data), { longs: Number, defaults: true, oneofs: true });
+      if (committing !== null && resp.sequence === committing) {
+        committing = null;
+        // REBALANCING (11): the next commit, after the new assignment, covers it.
+        if (resp.resp === "errorResp" && resp.errorResp.code !== 11) {
+          return reject(new Error(`${resp.errorResp.message} (code ${resp.errorResp.code})`));
+        }
+        if (finished) resolve();
+        return;
+      }
+      if (finished) return;
+      if (resp.resp === "kafkaAssignment") {
+        waiting = new Set(resp.kafkaAssignment.assigned.map((p) => p.partition));
+        return;
+      }
       if (resp.resp === "errorResp") {
         return reject(new Error(`${resp.errorResp.message} (code ${resp.errorResp.code})`));
       }
@@ -89,7 +117,11 @@ async function main() {
         if (batch.caughtUp) waiting.delete(batch.partition);
       }
       cursor = resp.kafkaRecordsPush.cursor;
-      if ((limit && printed >= limit) || (!opts.follow && waiting.size === 0)) return resolve();
+      if (opts.group) {
+        committing = ++sequence;
+        send(committing, { cmdKafkaCommit: { subscription: 1, cursor } });
+      }
+      if ((limit && printed >= limit) || (!opts.follow && waiting.size === 0)) return finish();
       const want = room(printed);
       if (2 * outstanding < want) {
         send(++sequence, { cmdKafkaCredit: { subscription: 1, records: want - outstanding } });
