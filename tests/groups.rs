@@ -615,3 +615,66 @@ async fn websocket_members_and_a_librdkafka_consumer_share_one_group() {
         "committed as the broker reports it"
     );
 }
+
+#[tokio::test]
+async fn a_claim_makes_each_users_groups_their_own() {
+    use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
+    const SECRET: &str = "groups-secret-0123456789abcdef";
+    let jwt = |sub: &str| {
+        encode(
+            &Header::new(Algorithm::HS256),
+            &serde_json::json!({ "key": "app", "sub": sub, "exp": fixtures::now_ms() / 1000 + 600 }),
+            &EncodingKey::from_secret(SECRET.as_bytes()),
+        )
+        .unwrap()
+    };
+    let broker = sqlite_broker().await;
+    let topic = topic_with(&broker, 1, 10).await;
+    let gw = streamgate_testkit::GatewayConfig::new()
+        .kafka_upstream("kafka", &broker.bootstrap, "")
+        .table(&format!(
+            "[[routes]]\nid = \"kafka\"\nuri = \"/kafka\"\nupstream_id = \"kafka\"\n\
+             [routes.plugins.jwt-auth]\n[routes.plugins.kafka-proxy]\n{GROUPS}\ngroup_from_claim = \"sub\"\n\
+             fetch_max_wait_ms = 100\nsocket_timeout_ms = 2000\n\n\
+             [[consumers]]\nusername = \"app\"\n[consumers.plugins.jwt-auth]\nkey = \"app\"\nsecret = \"{SECRET}\""
+        ))
+        .start(binary())
+        .await;
+    let url = |sub: &str| gw.ws_url(&format!("/kafka?jwt={}", jwt(sub)));
+    // Alice reads three records of her "solo" group and commits them.
+    let mut alice = PubSubClient::connect(&url("alice")).await.unwrap();
+    let (s, started) = alice
+        .subscribe(group_subscribe(&topic, "solo", CommitMode::Manual, 3))
+        .await
+        .unwrap();
+    assert_eq!(started.partitions[0].offset, 0);
+    let mut m = Member {
+        assigned: [0].into(),
+        ..Default::default()
+    };
+    read_until(&mut alice, &mut m, Duration::from_secs(10), |m| {
+        m.values().len() == 3
+    })
+    .await;
+    alice.commit(s, &m.cursor.clone()).await.unwrap();
+    alice.close().await.unwrap();
+    // Bob's "solo" is another group: his own namespace, none of Alice's position.
+    let mut bob = PubSubClient::connect(&url("bob")).await.unwrap();
+    let (_, bobs) = bob
+        .subscribe(group_subscribe(&topic, "solo", CommitMode::Manual, 0))
+        .await
+        .unwrap();
+    assert_eq!(bobs.partitions[0].offset, 0, "{bobs:?}");
+    // Alice's own group is where she left it.
+    let mut again = PubSubClient::connect(&url("alice")).await.unwrap();
+    let (_, hers) = again
+        .subscribe(group_subscribe(&topic, "solo", CommitMode::Manual, 0))
+        .await
+        .unwrap();
+    assert_eq!(hers.partitions[0].offset, 3, "{hers:?}");
+    // The broker-side id is prefix + claim + "." + name, as Kafka's own tools show it.
+    let mut kafka_tool = KafkaMember::start(&broker, "web.alice.solo", &topic, 1);
+    drop(again);
+    let committed = kafka_tool.stop().await;
+    assert_eq!(committed.get(&0), Some(&3), "{committed:?}");
+}

@@ -34,6 +34,27 @@ pub fn binary(name: &str) -> &'static Path {
         .unwrap_or_else(|| panic!("{name} is not one of the workspace's programs"));
     let dir = profile_dir();
     let mut cargo = Command::new(option_env!("CARGO").unwrap_or("cargo"));
+    // What cargo sets for a running test (its package's name, manifest, out dir, ...) must not
+    // reach this build: build scripts that watch such variables would rebuild the program (and
+    // everything after them) for every test process.
+    for (name, _) in std::env::vars_os() {
+        let Some(name) = name.to_str() else { continue };
+        let set_for_the_test = name.starts_with("CARGO_PKG_")
+            || name.starts_with("CARGO_BIN_EXE_")
+            || matches!(
+                name,
+                "CARGO_MANIFEST_DIR"
+                    | "CARGO_MANIFEST_PATH"
+                    | "CARGO_CRATE_NAME"
+                    | "CARGO_PRIMARY_PACKAGE"
+                    | "CARGO_TARGET_TMPDIR"
+                    | "CARGO_RUSTC_CURRENT_DIR"
+                    | "OUT_DIR"
+            );
+        if set_for_the_test {
+            cargo.env_remove(name);
+        }
+    }
     cargo.current_dir(workspace_root()).args([
         "build",
         "--quiet",
