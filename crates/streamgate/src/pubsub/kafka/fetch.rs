@@ -568,22 +568,27 @@ impl ReadVersionedType<Cursor<Vec<u8>>> for FetchResponse {
         reader: &mut Cursor<Vec<u8>>,
         _version: ApiVersion,
     ) -> Result<Self, ReadVersionedError> {
-        // The answer's buffer is taken, not copied: records stay slices of it. The messenger
-        // checks that the whole answer was read by comparing the cursor's position with the
-        // buffer's length, both zero once it is taken.
-        let mut answer = Bytes::from(std::mem::take(reader.get_mut()));
-        answer.advance(
-            usize::try_from(reader.position())
-                .unwrap_or(usize::MAX)
-                .min(answer.len()),
-        );
-        reader.set_position(0);
+        let mut answer = take_answer(reader);
         read_fetch_answer(&mut answer).map_err(|what| {
             ReadVersionedError::ReadError(ReadError::Malformed(
                 format!("fetch answer: {what}").into(),
             ))
         })
     }
+}
+
+/// The rest of an answer rskafka's messenger read, taken rather than copied (a fetch answer's
+/// records stay slices of it). The messenger checks that the whole answer was read by comparing
+/// the cursor's position with the buffer's length, both zero once it is taken.
+pub(crate) fn take_answer(reader: &mut Cursor<Vec<u8>>) -> Bytes {
+    let mut answer = Bytes::from(std::mem::take(reader.get_mut()));
+    answer.advance(
+        usize::try_from(reader.position())
+            .unwrap_or(usize::MAX)
+            .min(answer.len()),
+    );
+    reader.set_position(0);
+    answer
 }
 
 fn read_fetch_answer(buf: &mut Bytes) -> Result<FetchResponse, &'static str> {

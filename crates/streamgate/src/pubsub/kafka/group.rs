@@ -10,7 +10,7 @@
 //! as every other subscription reads them (the shared partition readers): membership only decides
 //! which partitions and from where.
 
-use super::fetch::{Brokers, Connection};
+use super::fetch::{take_answer, Brokers, Connection};
 use crate::pubsub::failure::KafkaFailure;
 use bytes::{Buf, Bytes, BytesMut};
 use kafka_protocol::messages::{
@@ -675,15 +675,7 @@ impl<A: Decodable> ReadVersionedType<Cursor<Vec<u8>>> for WireAnswer<A> {
         reader: &mut Cursor<Vec<u8>>,
         version: ApiVersion,
     ) -> Result<Self, ReadVersionedError> {
-        // As for fetch answers: the buffer is taken, and the messenger's check that all of it
-        // was read compares two zeros.
-        let mut answer = Bytes::from(std::mem::take(reader.get_mut()));
-        answer.advance(
-            usize::try_from(reader.position())
-                .unwrap_or(usize::MAX)
-                .min(answer.len()),
-        );
-        reader.set_position(0);
+        let mut answer = take_answer(reader);
         A::decode(&mut answer, version.0 .0)
             .map(WireAnswer)
             .map_err(|e| ReadVersionedError::ReadError(ReadError::Malformed(e.into())))

@@ -11,7 +11,7 @@
 //! other members take its partitions at once.
 
 use super::cursor;
-use super::push::{self, Filter, Granted, Outgoing, Pushing, Written};
+use super::push::{self, GaugeGuard, Granted, Outgoing, Pushing, Written};
 use crate::pubsub::failure::KafkaFailure;
 use crate::pubsub::kafka::group::{GroupError, GroupSpec, Member};
 use crate::pubsub::kafka::reader::PartitionReader;
@@ -202,24 +202,20 @@ pub(crate) async fn run(
         assigned: Vec::new(),
         topic: topic.clone(),
     };
-    let _member_gauge = MemberGauge::new(&route);
+    let _member = GaugeGuard::new(metrics.group_members.with_label_values(&[&*route]));
     let mut lag = CommittedLag {
         route: Arc::clone(&route),
         name: cmd.group.clone(),
         reported: HashMap::new(),
     };
-    let pushing = Pushing {
-        access: &access,
+    let pushing = Pushing::new(
+        &access,
         key,
         sequence,
-        topic: &topic,
-        filter: Filter::new(
-            cmd.filter.take().unwrap_or_default(),
-            access.row_filter.clone(),
-        ),
-        byte_bound: cmd.credit_bytes > 0,
-        written: Some(Arc::clone(&written)),
-    };
+        &topic,
+        &mut cmd,
+        Some(Arc::clone(&written)),
+    );
     let mut used = Granted::default();
     let mut first = true;
     let send_limit = access.target.settings.send_timeout;
@@ -524,25 +520,6 @@ impl CommittedLag {
 impl Drop for CommittedLag {
     fn drop(&mut self) {
         self.report(&[], &HashMap::new());
-    }
-}
-
-/// Counts the route's group members while the task runs.
-struct MemberGauge(prometheus::IntGauge);
-
-impl MemberGauge {
-    fn new(route: &str) -> Self {
-        let gauge = crate::metrics::metrics()
-            .group_members
-            .with_label_values(&[route]);
-        gauge.inc();
-        MemberGauge(gauge)
-    }
-}
-
-impl Drop for MemberGauge {
-    fn drop(&mut self) {
-        self.0.dec();
     }
 }
 

@@ -273,18 +273,7 @@ pub(crate) async fn run(
     {
         return;
     }
-    let pushing = Pushing {
-        access: &access,
-        key,
-        sequence,
-        topic: &topic,
-        filter: Filter::new(
-            cmd.filter.take().unwrap_or_default(),
-            access.row_filter.clone(),
-        ),
-        byte_bound: cmd.credit_bytes > 0,
-        written: None,
-    };
+    let pushing = Pushing::new(&access, key, sequence, &topic, &mut cmd, None);
     // The rest of the request (partitions, offsets, cursor) is not needed once started.
     drop(cmd);
     let mut used = Granted::default();
@@ -312,17 +301,40 @@ pub(crate) fn starts_of(parts: &[SubscribedPartition]) -> Vec<PartitionStart> {
 
 /// Pushes of one subscription: what they are for and what they pass.
 pub(crate) struct Pushing<'a> {
-    pub access: &'a KafkaAccess,
-    pub key: u64,
-    pub sequence: i64,
-    pub topic: &'a str,
-    pub filter: Filter,
-    pub byte_bound: bool,
+    access: &'a KafkaAccess,
+    key: u64,
+    sequence: i64,
+    topic: &'a str,
+    filter: Filter,
+    byte_bound: bool,
     /// Attached to every push, for the session to tell when it is written.
-    pub written: Option<Arc<Written>>,
+    written: Option<Arc<Written>>,
 }
 
-impl Pushing<'_> {
+impl<'a> Pushing<'a> {
+    /// The pushes `cmd` asks for (its filter is taken; the caller's row filter always applies).
+    pub(crate) fn new(
+        access: &'a KafkaAccess,
+        key: u64,
+        sequence: i64,
+        topic: &'a str,
+        cmd: &mut CmdKafkaSubscribe,
+        written: Option<Arc<Written>>,
+    ) -> Self {
+        Pushing {
+            access,
+            key,
+            sequence,
+            topic,
+            filter: Filter::new(
+                cmd.filter.take().unwrap_or_default(),
+                access.row_filter.clone(),
+            ),
+            byte_bound: cmd.credit_bytes > 0,
+            written,
+        }
+    }
+
     /// Pushes records of `parts` as far as credit allows, until the subscription ends with an
     /// error or its session goes away (or the caller stops polling this).
     pub(crate) async fn deliver(
@@ -899,13 +911,13 @@ pub(crate) async fn start(
 /// A subscription's record filter: the client's, and the caller's row filter, which the
 /// client's can narrow but never widen.
 #[derive(Debug)]
-pub(crate) struct Filter {
+struct Filter {
     own: RecordMatcher,
     row: Option<Arc<RecordMatcher>>,
 }
 
 impl Filter {
-    pub(crate) fn new(filter: RecordFilter, row: Option<Arc<RecordMatcher>>) -> Self {
+    fn new(filter: RecordFilter, row: Option<Arc<RecordMatcher>>) -> Self {
         Self {
             own: RecordMatcher::of_client(filter),
             row,
@@ -919,10 +931,10 @@ impl Filter {
 }
 
 /// Decrements a gauge when dropped, also when the task is aborted.
-struct GaugeGuard(prometheus::IntGauge);
+pub(crate) struct GaugeGuard(prometheus::IntGauge);
 
 impl GaugeGuard {
-    fn new(gauge: prometheus::IntGauge) -> Self {
+    pub(crate) fn new(gauge: prometheus::IntGauge) -> Self {
         gauge.inc();
         Self(gauge)
     }
