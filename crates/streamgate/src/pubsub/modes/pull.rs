@@ -155,6 +155,11 @@ async fn list_offset_inner(
     reader.offset_at(at, timeout).await
 }
 
+/// How many reads (each up to the fetch's `max_bytes`) one row-filtered fetch command makes past
+/// records its caller may not see before it answers with nothing, so that what one command costs
+/// the gateway stays bounded.
+const HIDDEN_SCAN_READS: u32 = 64;
+
 fn out_of_range() -> KafkaFailure {
     KafkaFailure::new(ErrorCode::KafkaError, "OFFSET_OUT_OF_RANGE")
 }
@@ -194,11 +199,15 @@ async fn fetch_inner(access: &KafkaAccess, cmd: &CmdKafkaFetch) -> Result<PullRe
         .await?;
     let max_bytes = i32::try_from(max_bytes.max(1)).unwrap_or(i32::MAX);
     let deadline = tokio::time::Instant::now() + wait;
-    // With a row filter, records the caller may not see are skipped: read on past them (waiting
-    // at the end of the log as usual) until some pass, the readable end is reached or the wait
-    // is over. The answer then has offset gaps.
+    // With a row filter, records the caller may not see are skipped: read on past them until
+    // some pass, or the readable end is reached and the wait is over (only the end is waited
+    // at, as without a filter), or the scan budget is spent. The answer then has offset gaps.
+    // The wait does not cut the reading short: an answer with nothing while hidden records
+    // remain would send the client back to the same offset, and a client whose records lie
+    // behind more hidden ones than a wait's worth of reading would never get past them.
     let mut from = cmd.offset;
     let mut filtered = 0u64;
+    let mut reads_left = HIDDEN_SCAN_READS;
     let fetched = loop {
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
         let fetched = reader
@@ -218,7 +227,10 @@ async fn fetch_inner(access: &KafkaAccess, cmd: &CmdKafkaFetch) -> Result<PullRe
             hidden += 1;
         }
         filtered += hidden;
-        let more = fetched.next > from && tokio::time::Instant::now() < deadline;
+        reads_left -= 1;
+        let more = fetched.next > from
+            && reads_left > 0
+            && (!fetched.at_end() || tokio::time::Instant::now() < deadline);
         if passes || !more {
             break fetched;
         }
