@@ -38,7 +38,13 @@ async fn the_demo_page_shows_live_messages_and_explains_errors() {
         server_toml(addr),
         files.addr,
         kafka_upstream("kafka", &broker.bootstrap, ""),
-        kafka_route("kafka", "/kafka", "kafka", "topics = [\"demo\"]"),
+        kafka_route(
+            "kafka",
+            "/kafka",
+            "kafka",
+            // Groups for the page's "resume where I left off"; short heartbeats (600 ms).
+            "topics = [\"demo\"]\ngroup_prefix = \"web.\"\ngroup_session_timeout_ms = 6000",
+        ),
     ) + &kafka_route(
         "events",
         "/events-kafka",
@@ -68,7 +74,13 @@ async fn the_demo_page_shows_live_messages_and_explains_errors() {
         out.display(),
         gw.log()
     );
-    for shot in ["demo-live.png", "demo-forbidden.png", "demo-events.png"] {
+    for shot in [
+        "demo-live.png",
+        "demo-forbidden.png",
+        "demo-group-a.png",
+        "demo-group-b.png",
+        "demo-events.png",
+    ] {
         let size = std::fs::metadata(out.join(shot))
             .map(|m| m.len())
             .unwrap_or(0);

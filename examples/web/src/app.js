@@ -2,7 +2,10 @@
 // subscription. The gateway pushes records as far as the credit this page grants (a window topped
 // up as rows are shown), marks when each partition has caught up with the history, and gives a
 // cursor after every push: pausing unsubscribes, resuming and reconnecting subscribe again from
-// the cursor, so nothing is lost or shown twice. The wire types come from proto/pubsub.proto
+// the cursor, so nothing is lost or shown twice. With "Resume where I left off" the page reads as a
+// member of a Kafka consumer group instead: the group assigns the partitions (open windows share
+// them) and keeps the position, which the page commits after every push it shows, so any browser
+// on any gateway goes on from there. The wire types come from proto/pubsub.proto
 // (bundled at build time by build.mjs).
 import protobuf from "protobufjs/light.js";
 import schema from "../gen/pubsub.json";
@@ -23,6 +26,7 @@ const ERROR_CLASSES = {
   8: ["Record too large", "A record does not fit in one WebSocket message on this route (max_frame_bytes)."],
   9: ["Too many requests", "The route's limit on concurrent commands was hit. The page retries on its own."],
   10: ["Gateway error", "Something failed inside the gateway; its log says what."],
+  11: ["The group is rebalancing", "Its members are being reassigned; the page goes on with the next assignment."],
 };
 const RETRYABLE = new Set([4, 5, 9, 10]);
 const CLOSE_REASONS = {
@@ -100,6 +104,7 @@ class Session {
     const sub = this.subscriptions.get(resp.sequence ?? 0);
     if (!waiter && sub) {
       if (resp.kafkaRecordsPush) sub.onpush(resp.kafkaRecordsPush);
+      if (resp.kafkaAssignment) sub.onassign?.(resp.kafkaAssignment);
       if (resp.errorResp) {
         // An error under a subscription's sequence ends it.
         this.subscriptions.delete(resp.sequence);
@@ -159,6 +164,11 @@ class Session {
     return resp.kafkaUnsubscribeResp.cursor;
   }
 
+  /** Commits a group subscription's position (the cursor of a push it showed). */
+  commit(subscription, cursor) {
+    return this.call({ cmdKafkaCommit: { subscription, cursor } });
+  }
+
   close() {
     this.ws.close(1000);
   }
@@ -183,7 +193,17 @@ const view = {
   count: 0,
   arrivals: [],
   retries: 0,
+  /** With "resume where I left off": { name, generation, memberId, partitions } */
+  group: null,
+  /** partition -> next offset, as of the last commit the broker acknowledged. */
+  committed: null,
 };
+
+/** The group this page reads as with "resume where I left off": `?group=` or "demo-page". The
+ * route's group_prefix (and, with group_from_claim, the user's namespace) goes in front of it. */
+function groupName() {
+  return new URLSearchParams(location.search).get("group") || "demo-page";
+}
 
 function routeUrl() {
   const page = new URL(location.href);
@@ -276,16 +296,21 @@ function addRows(partition, messages) {
   while (body.rows.length > MAX_ROWS) body.deleteRow(body.rows.length - 1);
 }
 
+/** A row across the table that marks a moment in the stream. */
+function markRow(className, text) {
+  const tr = document.createElement("tr");
+  tr.className = className;
+  const td = document.createElement("td");
+  td.colSpan = 6;
+  td.textContent = text;
+  tr.append(td);
+  $("messages").tBodies[0].prepend(tr);
+}
+
 /** Every partition has delivered the history there was at subscribe time: say so, once. */
 function markCaughtUp() {
   view.caughtUpAt = new Date();
-  const tr = document.createElement("tr");
-  tr.className = "caught-up";
-  const td = document.createElement("td");
-  td.colSpan = 6;
-  td.textContent = `caught up at ${view.caughtUpAt.toLocaleTimeString()}: history above, live records from here`;
-  tr.append(td);
-  $("messages").tBodies[0].prepend(tr);
+  markRow("caught-up", `caught up at ${view.caughtUpAt.toLocaleTimeString()}: history above, live records from here`);
   $("caughtup").textContent = `Caught up at ${view.caughtUpAt.toLocaleTimeString()} after ${view.count} records; live from here.`;
   $("caughtup").hidden = false;
 }
@@ -307,6 +332,12 @@ async function connect() {
 /** The subscribe command for the chosen start, or the cursor when resuming. */
 function subscribeCommand(topic, partition) {
   const command = { topic, creditRecords: CREDIT_WINDOW };
+  if ($("resume").checked) {
+    // The group assigns the partitions and starts each at its commit; `from` counts only where
+    // the group has none. Commits are the page's own (MANUAL), after each push it showed.
+    const from = $("from").value === "latest" ? 0 : 1;
+    return { ...command, group: groupName(), commit: 0, from };
+  }
   if (partition !== null) command.partitions = [partition];
   if (view.cursor) return { ...command, cursor: view.cursor };
   switch ($("from").value) {
@@ -333,12 +364,13 @@ async function start() {
   const stream = ++view.stream;
   const topic = $("topic").value.trim();
   const choice = $("partition").value;
-  const partition = choice === "all" ? null : Number(choice);
+  const partition = choice === "all" || $("resume").checked ? null : Number(choice);
   const old = view.sub;
   if (old && view.session && !view.session.closed) view.session.unsubscribe(old.sequence).catch(() => {});
   old?.end.resolve();
-  Object.assign(view, { paused: false, sub: null, cursor: null, parts: new Map(), caughtUpAt: null, count: 0, arrivals: [], retries: 0 });
+  Object.assign(view, { paused: false, sub: null, cursor: null, parts: new Map(), caughtUpAt: null, count: 0, arrivals: [], retries: 0, group: null, committed: null });
   $("caughtup").hidden = true;
+  showMember();
   $("messages").tBodies[0].replaceChildren();
   $("pause").textContent = "Pause";
   $("pause").disabled = false;
@@ -370,6 +402,10 @@ async function subscribe(session, stream, topic, partition) {
         view.parts.set(batch.partition, part);
       }
       view.cursor = push.cursor;
+      if (view.group && shown) {
+        const offsets = Object.fromEntries([...view.parts].map(([p, part]) => [p, part.next]));
+        commitShown(session, sub, { cursor: push.cursor, offsets });
+      }
       if (shown) {
         view.count += shown;
         view.arrivals.push({ at: performance.now(), n: shown });
@@ -382,13 +418,40 @@ async function subscribe(session, stream, topic, partition) {
       }
       updateStats();
     },
+    onassign(assignment) {
+      if (stream !== view.stream || view.sub !== sub || !view.group) return;
+      for (const p of assignment.revoked ?? []) {
+        view.parts.delete(p);
+        markRow("handed-over", `partition ${p} went to another member of the group: rows above come from the partitions this window still reads`);
+      }
+      for (const p of assignment.assigned ?? []) {
+        const part = view.parts.get(p.partition);
+        if (part) part.hwm = Math.max(part.hwm, p.highWatermark);
+        else view.parts.set(p.partition, { next: p.offset, hwm: p.highWatermark, caughtUp: false });
+      }
+      view.group.generation = assignment.generation;
+      view.group.partitions = (assignment.assigned ?? []).map((p) => p.partition).sort((a, b) => a - b);
+      showMember();
+      updateStats();
+    },
     onend: (error) => end.reject(error),
   };
   // Pushes may follow the answer at once: the subscription is the page's before it is sent.
   sub.sequence = session.sequence + 1;
   view.sub = sub;
-  const { started } = await session.subscribe(subscribeCommand(topic, partition), handler);
-  if (!view.cursor) view.cursor = started.cursor;
+  const command = subscribeCommand(topic, partition);
+  const { started } = await session.subscribe(command, handler);
+  if (command.group) {
+    // The group decides what this member reads: what the page showed before is not its business.
+    view.parts = new Map();
+    view.group = {
+      name: command.group,
+      generation: started.generation,
+      memberId: started.memberId,
+      partitions: (started.partitions ?? []).map((p) => p.partition).sort((a, b) => a - b),
+    };
+    showMember();
+  } else if (!view.cursor) view.cursor = started.cursor;
   for (const p of started.partitions ?? []) {
     const part = view.parts.get(p.partition);
     if (part) part.hwm = Math.max(part.hwm, p.highWatermark);
@@ -396,6 +459,43 @@ async function subscribe(session, stream, topic, partition) {
   }
   updateStats();
   return ended;
+}
+
+/** Commits the cursor of a push the page showed (`position`: the cursor and the next offsets it
+ * stands for): one commit in flight, the newest cursor next. A
+ * commit during a rebalance is refused (REBALANCING) and not retried: the next push after the new
+ * assignment commits again. */
+function commitShown(session, sub, position) {
+  sub.toCommit = position;
+  if (sub.committing) return;
+  sub.committing = true;
+  const next = () => {
+    const position = sub.toCommit;
+    sub.toCommit = null;
+    if (!position || session.closed || view.sub !== sub) {
+      sub.committing = false;
+      return;
+    }
+    session
+      .commit(sub.sequence, position.cursor)
+      .then(() => {
+        view.committed = { ...view.committed, ...position.offsets };
+      })
+      .catch(() => {})
+      .finally(next);
+  };
+  next();
+}
+
+/** Says which group this page reads as and which partitions it was given. */
+function showMember() {
+  const el = $("member");
+  const g = view.group;
+  el.hidden = !g;
+  if (!g) return;
+  const parts = g.partitions.length ? `partitions ${g.partitions.join(", ")}` : "no partitions (other members hold them all)";
+  el.textContent = `Group "${g.name}", generation ${g.generation}: this window reads ${parts}.`;
+  el.dataset.partitions = g.partitions.join(",");
 }
 
 /** Runs one stream: subscribes, waits while paused, resubscribes from the cursor after errors
@@ -505,8 +605,21 @@ function init() {
     start();
   });
   $("pause").addEventListener("click", () => togglePause());
+  // "Resume where I left off" is remembered by this browser, and `?resume=1` turns it on.
+  $("resume").checked = params.get("resume") === "1" || localStorage.getItem("streamgate-demo-resume") === "1";
+  const showResume = () => {
+    $("partition").disabled = $("resume").checked;
+  };
+  showResume();
+  $("resume").addEventListener("change", () => {
+    localStorage.setItem("streamgate-demo-resume", $("resume").checked ? "1" : "0");
+    showResume();
+    start();
+  });
   setInterval(updateStats, 500);
   probePartitions().then(start);
 }
 
 init();
+// For tests and the curious: what the page shows and where its group stands.
+window.streamgateDemo = view;

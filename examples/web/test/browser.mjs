@@ -127,6 +127,55 @@ try {
   check((await page.textContent("#status")) === "stopped", "the page stops instead of retrying a refusal");
   await page.screenshot({ path: join(out, "demo-forbidden.png"), fullPage: true });
 
+  // "Resume where I left off": two windows in one consumer group split the topic's two
+  // partitions; closing one hands its partition to the other at once (the gateway leaves the
+  // group for it); a third window goes on where the group's commits say.
+  const group = `page-${Date.now()}`;
+  const groupUrl = new URL(`?resume=1&group=${group}`, url).toString();
+  const windowA = await browser.newPage({ viewport: { width: 1200, height: 800 } });
+  const windowB = await browser.newPage({ viewport: { width: 1200, height: 800 } });
+  for (const w of [windowA, windowB]) {
+    w.on("console", (m) => m.type() === "error" && consoleErrors.push(m.text()));
+    w.on("pageerror", (e) => consoleErrors.push(String(e)));
+  }
+  const assigned = (w) => w.getAttribute("#member", "data-partitions");
+  const waitAssigned = (w, want) =>
+    w.waitForFunction((want) => document.getElementById("member").dataset.partitions === want, want, { timeout: 20_000 });
+  await windowA.goto(groupUrl);
+  await waitAssigned(windowA, "0,1");
+  check(/Group "page-\d+"/.test(await windowA.textContent("#member")), "one window alone reads both partitions as a group member");
+  await windowB.goto(groupUrl);
+  await windowB.waitForFunction(() => /^\d$/.test(document.getElementById("member").dataset.partitions ?? ""), null, { timeout: 20_000 });
+  await windowA.waitForFunction(() => /^\d$/.test(document.getElementById("member").dataset.partitions ?? ""), null, { timeout: 20_000 });
+  const [a, b] = [await assigned(windowA), await assigned(windowB)];
+  check(a !== b && [a, b].sort().join(",") === "0,1", `two windows split the partitions (${a} | ${b})`);
+  await windowA.screenshot({ path: join(out, "demo-group-a.png"), fullPage: true });
+  await windowB.screenshot({ path: join(out, "demo-group-b.png"), fullPage: true });
+  const handedAt = Date.now();
+  await windowB.close();
+  await waitAssigned(windowA, "0,1");
+  check(true, `closing one window hands its partition to the other (${Date.now() - handedAt} ms)`);
+  // Pause (leaves the group), then a new window in the same group starts where the commits are.
+  await windowA.waitForFunction(() => (window.streamgateDemo.committed?.[0] ?? 0) > 0, null, { timeout: 10_000 });
+  await windowA.click("#pause");
+  await windowA.waitForTimeout(1000);
+  const shownA = await windowA.$$eval('#messages tbody tr[data-partition="0"]', (trs) => trs.map((tr) => Number(tr.dataset.offset)));
+  const committedA = await windowA.evaluate(() => window.streamgateDemo.committed[0]);
+  const lastA = Math.max(...shownA);
+  await windowA.close();
+  const windowC = await browser.newPage({ viewport: { width: 1200, height: 800 } });
+  windowC.on("pageerror", (e) => consoleErrors.push(String(e)));
+  await windowC.goto(groupUrl);
+  await windowC.waitForSelector('#messages tbody tr[data-partition="0"]', { timeout: 20_000 });
+  const firstC = Math.min(
+    ...(await windowC.$$eval('#messages tbody tr[data-partition="0"]', (trs) => trs.map((tr) => Number(tr.dataset.offset)))),
+  );
+  check(
+    firstC >= committedA && firstC <= lastA + 1,
+    `a new window resumes where the group left off: offset ${firstC}, after the last commit (${committedA}) and no later than the first unshown (${lastA + 1})`,
+  );
+  await windowC.close();
+
   // The same topic through the browser's own EventSource. The route ends streams every 2 s: the
   // browser reconnects with Last-Event-ID, and the records go on with no gap and no repeat.
   await page.goto(new URL("events.html?route=/events-kafka&topic=demo&from=earliest", url).toString());
