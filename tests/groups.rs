@@ -3,16 +3,18 @@
 
 mod common;
 
+use common::balancer::Balancer;
 use common::push::*;
 use common::*;
 use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 use streamgate_protocol::{
     cmd_kafka_subscribe::{CommitMode, StartFrom},
     pub_sub_resp::Resp,
     CmdKafkaSubscribe, ErrorCode, PubSubClient, PubSubResp,
 };
-use streamgate_testkit::{fixtures, unique_topic, Broker, GatewayProcess};
+use streamgate_testkit::{fixtures, unique_topic, Broker, GatewayConfig, GatewayProcess};
 
 /// Group settings of the tests' route: a short session, so a dead member is noticed quickly.
 const GROUPS: &str = "group_prefix = \"web.\"\nallowed_groups = [\"team-*\", \"resume-*\", \"solo\"]\ngroup_session_timeout_ms = 6000\nauto_commit_interval_ms = 500";
@@ -677,4 +679,181 @@ async fn a_claim_makes_each_users_groups_their_own() {
     drop(again);
     let committed = kafka_tool.stop().await;
     assert_eq!(committed.get(&0), Some(&3), "{committed:?}");
+}
+
+#[tokio::test]
+async fn members_on_two_gateways_behind_a_balancer_share_partitions_and_survive_a_kill() {
+    // Two gateways behind HAProxy, as in the scale-out test; a member through each. Kafka's
+    // coordinator is the only shared state: killing one gateway (no LeaveGroup) moves its
+    // member's partitions to the other after the session timeout, and the killed member's
+    // client comes back through the balancer and takes its share again.
+    let broker = sqlite_broker().await;
+    let topic = topic_with(&broker, 4, 5).await;
+    let gateways: Vec<(SocketAddr, SocketAddr)> =
+        (0..2).map(|_| (listen_addr(), listen_addr())).collect();
+    let mut running = Vec::new();
+    for (addr, admin) in &gateways {
+        let gateway = GatewayConfig::on(*addr)
+            .admin(*admin)
+            .kafka_upstream("kafka", &broker.bootstrap, "")
+            .kafka_route("kafka", "/kafka", "kafka", GROUPS)
+            .start(binary())
+            .await;
+        running.push(Some(gateway));
+    }
+    let balancer = Balancer::start(&gateways).await;
+    let url = format!("ws://{}/kafka", balancer.addr);
+    let members_on = |i: usize| {
+        settled(
+            gateways[i].1,
+            "streamgate_group_members{route=\"kafka\"}",
+            1.0,
+        )
+    };
+
+    let mut a = PubSubClient::connect(&url).await.unwrap();
+    let (sa, started) = a
+        .subscribe(group_subscribe(&topic, "team-lb", CommitMode::Manual, 1000))
+        .await
+        .unwrap();
+    assert_eq!(
+        started.partitions.len(),
+        4,
+        "alone, a member gets all: {started:?}"
+    );
+    let mut ma = Member {
+        assigned: started.partitions.iter().map(|s| s.partition).collect(),
+        ..Default::default()
+    };
+    read_until(&mut a, &mut ma, Duration::from_secs(10), |m| {
+        m.values().len() == 20
+    })
+    .await;
+    a.commit(sa, &ma.cursor.clone()).await.unwrap();
+    let a_gateway = if members_on(0).await == 1.0 { 0 } else { 1 };
+    let b_gateway = 1 - a_gateway;
+
+    // B through the balancer lands on the other gateway (round robin) and gets half.
+    let mut b = PubSubClient::connect(&url).await.unwrap();
+    let (_sb, b_started) = b
+        .subscribe(group_subscribe(&topic, "team-lb", CommitMode::Manual, 1000))
+        .await
+        .unwrap();
+    assert_eq!(
+        members_on(b_gateway).await,
+        1.0,
+        "the balancer sent the second member to the other gateway"
+    );
+    let b_assigned: BTreeSet<i32> = b_started.partitions.iter().map(|s| s.partition).collect();
+    assert_eq!(b_assigned.len(), 2, "{b_started:?}");
+    for s in &b_started.partitions {
+        assert_eq!(s.offset, 5, "B starts at the group's commit: {b_started:?}");
+    }
+    read_until(&mut a, &mut ma, Duration::from_secs(20), |m| {
+        m.assigned.len() == 2
+    })
+    .await;
+    assert!(
+        ma.assigned.is_disjoint(&b_assigned),
+        "{ma:?} {b_assigned:?}"
+    );
+
+    // SIGKILL B's gateway: nothing leaves the group for B, so only B's session timing out
+    // (6 s here) tells the coordinator; A's next heartbeat is then answered "rebalance in
+    // progress" and A joins again: a new assignment frame.
+    // (Frames still on their way from B's join are read first: they are not the kill's.)
+    drain(&mut a, &mut ma, Duration::from_secs(2)).await;
+    let killed = Instant::now();
+    drop(running[b_gateway].take());
+    drop(b);
+    let seen = ma.generations.len();
+    read_until(&mut a, &mut ma, Duration::from_secs(30), |m| {
+        m.generations.len() > seen
+    })
+    .await;
+    let noticed = killed.elapsed();
+    assert!(
+        noticed >= Duration::from_secs(4),
+        "A was reassigned {noticed:?} after the kill, before B's session could time out: something left the group for the killed member"
+    );
+    if ma.assigned.len() == 4 {
+        // Kafka: the new generation gives A everything. B committed nothing, so A reads B's
+        // partitions from the group's commit.
+        produce_new(&broker, &topic).await;
+        read_until(&mut a, &mut ma, Duration::from_secs(10), |m| {
+            m.values().iter().filter(|v| v.starts_with("new")).count() == 8
+        })
+        .await;
+    } else {
+        // tansu 0.6 drops the silent member inside the heartbeat without re-forming the group,
+        // so A's rejoin gets the old generation and assignment back (tansu-broker 0.6.0,
+        // coordinator/group/administrator.rs, `Inner<Formed>::heartbeat`): B's partitions wait
+        // for the group's next change. Kafka re-forms the group here.
+        assert_eq!(ma.assigned.len(), 2, "{ma:?}");
+        println!("tansu: B's partitions wait for the next member ({noticed:?} after the kill)");
+    }
+
+    // B's client comes back through the balancer (only A's gateway is up): the group re-forms
+    // without the dead member, B takes half, from the group's commit (nothing skipped).
+    let mut b = PubSubClient::connect(&url).await.unwrap();
+    let (_sb, b_started) = b
+        .subscribe(group_subscribe(&topic, "team-lb", CommitMode::Manual, 1000))
+        .await
+        .unwrap();
+    let b_assigned: BTreeSet<i32> = b_started.partitions.iter().map(|s| s.partition).collect();
+    assert_eq!(
+        b_assigned.len(),
+        2,
+        "the dead member is gone from the group: {b_started:?}"
+    );
+    read_until(&mut a, &mut ma, Duration::from_secs(20), |m| {
+        m.assigned.len() == 2
+    })
+    .await;
+    assert!(
+        ma.assigned.is_disjoint(&b_assigned),
+        "{ma:?} {b_assigned:?}"
+    );
+    assert_eq!(
+        settled(
+            gateways[a_gateway].1,
+            "streamgate_group_members{route=\"kafka\"}",
+            2.0
+        )
+        .await,
+        2.0,
+        "both members on the surviving gateway"
+    );
+    let mut mb = Member {
+        assigned: b_assigned.clone(),
+        ..Default::default()
+    };
+    if !ma.values().iter().any(|v| v.starts_with("new")) {
+        produce_new(&broker, &topic).await;
+    }
+    read_until(&mut b, &mut mb, Duration::from_secs(10), |m| {
+        m.records.values().map(Vec::len).sum::<usize>() >= 2 * b_assigned.len()
+    })
+    .await;
+    for (p, records) in &mb.records {
+        assert_eq!(
+            records[0].0, 5,
+            "partition {p} goes on from the group's commit: {mb:?}"
+        );
+    }
+    println!("a killed gateway's member was noticed after {noticed:?}");
+}
+
+/// Reads whatever frames come within `quiet` of each other into `member`.
+async fn drain(c: &mut PubSubClient, member: &mut Member, quiet: Duration) {
+    while let Ok(frame) = tokio::time::timeout(quiet, c.recv()).await {
+        member.take(frame.expect("the connection stays up"));
+    }
+}
+
+/// Two new records on each of the four partitions, `new{p}-{i}`.
+async fn produce_new(broker: &Broker, topic: &str) {
+    for p in 0..4 {
+        produce(broker, topic, p, &format!("new{p}-"), 2).await;
+    }
 }

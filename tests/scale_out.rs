@@ -8,6 +8,7 @@
 
 mod common;
 
+use common::balancer::Balancer;
 use common::*;
 use std::net::SocketAddr;
 use std::process::Stdio;
@@ -17,7 +18,7 @@ use streamgate_protocol::{
     cmd_kafka_subscribe::StartFrom, pub_sub_resp::Resp, CmdKafkaSubscribe, PubSubClient,
 };
 use streamgate_testkit::{
-    fixtures, free_port, unique_topic, Broker, BrokerOptions, Engine, GatewayConfig, GatewayProcess,
+    fixtures, unique_topic, Broker, BrokerOptions, Engine, GatewayConfig, GatewayProcess,
 };
 use tokio::io::{AsyncBufReadExt, BufReader};
 
@@ -26,14 +27,6 @@ const PER_PARTITION: usize = 150;
 
 /// What a reader received, per partition, in order.
 type Received = Arc<Mutex<Vec<Vec<String>>>>;
-
-fn haproxy() -> &'static str {
-    if std::path::Path::new("/usr/sbin/haproxy").exists() {
-        "/usr/sbin/haproxy"
-    } else {
-        "haproxy"
-    }
-}
 
 /// A gateway at `addr` with its admin listener at `admin` (HAProxy checks `/readyz` there), the
 /// pub/sub route `/kafka` and the demo pages from `web` on every other path.
@@ -181,39 +174,8 @@ async fn two_gateways_behind_haproxy_serve_as_one_through_kills_and_restarts() {
         running.push(GatewayProcess::start(binary(), &config, *addr).await);
     }
     // The balancer: TCP only, health checks on /readyz, a refused connection tried elsewhere.
-    let lb = SocketAddr::from(([127, 0, 0, 1], free_port()));
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("haproxy.cfg");
-    let servers: String = gateways
-        .iter()
-        .enumerate()
-        .map(|(i, (addr, admin))| {
-            format!(
-                "    server gw{i} {addr} check port {} inter 200ms fall 1 rise 1\n",
-                admin.port()
-            )
-        })
-        .collect();
-    std::fs::write(
-        &cfg,
-        format!(
-            "global\n    maxconn 1000\n\ndefaults\n    mode tcp\n    timeout connect 1s\n    timeout client 60s\n    timeout server 60s\n    retries 3\n    option redispatch\n\n\
-             frontend edge\n    bind {lb}\n    default_backend gateways\n\n\
-             backend gateways\n    balance roundrobin\n    option httpchk GET /readyz\n{servers}"
-        ),
-    )
-    .unwrap();
-    let mut balancer = tokio::process::Command::new(haproxy())
-        .args(["-db", "-f"])
-        .arg(&cfg)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("haproxy runs (make test installs Debian's package)");
-    streamgate_testkit::wait_for_port(lb, Duration::from_secs(5))
-        .await
-        .expect("haproxy listens");
+    let balancer = Balancer::start(&gateways).await;
+    let lb = balancer.addr;
 
     // Readers: two push subscribers and two curl event streams, all through the balancer.
     let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -324,7 +286,7 @@ async fn two_gateways_behind_haproxy_serve_as_one_through_kills_and_restarts() {
     for t in tasks {
         let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
     }
-    let _ = balancer.kill().await;
+    drop(balancer);
     let output = tokio::time::timeout(Duration::from_secs(100), browser.wait_with_output())
         .await
         .expect("the browser reader finished")

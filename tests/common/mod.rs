@@ -1,6 +1,7 @@
 //! Shared set-up of the integration tests: a gateway in front of real brokers.
 #![allow(dead_code)]
 
+pub mod balancer;
 pub mod push;
 
 use std::net::SocketAddr;
