@@ -17,7 +17,7 @@ pub(crate) fn gateway_config(threads: usize, broker: &str, extra: &str) -> Gatew
             "kafka",
             "max_frame_bytes = 67108864\nfetch_max_bytes = 1048576\nfetch_max_wait_ms = 200\n\
              socket_timeout_ms = 5000\nmax_in_flight = 64\nmax_commands_per_second = 0\n\
-             idle_timeout_ms = 3600000",
+             idle_timeout_ms = 3600000\ngroup_prefix = \"bench.\"",
         )
         .table(extra)
 }

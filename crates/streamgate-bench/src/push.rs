@@ -21,7 +21,13 @@ pub(crate) enum Mode {
     Pull,
     /// The same subscription as Server-Sent Events over plain HTTP/1.1.
     Sse,
+    /// Push as a consumer-group member, each client its own group (a user's "resume where I
+    /// left off"), the gateway committing every auto_commit_interval_ms: what the group costs.
+    Group,
 }
+
+/// Numbers each group client's group, so that no two share one (and no run reuses one).
+static GROUP_NAMES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
 /// What one fan-out run measured.
 pub(crate) struct FanRun {
@@ -169,11 +175,22 @@ pub(crate) async fn fan_client(
         }
     };
     match mode {
-        Mode::Push => {
+        Mode::Push | Mode::Group => {
             const WINDOW: u32 = 1000;
+            let (group, commit) = if mode == Mode::Group {
+                let n = GROUP_NAMES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let auto = streamgate_protocol::cmd_kafka_subscribe::CommitMode::Auto;
+                (format!("{}-{n}", std::process::id()), auto as i32)
+            } else {
+                (String::new(), 0)
+            };
             let subscribe = streamgate_protocol::CmdKafkaSubscribe {
                 topic,
                 credit_records: WINDOW,
+                group,
+                commit,
+                // Members start where plain subscriptions do: at the end of the log.
+                from: streamgate_protocol::cmd_kafka_subscribe::StartFrom::Latest as i32,
                 ..Default::default()
             };
             ws_send(
@@ -194,8 +211,10 @@ pub(crate) async fn fan_client(
                 else {
                     continue;
                 };
-                let Some(Resp::KafkaRecordsPush(push)) = frame?.resp else {
-                    continue;
+                let push = match frame?.resp {
+                    Some(Resp::KafkaRecordsPush(push)) => push,
+                    Some(Resp::ErrorResp(e)) => return Err(format!("push ended: {e:?}")),
+                    _ => continue,
                 };
                 for batch in &push.batches {
                     for m in &batch.messages {
@@ -389,15 +408,16 @@ pub(crate) async fn push_vs_pull(
         (scaled(10_000), 8, 20),
     ] {
         let name = format!("6. {subscribers} subscribers, {partitions} partition(s), {rate} rec/s");
-        let mut per_cpu = [Vec::new(), Vec::new(), Vec::new()];
-        let mut p50 = [Vec::new(), Vec::new(), Vec::new()];
-        let mut p99 = [Vec::new(), Vec::new(), Vec::new()];
-        let mut fetches = [Vec::new(), Vec::new(), Vec::new()];
-        let mut complete = [Vec::new(), Vec::new(), Vec::new()];
-        // Event streams beside WebSocket push, at 1,000 readers of one partition.
+        let mut per_cpu: [Vec<f64>; 4] = Default::default();
+        let mut p50: [Vec<f64>; 4] = Default::default();
+        let mut p99: [Vec<f64>; 4] = Default::default();
+        let mut fetches: [Vec<f64>; 4] = Default::default();
+        let mut complete: [Vec<f64>; 4] = Default::default();
+        // Event streams and group members beside WebSocket push, at 1,000 readers of one
+        // partition.
         let with_sse = partitions == 1 && rate == 100;
         let modes: &[Mode] = if with_sse {
-            &[Mode::Push, Mode::Pull, Mode::Sse]
+            &[Mode::Push, Mode::Pull, Mode::Sse, Mode::Group]
         } else {
             &[Mode::Push, Mode::Pull]
         };
@@ -452,6 +472,28 @@ pub(crate) async fn push_vs_pull(
                 "-".into(),
             );
         }
+        if with_sse {
+            let ratio = stat(&per_cpu[3]).median / stat(&per_cpu[0]).median.max(0.001);
+            report.row(
+                &name,
+                "group members (a group each, AUTO commits) vs plain push: records delivered per gateway CPU-second (target ≥ 0.9×)",
+                fmt(stat(&per_cpu[3]), 0),
+                fmt(stat(&per_cpu[0]), 0),
+                format!("{ratio:.2}×"),
+            );
+            report.row(
+                &name,
+                "group members: produce-to-client p50 / p99 ms, delivered %",
+                format!(
+                    "{} / {}, {}",
+                    fmt(stat(&p50[3]), 1),
+                    fmt(stat(&p99[3]), 1),
+                    fmt(stat(&complete[3]), 1)
+                ),
+                "-".into(),
+                "-".into(),
+            );
+        }
         let ratio = stat(&per_cpu[0]).median / stat(&per_cpu[1]).median.max(0.001);
         report.row(
             &name,
@@ -482,8 +524,136 @@ pub(crate) async fn push_vs_pull(
             "-".into(),
         );
     }
+    group_hand_over(cli, gateway_bin, broker, report).await?;
     idle_subscription_cost(cli, gateway_bin, broker, report).await?;
     pin(std::process::id(), "0-1");
+    Ok(())
+}
+
+/// How long a group member's partitions go unread when it leaves: two members of one group
+/// over 8 partitions while records are produced to all of them (200 a second); one closes, and
+/// the time from its close to the first record of one of its partitions at the other member.
+async fn group_hand_over(
+    cli: &Cli,
+    gateway_bin: &Path,
+    broker: &Broker,
+    report: &mut Report,
+) -> Result<(), Box<dyn std::error::Error>> {
+    use streamgate_protocol::{
+        cmd_kafka_subscribe::CommitMode, pub_sub_req::Req, pub_sub_resp::Resp, CmdKafkaSubscribe,
+        PubSubReq,
+    };
+    const PARTITIONS: i32 = 8;
+    let gw = start_gateway(gateway_bin, 1, &broker.bootstrap, "").await;
+    let kafka = broker.client().await;
+    let mut took = Vec::new();
+    for run in 0..cli.reps {
+        progress(&format!("6. group hand-over, run {}", run + 1));
+        let topic = format!("handover-{}-{run}", std::process::id());
+        fixtures::create_topic(&kafka, &topic, PARTITIONS).await;
+        let mut producers = Vec::new();
+        for p in 0..PARTITIONS {
+            producers.push(
+                kafka
+                    .partition_client(&topic, p, UnknownTopicHandling::Retry)
+                    .await?,
+            );
+        }
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let producing = {
+            let stop = Arc::clone(&stop);
+            tokio::spawn(async move {
+                let mut n = 0usize;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let p = n % producers.len();
+                    let _ = producers[p]
+                        .produce(vec![fixtures::value("tick")], Compression::NoCompression)
+                        .await;
+                    n += 1;
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            })
+        };
+        let group = format!("handover-{}-{run}", std::process::id());
+        let subscribe = |topic: &str| CmdKafkaSubscribe {
+            topic: topic.to_string(),
+            credit_records: 1_000_000,
+            group: group.clone(),
+            commit: CommitMode::Auto as i32,
+            ..Default::default()
+        };
+        let mut a = bench_ws(gw.addr).await?;
+        ws_send(&mut a, PubSubReq::new(1, Req::CmdKafkaSubscribe(subscribe(&topic)))).await?;
+        let mut b = bench_ws(gw.addr).await?;
+        ws_send(&mut b, PubSubReq::new(1, Req::CmdKafkaSubscribe(subscribe(&topic)))).await?;
+        // B's answer holds B's partitions; A then reads until it holds the other half.
+        let b_parts: Vec<i32> = loop {
+            match ws_recv(&mut b).await?.resp {
+                Some(Resp::KafkaSubscribeResp(r)) => {
+                    break r.partitions.iter().map(|p| p.partition).collect()
+                }
+                Some(Resp::ErrorResp(e)) => return Err(format!("subscribe: {e:?}").into()),
+                _ => continue,
+            }
+        };
+        let mut a_parts: Vec<i32> = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while a_parts.len() + b_parts.len() != PARTITIONS as usize
+            || a_parts.iter().any(|p| b_parts.contains(p))
+        {
+            if Instant::now() > deadline {
+                return Err(format!("the members did not split the partitions: {a_parts:?} {b_parts:?}").into());
+            }
+            match tokio::time::timeout(Duration::from_secs(1), ws_recv(&mut a)).await {
+                Ok(Ok(frame)) => match frame.resp {
+                    Some(Resp::KafkaSubscribeResp(r)) => {
+                        a_parts = r.partitions.iter().map(|p| p.partition).collect()
+                    }
+                    Some(Resp::KafkaAssignment(r)) => {
+                        a_parts = r.assigned.iter().map(|p| p.partition).collect()
+                    }
+                    _ => {}
+                },
+                Ok(Err(e)) => return Err(e.into()),
+                Err(_) => {}
+            }
+        }
+        // Both read for a second, then B closes.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let closed = Instant::now();
+        let _ = b.close(None).await;
+        drop(b);
+        let handed = loop {
+            if closed.elapsed() > Duration::from_secs(30) {
+                return Err("B's partitions never reached A".into());
+            }
+            let frame = match tokio::time::timeout(Duration::from_secs(1), ws_recv(&mut a)).await
+            {
+                Ok(frame) => frame?,
+                Err(_) => continue,
+            };
+            if let Some(Resp::KafkaRecordsPush(push)) = frame.resp {
+                let from_b = push
+                    .batches
+                    .iter()
+                    .any(|batch| b_parts.contains(&batch.partition) && !batch.messages.is_empty());
+                if from_b {
+                    break closed.elapsed();
+                }
+            }
+        };
+        took.push(handed.as_secs_f64() * 1000.0);
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let _ = producing.await;
+        let _ = a.close(None).await;
+    }
+    report.row(
+        "6. group hand-over, 2 members, 8 partitions, 200 rec/s",
+        "ms from a member's close to its partitions' records at the other member",
+        fmt(stat(&took), 0),
+        "-".into(),
+        "-".into(),
+    );
     Ok(())
 }
 
