@@ -583,9 +583,17 @@ async fn group_hand_over(
             ..Default::default()
         };
         let mut a = bench_ws(gw.addr).await?;
-        ws_send(&mut a, PubSubReq::new(1, Req::CmdKafkaSubscribe(subscribe(&topic)))).await?;
+        ws_send(
+            &mut a,
+            PubSubReq::new(1, Req::CmdKafkaSubscribe(subscribe(&topic))),
+        )
+        .await?;
         let mut b = bench_ws(gw.addr).await?;
-        ws_send(&mut b, PubSubReq::new(1, Req::CmdKafkaSubscribe(subscribe(&topic)))).await?;
+        ws_send(
+            &mut b,
+            PubSubReq::new(1, Req::CmdKafkaSubscribe(subscribe(&topic))),
+        )
+        .await?;
         // B's answer holds B's partitions; A then reads until it holds the other half.
         let b_parts: Vec<i32> = loop {
             match ws_recv(&mut b).await?.resp {
@@ -602,7 +610,10 @@ async fn group_hand_over(
             || a_parts.iter().any(|p| b_parts.contains(p))
         {
             if Instant::now() > deadline {
-                return Err(format!("the members did not split the partitions: {a_parts:?} {b_parts:?}").into());
+                return Err(format!(
+                    "the members did not split the partitions: {a_parts:?} {b_parts:?}"
+                )
+                .into());
             }
             match tokio::time::timeout(Duration::from_secs(1), ws_recv(&mut a)).await {
                 Ok(Ok(frame)) => match frame.resp {
@@ -627,8 +638,7 @@ async fn group_hand_over(
             if closed.elapsed() > Duration::from_secs(30) {
                 return Err("B's partitions never reached A".into());
             }
-            let frame = match tokio::time::timeout(Duration::from_secs(1), ws_recv(&mut a)).await
-            {
+            let frame = match tokio::time::timeout(Duration::from_secs(1), ws_recv(&mut a)).await {
                 Ok(frame) => frame?,
                 Err(_) => continue,
             };

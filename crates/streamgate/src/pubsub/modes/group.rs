@@ -356,9 +356,22 @@ pub(crate) async fn run(
             let mut auto = tokio::time::interval(groups.auto_commit_interval);
             auto.reset();
             loop {
-                tokio::select! {
+                // The member's own events wait behind a gate: the select is polled on every
+                // push, and re-polling two timers and a channel each time cost group
+                // subscriptions a tenth of their throughput (BENCHMARKS.md).
+                let event = Gated::new(async {
+                    tokio::select! {
+                        _ = beat.tick() => Event::Beat,
+                        _ = auto.tick(), if membership.auto => Event::AutoCommit,
+                        Some(ask) = commits.recv() => Event::Ask(ask),
+                    }
+                });
+                let event = tokio::select! {
                     () = &mut delivery => break Next::Over,
-                    _ = beat.tick() => match member.heartbeat().await {
+                    event = event => event,
+                };
+                match event {
+                    Event::Beat => match member.heartbeat().await {
                         Ok(()) => lag.report(&readers, &committed),
                         Err(GroupError::Rebalance(why)) => {
                             tracing::debug!(route = %route, group = member.group_id(), why, "group rebalancing");
@@ -369,30 +382,42 @@ pub(crate) async fn run(
                             break Next::Rejoin;
                         }
                     },
-                    _ = auto.tick(), if membership.auto => {
+                    Event::AutoCommit => {
                         let offsets = written_offsets(&written, &topic, &membership.assigned);
                         match member.commit(&offsets).await {
                             Ok(()) => {
-                                metrics.group_commits.with_label_values(&[&*route, "ok"]).inc();
+                                metrics
+                                    .group_commits
+                                    .with_label_values(&[&*route, "ok"])
+                                    .inc();
                                 committed.extend(offsets.iter().copied());
                             }
                             Err(GroupError::Rebalance(_)) => break Next::Rejoin,
                             Err(GroupError::Failed(f)) => {
-                                metrics.group_commits.with_label_values(&[&*route, "refused"]).inc();
+                                metrics
+                                    .group_commits
+                                    .with_label_values(&[&*route, "refused"])
+                                    .inc();
                                 tracing::info!(route = %route, group = member.group_id(), reason = %f.reason, "auto commit failed");
                             }
                         }
                     }
-                    Some(ask) = commits.recv() => {
-                        let answer = asked(member, &ask, &topic, &membership.assigned, &written).await;
+                    Event::Ask(ask) => {
+                        let answer =
+                            asked(member, &ask, &topic, &membership.assigned, &written).await;
                         if let Ok(offsets) = &answer {
                             committed.extend(offsets.iter().copied());
                         }
                         let answer = answer.map(|_| ());
                         let outcome = if answer.is_ok() { "ok" } else { "refused" };
-                        metrics.group_commits.with_label_values(&[&*route, outcome]).inc();
+                        metrics
+                            .group_commits
+                            .with_label_values(&[&*route, outcome])
+                            .inc();
                         let rejoin = matches!(&answer, Err(f) if f.code == ErrorCode::Rebalancing);
-                        let _ = out.send(Box::new(commit_answer(key, sequence, ask.sequence, answer))).await;
+                        let _ = out
+                            .send(Box::new(commit_answer(key, sequence, ask.sequence, answer)))
+                            .await;
                         if rejoin {
                             break Next::Rejoin;
                         }
@@ -414,6 +439,71 @@ pub(crate) async fn run(
                 }
             }
         }
+    }
+}
+
+/// What the member itself has to do between pushes.
+enum Event {
+    Beat,
+    AutoCommit,
+    Ask(CommitAsk),
+}
+
+/// A future polled only when its own waker fired (and the first time): beside a future woken
+/// often (the delivery), a select then costs one atomic load per wake-up, not a poll of every
+/// timer and channel in it.
+struct Gated<F> {
+    inner: std::pin::Pin<Box<F>>,
+    gate: Arc<Gate>,
+}
+
+#[derive(Default)]
+struct Gate {
+    woken: std::sync::atomic::AtomicBool,
+    task: futures_util::task::AtomicWaker,
+}
+
+impl std::task::Wake for Gate {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.woken.store(true, std::sync::atomic::Ordering::Release);
+        self.task.wake();
+    }
+}
+
+impl<F: std::future::Future> Gated<F> {
+    fn new(inner: F) -> Self {
+        let gate = Arc::new(Gate::default());
+        gate.woken.store(true, std::sync::atomic::Ordering::Relaxed);
+        Gated {
+            inner: Box::pin(inner),
+            gate,
+        }
+    }
+}
+
+impl<F: std::future::Future> std::future::Future for Gated<F> {
+    type Output = F::Output;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<F::Output> {
+        self.gate.task.register(cx.waker());
+        if !self
+            .gate
+            .woken
+            .swap(false, std::sync::atomic::Ordering::AcqRel)
+        {
+            return std::task::Poll::Pending;
+        }
+        let waker = std::task::Waker::from(Arc::clone(&self.gate));
+        self.inner
+            .as_mut()
+            .poll(&mut std::task::Context::from_waker(&waker))
     }
 }
 
