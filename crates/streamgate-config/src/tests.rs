@@ -880,3 +880,76 @@ fn group_keys_are_checked() {
         assert_eq!(e.problems[0].key, key, "{text}");
     }
 }
+
+#[test]
+fn identity_providers_are_checked() {
+    let route = format!(
+        "{UPSTREAM}[[routes]]\nid = \"a\"\nuri = \"/\"\nupstream_id = \"web\"\n[routes.plugins.jwt-auth]\n"
+    );
+    let consumer =
+        "[[consumers]]\nusername = \"staff\"\n[consumers.plugins.jwt-auth]\nprovider = \"sso\"\n";
+    let with = |provider: &str| {
+        format!("{route}[[identity_providers]]\nid = \"sso\"\n{provider}\n{consumer}")
+    };
+    let good = "issuer = \"https://sso.example.com/realms/acme\"\naudiences = [\"streamgate\"]";
+    let ok = parse(&with(good), "t").expect("valid");
+    let p = &ok.identity_providers[0];
+    assert_eq!(p.issuer, "https://sso.example.com/realms/acme");
+    assert_eq!(p.jwks_url, None, "discovery by default");
+    assert_eq!(p.algorithms.len(), 9);
+    assert!(!p.algorithms.iter().any(|a| a.starts_with("HS")));
+    assert_eq!(p.leeway, std::time::Duration::from_secs(30));
+    assert_eq!(ok.consumers[0].jwt_provider.as_deref(), Some("sso"));
+    assert!(ok.consumers[0].jwt.is_none());
+
+    let has = |text: String, says: &str| {
+        let all = problems(&text);
+        assert!(
+            all.iter().any(|p| p.message.contains(says)),
+            "{says}: {all:#?}"
+        );
+    };
+    has(
+        with("issuer = \"http://sso.example.com\"\naudiences = [\"a\"]"),
+        "plain HTTP to another machine",
+    );
+    has(with("issuer = \"sso\"\naudiences = [\"a\"]"), "not a URL");
+    has(with("issuer = \"https://sso.example.com\""), "no audiences");
+    has(
+        with(&format!("{good}\nalgorithms = [\"HS256\"]")),
+        "not an algorithm a key set verifies",
+    );
+    has(
+        with(&format!("{good}\nalgorithms = [\"none\"]")),
+        "not an algorithm a key set verifies",
+    );
+    has(
+        with(&format!("{good}\njwks_url = \"ftp://x/keys\"")),
+        "not an https:// URL",
+    );
+    has(
+        with(&format!(
+            "{good}\nrefresh_min_seconds = 600\nrefresh_max_seconds = 60"
+        )),
+        "below refresh_min_seconds",
+    );
+    // Loopback over plain HTTP is allowed (a provider beside the gateway).
+    parse(
+        &with("issuer = \"http://127.0.0.1:5556/dex\"\naudiences = [\"a\"]"),
+        "t",
+    )
+    .expect("loopback http");
+    // Consumers and providers must meet.
+    has(
+        format!("{route}{consumer}"),
+        "no [[identity_providers]] entry has the id \"sso\"",
+    );
+    has(
+        format!("{route}[[identity_providers]]\nid = \"sso\"\n{good}\n[[consumers]]\nusername = \"u\"\n[consumers.plugins.jwt-auth]\nkey = \"u\"\nsecret = \"0123456789abcdef-long\"\n"),
+        "no consumer names this provider",
+    );
+    has(
+        with(good).replace("provider = \"sso\"", "provider = \"sso\"\nkey = \"k\""),
+        "provider is given beside key",
+    );
+}

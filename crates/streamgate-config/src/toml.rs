@@ -21,6 +21,26 @@ pub(crate) struct File {
     pub routes: Vec<Spanned<RouteToml>>,
     #[serde(default)]
     pub consumers: Vec<Spanned<ConsumerToml>>,
+    #[serde(default)]
+    pub identity_providers: Vec<Spanned<IdentityProviderToml>>,
+}
+
+/// `[[identity_providers]]`: a provider whose published keys verify `jwt-auth` tokens.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct IdentityProviderToml {
+    pub id: Text,
+    pub issuer: Text,
+    pub jwks_url: Option<Text>,
+    pub audiences: Option<Vec<Text>>,
+    pub algorithms: Option<Vec<Text>>,
+    pub leeway_seconds: Option<i64>,
+    pub refresh_min_seconds: Option<i64>,
+    pub refresh_max_seconds: Option<i64>,
+    pub timeout_ms: Option<i64>,
+    pub max_document_bytes: Option<i64>,
+    pub ca_file: Option<Text>,
+    pub start_without_keys: Option<bool>,
 }
 
 /// `[[consumers]]`: who may call routes that turn an auth plugin on.
@@ -55,7 +75,8 @@ pub(crate) struct ConsumerPluginsToml {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct ConsumerJwtToml {
-    pub key: Text,
+    pub key: Option<Text>,
+    pub provider: Option<Text>,
     pub algorithm: Option<Text>,
     pub secret: Option<Text>,
     pub public_key_file: Option<Text>,

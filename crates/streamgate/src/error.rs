@@ -24,6 +24,16 @@ pub enum StartupError {
         /// What happened.
         why: String,
     },
+    /// An identity provider's keys could not be fetched at start-up.
+    #[error(
+        "identity provider {id:?}: no keys: {why} (set start_without_keys = true to start anyway)"
+    )]
+    Provider {
+        /// The provider id.
+        id: String,
+        /// The last fetch's failure.
+        why: String,
+    },
     /// A listener could not be prepared or bound.
     #[error("listener {address}: {why}")]
     Listener {

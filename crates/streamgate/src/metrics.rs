@@ -49,6 +49,12 @@ pub(crate) struct Metrics {
     pub subscriptions_open: IntGaugeVec,
     /// Group subscriptions (consumer-group members) open now, by route.
     pub group_members: IntGaugeVec,
+    /// Key-set fetches from identity providers, by provider and result (`ok`, `failed`).
+    pub provider_fetches: IntCounterVec,
+    /// Keys an identity provider's set holds now, by provider.
+    pub provider_keys: IntGaugeVec,
+    /// 1 while an identity provider's last fetch failed (the last good keys stay in use).
+    pub provider_stale: IntGaugeVec,
     /// Group commits, by route and result (`ok`, `refused`).
     pub group_commits: IntCounterVec,
     /// Rebalances group subscriptions went through, by route.
@@ -211,6 +217,21 @@ impl Metrics {
                 "streamgate_group_members",
                 "Group subscriptions (each a consumer-group member) open now, by route.",
                 &["route"],
+            ),
+            provider_fetches: counter(
+                "streamgate_identity_provider_fetches_total",
+                "Key-set fetches from identity providers, by provider and result (ok, failed).",
+                &["provider", "result"],
+            ),
+            provider_keys: gauges(
+                "streamgate_identity_provider_keys",
+                "Keys an identity provider's key set holds now.",
+                &["provider"],
+            ),
+            provider_stale: gauges(
+                "streamgate_identity_provider_stale",
+                "1 while an identity provider's last key fetch failed (the last good keys stay in use).",
+                &["provider"],
             ),
             group_commits: counter(
                 "streamgate_group_commits_total",

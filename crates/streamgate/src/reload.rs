@@ -31,6 +31,7 @@ pub(crate) struct Reloader {
     watch: bool,
     routes: Arc<TableInForce>,
     pubsub: Arc<PubSub>,
+    providers: Arc<crate::plugins::Providers>,
     first_health: Mutex<Vec<HealthTask>>,
 }
 
@@ -55,6 +56,7 @@ impl Reloader {
         config: &Config,
         routes: Arc<TableInForce>,
         pubsub: Arc<PubSub>,
+        providers: Arc<crate::plugins::Providers>,
         health: Vec<HealthTask>,
     ) -> Self {
         Self {
@@ -63,6 +65,7 @@ impl Reloader {
             watch: config.server.reload_on_change,
             routes,
             pubsub,
+            providers,
             first_health: Mutex::new(health),
         }
     }
@@ -81,7 +84,7 @@ impl Reloader {
                 return None;
             }
         };
-        let (table, health) = match crate::routes::build(&config) {
+        let (table, health) = match crate::routes::build(&config, &self.providers, true) {
             Ok(built) => built,
             Err(e) => {
                 metrics.reloads.with_label_values(&["refused"]).inc();

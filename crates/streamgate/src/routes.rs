@@ -157,7 +157,14 @@ impl TableInForce {
 /// Builds the routes with their plugins, upstreams and consumers: what a reload replaces.
 /// Resolves nodes and loads TLS files, so a bad file is an error here, not at a request.
 /// Returns the health checks of the table's HTTP upstreams, to run while it is in force.
-pub(crate) fn build(config: &Config) -> Result<(RouteTable, Vec<HealthTask>), StartupError> {
+///
+/// `providers` keeps the identity providers' key sets across reloads; `fetch` starts fetching
+/// for providers new to it (not for `streamgate -t`, which only checks).
+pub(crate) fn build(
+    config: &Config,
+    providers: &plugins::Providers,
+    fetch: bool,
+) -> Result<(RouteTable, Vec<HealthTask>), StartupError> {
     let mut health = Vec::new();
     let mut http: HashMap<&str, Arc<HttpUpstream>> = HashMap::new();
     let mut kafka: HashMap<&str, Arc<KafkaCluster>> = HashMap::new();
@@ -174,7 +181,8 @@ pub(crate) fn build(config: &Config) -> Result<(RouteTable, Vec<HealthTask>), St
         }
     }
     let keys = plugins::key_index(&config.consumers);
-    let tokens = plugins::jwt_index(&config.consumers)?;
+    let in_force = providers.for_config(&config.identity_providers, fetch);
+    let tokens = plugins::jwt_index(&config.consumers, &in_force)?;
     let mut routes = Vec::with_capacity(config.routes.len());
     for (i, route) in config.routes.iter().enumerate() {
         debug_assert_eq!(route.index, i);

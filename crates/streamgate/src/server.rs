@@ -22,6 +22,8 @@ use streamgate_config::Config;
 pub struct Prepared {
     gateway: Gateway,
     pubsub: Arc<PubSub>,
+    /// Identity providers' key sets, kept across reloads.
+    providers: Arc<crate::plugins::Providers>,
     /// The route table in force (the reloader replaces it).
     routes: Arc<TableInForce>,
     /// Health checks of the table's upstreams, to run while it is in force.
@@ -39,6 +41,11 @@ impl std::fmt::Debug for Prepared {
 /// Resolves nodes and loads every TLS file the configuration names. `streamgate -t` runs this
 /// too, so a check catches what would stop the start.
 pub fn prepare(config: &Config) -> Result<Prepared, StartupError> {
+    prepare_fetching(config, false)
+}
+
+/// [`prepare`], fetching identity providers' keys when `fetch` (a real start).
+fn prepare_fetching(config: &Config, fetch: bool) -> Result<Prepared, StartupError> {
     for l in &config.server.tls_listen {
         let at = |why| StartupError::Listener {
             address: l.address.to_string(),
@@ -48,7 +55,8 @@ pub fn prepare(config: &Config) -> Result<Prepared, StartupError> {
         crate::tls::read_key(&l.key_file).map_err(at)?;
     }
     let pubsub = Arc::new(PubSub::default());
-    let (table, health) = crate::routes::build(config)?;
+    let providers = Arc::new(crate::plugins::Providers::default());
+    let (table, health) = crate::routes::build(config, &providers, fetch)?;
     let routes = TableInForce::new(table);
     Ok(Prepared {
         gateway: Gateway::new(
@@ -58,6 +66,7 @@ pub fn prepare(config: &Config) -> Result<Prepared, StartupError> {
             &config.server,
         ),
         pubsub,
+        providers,
         routes,
         health,
     })
@@ -142,9 +151,14 @@ pub fn build(
     config_file: &std::path::Path,
     upgrade: bool,
 ) -> Result<Server, StartupError> {
-    let prepared = prepare(config)?;
+    let prepared = prepare_fetching(config, true)?;
     if !upgrade {
         check_bindable(config)?;
+    }
+    // Tokens of an identity provider are verified with its published keys: without them every
+    // such token would be refused, so the start waits for them (unless start_without_keys).
+    if let Some((id, why)) = prepared.providers.wait_first_fetch().into_iter().next() {
+        return Err(StartupError::Provider { id, why });
     }
     let conf = ServerConf {
         upgrade_sock: upgrade_socket(config.server.upgrade_sock.as_deref())?
@@ -200,6 +214,7 @@ pub fn build(
         config,
         Arc::clone(&prepared.routes),
         Arc::clone(&prepared.pubsub),
+        Arc::clone(&prepared.providers),
         prepared.health,
     );
     server.add_service(background_service("config reload", reloader));
@@ -209,6 +224,7 @@ pub fn build(
             "admin".to_string(),
             AdminApp {
                 pubsub: Arc::clone(&prepared.pubsub),
+                providers: Arc::clone(&prepared.providers),
             },
         );
         service.add_tcp(&admin.listen.to_string());

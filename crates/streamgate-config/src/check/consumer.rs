@@ -56,8 +56,31 @@ pub(super) fn build_consumers(
                 );
             }
         }
+        let mut jwt_provider = None;
         let jwt = t.plugins.jwt_auth.and_then(|j| {
             let jk = format!("{key}.plugins.jwt-auth");
+            if let Some(provider) = j.provider {
+                if j.key.is_some() || j.algorithm.is_some() || j.secret.is_some() || j.public_key_file.is_some() {
+                    c.at(
+                        span,
+                        jk,
+                        "provider is given beside key, algorithm, secret or public_key_file".into(),
+                        "a consumer's tokens come either from an identity provider (provider = \"ID\", its keys fetched) or from a key of its own (key and secret or public_key_file), not both",
+                    );
+                } else {
+                    jwt_provider = Some(provider.0);
+                }
+                return None;
+            }
+            let Some(jwt_key) = j.key else {
+                c.at(
+                    span,
+                    format!("{jk}.key"),
+                    "missing key".into(),
+                    "give the value of the `key` claim (or `iss`) this consumer's tokens carry, or provider = \"ID\" for tokens from an [[identity_providers]] entry",
+                );
+                return None;
+            };
             let algorithm = j
                 .algorithm
                 .map(|a| a.0.to_ascii_uppercase())
@@ -113,17 +136,17 @@ pub(super) fn build_consumers(
                     None
                 }
             }?;
-            if !jwt_keys.insert(j.key.0.clone()) {
+            if !jwt_keys.insert(jwt_key.0.clone()) {
                 c.at(
                     span,
                     format!("{jk}.key"),
-                    format!("another consumer's tokens use the key {:?}", j.key.0),
+                    format!("another consumer's tokens use the key {:?}", jwt_key.0),
                     "give every consumer its own jwt-auth key",
                 );
                 return None;
             }
             Some(JwtCredential {
-                key: j.key.0,
+                key: jwt_key.0,
                 algorithm,
                 verify_with,
             })
@@ -155,6 +178,7 @@ pub(super) fn build_consumers(
                 topics,
                 key: api_key,
                 jwt,
+                jwt_provider,
                 record_filter,
             }));
         }

@@ -3,6 +3,7 @@
 //! collected with its key path, position and a fix; nothing panics on any input.
 
 mod consumer;
+mod identity;
 mod plugins;
 mod route;
 mod server;
@@ -92,6 +93,43 @@ pub(crate) fn build(file: t::File, text: &str) -> Result<Config, Vec<Problem>> {
     }
 
     let consumers = consumer::build_consumers(&mut c, file.consumers);
+    let identity_providers = identity::build_identity_providers(&mut c, file.identity_providers);
+    // Each provider signs callers in as the one consumer that names it.
+    let mut named = HashSet::new();
+    for consumer in &consumers {
+        let Some(provider) = &consumer.jwt_provider else {
+            continue;
+        };
+        let key = format!(
+            "consumers[{:?}].plugins.jwt-auth.provider",
+            consumer.username
+        );
+        if !identity_providers.iter().any(|p| &p.id == provider) {
+            c.at(
+                None,
+                key,
+                format!("no [[identity_providers]] entry has the id {provider:?}"),
+                "name an identity provider defined in this file",
+            );
+        } else if !named.insert(provider.clone()) {
+            c.at(
+                None,
+                key,
+                format!("another consumer already signs in with provider {provider:?}"),
+                "let one consumer stand for each provider (its claims tell the users apart)",
+            );
+        }
+    }
+    for p in &identity_providers {
+        if !named.contains(&p.id) {
+            c.at(
+                None,
+                format!("identity_providers[{:?}]", p.id),
+                "no consumer names this provider, so its tokens would sign no one in".into(),
+                "add provider = \"ID\" under a consumer's [consumers.plugins.jwt-auth]",
+            );
+        }
+    }
 
     let mut routes = Vec::new();
     let mut route_ids = HashSet::new();
@@ -108,7 +146,11 @@ pub(crate) fn build(file: t::File, text: &str) -> Result<Config, Vec<Problem>> {
             );
         }
         if let Some(route) = route::build_route(&mut c, &span, &key, i, r, &upstreams) {
-            if route.plugins.jwt_auth.is_some() && !consumers.iter().any(|c| c.jwt.is_some()) {
+            if route.plugins.jwt_auth.is_some()
+                && !consumers
+                    .iter()
+                    .any(|c| c.jwt.is_some() || c.jwt_provider.is_some())
+            {
                 c.at(
                     Some(&span),
                     format!("{key}.plugins.jwt-auth"),
@@ -147,6 +189,7 @@ pub(crate) fn build(file: t::File, text: &str) -> Result<Config, Vec<Problem>> {
             upstreams: upstream_list,
             routes,
             consumers,
+            identity_providers,
         })
     } else {
         Err(c.problems)

@@ -15,6 +15,8 @@ pub struct Consumer {
     pub key: Option<String>,
     /// The consumer's `jwt-auth` credential.
     pub jwt: Option<JwtCredential>,
+    /// The `[[identity_providers]]` id whose tokens sign callers in as this consumer.
+    pub jwt_provider: Option<String>,
     /// Records this consumer may receive at all, on every pub/sub route (row-level security);
     /// `None` = every record of the topics it may read.
     pub record_filter: Option<RecordFilter>,
@@ -56,6 +58,7 @@ impl fmt::Debug for Consumer {
             .field("topics", &self.topics)
             .field("key", &self.key.as_ref().map(|_| "<redacted>"))
             .field("jwt", &self.jwt)
+            .field("jwt_provider", &self.jwt_provider)
             .field("record_filter", &self.record_filter)
             .finish()
     }

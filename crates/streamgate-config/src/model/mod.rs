@@ -6,12 +6,14 @@
 //! touches the network.
 
 mod consumer;
+mod identity;
 mod plugins;
 mod route;
 mod server;
 mod upstream;
 
 pub use consumer::{Consumer, JwtCredential, RecordFilter};
+pub use identity::{IdentityProvider, PROVIDER_ALGORITHMS};
 pub use plugins::{
     Cors, Groups, Isolation, JwtAuth, KafkaProxy, KeyAuth, LimitKey, LimitReq, Sasl, SaslMechanism,
     TopicPattern,
@@ -38,4 +40,6 @@ pub struct Config {
     pub routes: Vec<Arc<Route>>,
     /// Consumers, in file order.
     pub consumers: Vec<Arc<Consumer>>,
+    /// Identity providers whose tokens `jwt-auth` verifies, in file order.
+    pub identity_providers: Vec<Arc<IdentityProvider>>,
 }

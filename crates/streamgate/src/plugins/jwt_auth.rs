@@ -1,11 +1,19 @@
-//! `jwt-auth`: callers present a JSON Web Token signed for a consumer, in the `Authorization`
-//! header (`Bearer <token>`), a query parameter (browsers' WebSocket handshakes) or, where the
-//! route opts in and lists the browser origins it trusts, a cookie. The
-//! token's `key` claim (or `iss`) names the consumer; its signature is checked with that
-//! consumer's secret (HS256/HS512) or public key (RS256/ES256), and `exp` (required) and `nbf`
-//! are enforced. A WebSocket (pub/sub session or relayed tunnel) opened with a token ends when the
-//! token's `exp` passes. Anything else is refused with 401 before upstreams, upgrades or Kafka.
+//! `jwt-auth`: callers present a JSON Web Token, in the `Authorization` header (`Bearer
+//! <token>`), a query parameter (browsers' WebSocket handshakes) or, where the route opts in and
+//! lists the browser origins it trusts, a cookie. Two kinds of token sign a caller in:
+//!
+//! - a token of an identity provider (`[[identity_providers]]`, picked by the token's `iss`):
+//!   verified with the provider's published key its `kid` names (see [`super::identity`]), with
+//!   the `alg` among the provider's algorithms (never `none`, never an HMAC), `iss`, `aud`,
+//!   `exp` (required) and `nbf` checked with the provider's leeway; the caller is the consumer
+//!   that names the provider, and the token's claims are the user's;
+//! - a token signed for one consumer: its `key` claim (or `iss`) names the consumer, whose secret
+//!   (HS256/HS512) or public key (RS256/ES256) verifies it; `exp` (required) and `nbf` enforced.
+//!
+//! A WebSocket (pub/sub session or relayed tunnel) opened with a token ends when the token's
+//! `exp` passes. Anything else is refused with 401 before upstreams, upgrades or Kafka.
 
+use super::identity::Provider;
 use super::Plugin;
 use crate::ctx::RequestCtx;
 use crate::error::StartupError;
@@ -34,11 +42,34 @@ impl std::fmt::Debug for JwtConsumer {
     }
 }
 
-/// Consumers by their JWT `key` claim.
-pub(crate) type JwtIndex = Arc<HashMap<String, JwtConsumer>>;
+/// Who a token may sign in as: consumers by their JWT `key` claim, and identity providers (with
+/// the consumer that names each) by issuer.
+#[derive(Debug, Default)]
+pub(crate) struct Tokens {
+    by_key: HashMap<String, JwtConsumer>,
+    by_issuer: HashMap<String, (Arc<Provider>, Arc<Consumer>)>,
+}
+
+/// The routes' shared [`Tokens`].
+pub(crate) type JwtIndex = Arc<Tokens>;
 
 /// Builds the JWT index; a public key that does not parse stops the start.
-pub(crate) fn jwt_index(consumers: &[Arc<Consumer>]) -> Result<JwtIndex, StartupError> {
+pub(crate) fn jwt_index(
+    consumers: &[Arc<Consumer>],
+    providers: &[Arc<Provider>],
+) -> Result<JwtIndex, StartupError> {
+    let mut by_issuer = HashMap::new();
+    for consumer in consumers {
+        let Some(id) = &consumer.jwt_provider else {
+            continue;
+        };
+        if let Some(provider) = providers.iter().find(|p| &p.spec.id == id) {
+            by_issuer.insert(
+                provider.spec.issuer.clone(),
+                (Arc::clone(provider), Arc::clone(consumer)),
+            );
+        }
+    }
     let mut index = HashMap::new();
     for consumer in consumers {
         let Some(jwt) = &consumer.jwt else { continue };
@@ -67,31 +98,32 @@ pub(crate) fn jwt_index(consumers: &[Arc<Consumer>]) -> Result<JwtIndex, Startup
             },
         );
     }
-    Ok(Arc::new(index))
+    Ok(Arc::new(Tokens {
+        by_key: index,
+        by_issuer,
+    }))
 }
 
 /// The `jwt-auth` plugin of one route.
 pub(crate) struct JwtAuthPlugin {
     settings: JwtAuth,
-    consumers: JwtIndex,
+    tokens: JwtIndex,
 }
 
 impl std::fmt::Debug for JwtAuthPlugin {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("JwtAuthPlugin")
             .field("settings", &self.settings)
-            .field("consumers", &self.consumers.len())
+            .field("consumers", &self.tokens.by_key.len())
+            .field("providers", &self.tokens.by_issuer.len())
             .finish()
     }
 }
 
 impl JwtAuthPlugin {
     /// The plugin for a route.
-    pub(crate) fn new(settings: JwtAuth, consumers: JwtIndex) -> Self {
-        Self {
-            settings,
-            consumers,
-        }
+    pub(crate) fn new(settings: JwtAuth, tokens: JwtIndex) -> Self {
+        Self { settings, tokens }
     }
 
     fn token(&self, session: &Session) -> Option<String> {
@@ -122,11 +154,12 @@ impl JwtAuthPlugin {
             .or_else(cookie)
     }
 
-    /// Which consumer a token names, before its signature is checked.
-    fn claimed_key(token: &str) -> Result<String, &'static str> {
+    /// What a token claims to be, before its signature is checked: its `key` and `iss`.
+    fn claimed(token: &str) -> Result<(Option<String>, Option<String>), &'static str> {
         let mut peek = Validation::default();
         peek.insecure_disable_signature_validation();
         peek.validate_exp = false;
+        peek.validate_aud = false;
         peek.required_spec_claims.clear();
         let data =
             jsonwebtoken::decode::<serde_json::Value>(token, &DecodingKey::from_secret(b""), &peek)
@@ -137,10 +170,97 @@ impl JwtAuthPlugin {
                 .and_then(|v| v.as_str())
                 .map(str::to_string)
         };
-        claim("key")
-            .or_else(|| claim("iss"))
-            .ok_or("missing user key in JWT token")
+        Ok((claim("key"), claim("iss")))
     }
+
+    /// Verifies a token signed by a consumer's own key.
+    fn verify_own(&self, token: &str, key: &str) -> Result<Verified, &'static str> {
+        let entry = self
+            .tokens
+            .by_key
+            .get(key)
+            .ok_or("Invalid user key in JWT token")?;
+        let mut validation = Validation::new(entry.algorithm);
+        validation.validate_nbf = true;
+        jsonwebtoken::decode::<serde_json::Value>(token, &entry.key, &validation)
+            .map(|data| Verified {
+                consumer: Arc::clone(&entry.consumer),
+                expires: expiry(&data.claims),
+                claims: data.claims,
+            })
+            .map_err(|_| "failed to verify jwt")
+    }
+}
+
+/// A token's verdict: who it signs in, until when, with which claims.
+struct Verified {
+    consumer: Arc<Consumer>,
+    expires: Option<std::time::SystemTime>,
+    claims: serde_json::Value,
+}
+
+/// Verifies a token of an identity provider: the algorithm first (so `none` and HMACs never
+/// reach a key), then the key its `kid` names (refetched once if unknown), then signature,
+/// issuer, audience, expiry and not-before.
+async fn verify_provided(
+    token: &str,
+    provider: &Provider,
+    consumer: &Arc<Consumer>,
+) -> Result<Verified, String> {
+    let spec = &provider.spec;
+    let header = jsonwebtoken::decode_header(token).map_err(|_| "JWT token invalid".to_string())?;
+    let alg = format!("{:?}", header.alg);
+    if !spec.algorithms.contains(&alg) {
+        return Err(format!(
+            "algorithm {alg} is not accepted for tokens of {:?}",
+            spec.issuer
+        ));
+    }
+    let kid = header
+        .kid
+        .as_deref()
+        .ok_or("the token names no key (kid)")?;
+    let mut keys = provider.keys();
+    if !keys.keys.contains_key(kid) {
+        keys = provider.refetch_for_unknown_key().await;
+    }
+    let key = keys
+        .keys
+        .get(kid)
+        .ok_or_else(|| format!("unknown key id {kid:?} for {:?}", spec.issuer))?;
+    if key.algorithm.is_some_and(|a| a != header.alg) {
+        return Err(format!("key {kid:?} is not for {alg}"));
+    }
+    let mut validation = Validation::new(header.alg);
+    validation.validate_nbf = true;
+    validation.leeway = spec.leeway.as_secs();
+    validation.set_issuer(&[spec.issuer.as_str()]);
+    validation.set_audience(&spec.audiences);
+    validation.set_required_spec_claims(&["exp", "iss", "aud"]);
+    let data = jsonwebtoken::decode::<serde_json::Value>(token, &key.key, &validation).map_err(
+        |e| match e.kind() {
+            jsonwebtoken::errors::ErrorKind::ExpiredSignature => {
+                "the token has expired".to_string()
+            }
+            jsonwebtoken::errors::ErrorKind::ImmatureSignature => {
+                "the token is not valid yet (nbf)".to_string()
+            }
+            jsonwebtoken::errors::ErrorKind::InvalidAudience => format!(
+                "the token is not for this gateway (aud is not one of {:?})",
+                spec.audiences
+            ),
+            jsonwebtoken::errors::ErrorKind::InvalidIssuer => "wrong issuer".to_string(),
+            jsonwebtoken::errors::ErrorKind::MissingRequiredClaim(claim) => {
+                format!("the token has no {claim} claim")
+            }
+            _ => "failed to verify jwt".to_string(),
+        },
+    )?;
+    Ok(Verified {
+        consumer: Arc::clone(consumer),
+        expires: expiry(&data.claims),
+        claims: data.claims,
+    })
 }
 
 /// When a verified token's `exp` claim (seconds since the epoch, required) passes.
@@ -162,29 +282,31 @@ impl Plugin for JwtAuthPlugin {
             respond::send(session, ctx, answer).await?;
             return Ok(true);
         };
-        let verdict = Self::claimed_key(&token).and_then(|key| {
-            let entry = self
-                .consumers
-                .get(&key)
-                .ok_or("Invalid user key in JWT token")?;
-            let mut validation = Validation::new(entry.algorithm);
-            validation.validate_nbf = true;
-            jsonwebtoken::decode::<serde_json::Value>(&token, &entry.key, &validation)
-                .map(|data| {
-                    let expires = expiry(&data.claims);
-                    (Arc::clone(&entry.consumer), expires, data.claims)
-                })
-                .map_err(|_| "failed to verify jwt")
-        });
+        let verdict = match Self::claimed(&token) {
+            Err(message) => Err(message.to_string()),
+            // A consumer's own `key` claim first, then the issuer: an identity provider's, or
+            // (as before providers) a consumer key given as `iss`.
+            Ok((Some(key), _)) if self.tokens.by_key.contains_key(&key) => {
+                self.verify_own(&token, &key).map_err(str::to_string)
+            }
+            Ok((_, Some(iss))) if self.tokens.by_issuer.contains_key(&iss) => {
+                let (provider, consumer) = &self.tokens.by_issuer[&iss];
+                verify_provided(&token, provider, consumer).await
+            }
+            Ok((key, iss)) => match key.or(iss) {
+                Some(key) => self.verify_own(&token, &key).map_err(str::to_string),
+                None => Err("missing user key in JWT token".to_string()),
+            },
+        };
         match verdict {
-            Ok((consumer, expires, claims)) => {
-                ctx.consumer = Some(consumer);
-                ctx.credential_expires = expires;
-                ctx.claims = Some(Arc::new(claims));
+            Ok(verified) => {
+                ctx.consumer = Some(verified.consumer);
+                ctx.credential_expires = verified.expires;
+                ctx.claims = Some(Arc::new(verified.claims));
                 Ok(false)
             }
             Err(message) => {
-                respond::send(session, ctx, Answer::auth(401, message)).await?;
+                respond::send(session, ctx, Answer::auth(401, &message)).await?;
                 Ok(true)
             }
         }

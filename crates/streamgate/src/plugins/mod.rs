@@ -11,10 +11,12 @@
 //! route's Kafka target ([`crate::pubsub::KafkaTarget`]).
 
 mod cors;
+mod identity;
 mod jwt_auth;
 mod key_auth;
 mod limit_req;
 
+pub(crate) use identity::Providers;
 pub(crate) use jwt_auth::{jwt_index, JwtIndex};
 pub(crate) use key_auth::{key_index, KeyIndex};
 
