@@ -209,9 +209,12 @@ function routeUrl() {
   const page = new URL(location.href);
   const url = new URL(page.searchParams.get("route") || "/kafka", page);
   url.protocol = page.protocol === "https:" ? "wss:" : "ws:";
-  // key-auth for browsers: a key in the page's query string is passed on to the WebSocket.
-  const key = page.searchParams.get("apikey");
-  if (key) url.searchParams.set("apikey", key);
+  // Browsers cannot set headers on a WebSocket: a key (key-auth) or a token (jwt-auth, e.g. from
+  // an identity provider) in the page's query string is passed on in the WebSocket's.
+  for (const name of ["apikey", "jwt"]) {
+    const value = page.searchParams.get(name);
+    if (value) url.searchParams.set(name, value);
+  }
   return url.toString();
 }
 
@@ -247,7 +250,8 @@ function explain(error) {
       "Could not open the WebSocket",
       `The gateway refused ${view.session?.url ?? "the route"} or is not running.`,
       "connect",
-      `Check the route; a route with key-auth needs ?apikey=… on this page's URL, and a route ` +
+      `Check the route; a route with key-auth needs ?apikey=… on this page's URL (with jwt-auth, ?jwt=… ` +
+        `with a token that has not expired), and a route ` +
         `with allowed_origins must list ${location.origin}. The page keeps trying.`,
     );
   } else if (error instanceof ConnectionLost) {
