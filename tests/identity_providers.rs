@@ -425,6 +425,31 @@ async fn a_providers_claims_drive_row_filters_and_group_namespaces() {
         .await
         .expect("the user's group subscription");
     assert_eq!(started.partitions.len(), 1);
+
+    // The token's exp ends the session, as any token's does (1008, "credentials expired").
+    let mut short = claims(&provider.issuer, "alice");
+    short["exp"] = (now() + 2).into();
+    let token = key.sign(&short);
+    let mut c =
+        streamgate_protocol::PubSubClient::connect(&gw.ws_url(&format!("/kafka?jwt={token}")))
+            .await
+            .expect("a token valid for 2 s opens the session");
+    let started = std::time::Instant::now();
+    let reason = loop {
+        assert!(
+            started.elapsed() < Duration::from_secs(8),
+            "still open past exp"
+        );
+        match c.ping("a").await {
+            Ok(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            Err(streamgate_protocol::ClientError::Closed(Some(r))) => break r,
+            Err(e) => panic!("{e}"),
+        }
+    };
+    assert!(
+        reason.starts_with("1008") && reason.contains("credentials expired"),
+        "{reason}"
+    );
 }
 
 /// Waits up to `within` for a metric sample to reach `want`; returns the last value seen.
