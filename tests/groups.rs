@@ -867,3 +867,53 @@ async fn produce_new(broker: &Broker, topic: &str) {
         produce(broker, topic, p, &format!("new{p}-"), 2).await;
     }
 }
+
+#[tokio::test]
+async fn a_commit_outside_the_log_starts_the_partition_by_from() {
+    // A commit past the end of a partition's log (written by a tool, or left from a topic since
+    // recreated) is not a place to resume: the partition starts by the subscribe's `from`, as a
+    // Kafka consumer's auto.offset.reset does, and the other partition at its commit.
+    let broker = sqlite_broker().await;
+    let topic = topic_with(&broker, 2, 3).await;
+    let gw = group_gateway(&broker).await;
+    let python = std::env::var("STREAMGATE_PYTHON").unwrap_or_else(|_| "python3".into());
+    let script = streamgate_testkit::workspace_root().join("tests/python/group_member.py");
+    let committed = tokio::process::Command::new(python)
+        .arg(script)
+        .args([&broker.bootstrap, "web.team-reset", &topic])
+        .args(["--partitions", "2", "--commit", "0:1000,1:2"])
+        .output()
+        .await
+        .expect("run the librdkafka committer");
+    let said = String::from_utf8_lossy(&committed.stdout);
+    assert!(
+        said.contains("\"0\": 1000") && said.contains("\"1\": 2"),
+        "{said}{}",
+        String::from_utf8_lossy(&committed.stderr)
+    );
+    for (from, p0) in [(StartFrom::Earliest, 0), (StartFrom::Latest, 3)] {
+        let mut c = PubSubClient::connect(&gw.ws_url("/kafka")).await.unwrap();
+        let mut subscribe = group_subscribe(&topic, "team-reset", CommitMode::Manual, 10);
+        subscribe.from = from as i32;
+        let (_s, started) = c
+            .subscribe(subscribe)
+            .await
+            .unwrap_or_else(|e| panic!("{from:?}: a commit outside the log is not an error: {e}"));
+        let starts: BTreeMap<i32, i64> = started
+            .partitions
+            .iter()
+            .map(|s| (s.partition, s.offset))
+            .collect();
+        assert_eq!(
+            starts,
+            BTreeMap::from([(0, p0), (1, 2)]),
+            "{from:?}: partition 0 by `from`, partition 1 at its commit"
+        );
+        c.close().await.unwrap();
+    }
+    assert!(
+        gw.log().contains("lies outside the partition's log"),
+        "{}",
+        gw.log()
+    );
+}

@@ -4,6 +4,9 @@ Joins GROUP on BOOTSTRAP with the range assignor, reads TOPIC, commits after eve
 prints one JSON line per event on stdout: {"assigned": [...]}, {"revoked": [...]},
 {"record": [partition, offset, value]}. It stops when stdin closes (or after --seconds), then
 prints {"committed": {partition: offset}} as the broker's OffsetFetch reports it, and leaves.
+
+With --commit P:OFFSET,... it only commits those offsets for the group (as a tool would, without
+joining) and prints what the broker then reports.
 """
 import argparse
 import json
@@ -25,6 +28,7 @@ def main():
     p.add_argument("topic")
     p.add_argument("--partitions", type=int, required=True)
     p.add_argument("--seconds", type=float, default=60)
+    p.add_argument("--commit", default="")
     a = p.parse_args()
     consumer = Consumer({
         "bootstrap.servers": a.bootstrap,
@@ -36,6 +40,18 @@ def main():
         "heartbeat.interval.ms": 500,
         "topic.metadata.refresh.interval.ms": 1000,
     })
+    if a.commit:
+        offsets = [
+            TopicPartition(a.topic, int(part), int(offset))
+            for part, offset in (pair.split(":") for pair in a.commit.split(","))
+        ]
+        consumer.commit(offsets=offsets, asynchronous=False)
+        committed = consumer.committed(
+            [TopicPartition(a.topic, p) for p in range(a.partitions)], timeout=10
+        )
+        say({"committed": {str(tp.partition): tp.offset for tp in committed}})
+        consumer.close()
+        return
     consumer.subscribe(
         [a.topic],
         on_assign=lambda c, parts: say({"assigned": sorted(tp.partition for tp in parts)}),

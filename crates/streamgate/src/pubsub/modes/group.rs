@@ -16,6 +16,7 @@ use crate::pubsub::failure::KafkaFailure;
 use crate::pubsub::kafka::group::{GroupError, GroupSpec, Member};
 use crate::pubsub::kafka::reader::PartitionReader;
 use crate::pubsub::target::KafkaAccess;
+use rskafka::client::partition::OffsetAt;
 use std::collections::HashMap;
 use std::sync::Arc;
 use streamgate_protocol::{
@@ -262,7 +263,20 @@ pub(crate) async fn run(
         let parts = if assignment.partitions.is_empty() {
             Vec::new()
         } else {
-            let mut offsets: Vec<PartitionOffset> = committed
+            let resumable = match in_log(&access, &topic, &committed).await {
+                Ok(r) => r,
+                Err((partition, f)) => {
+                    let frame = access.failed(sequence, "subscribe", &topic, Some(partition), f);
+                    let _ = out.send(Box::new(push::ending(key, sequence, frame))).await;
+                    return;
+                }
+            };
+            for (partition, offset) in &committed {
+                if !resumable.contains_key(partition) {
+                    tracing::info!(route = %route, group = member.group_id(), partition, offset, "the group's commit lies outside the partition's log; starting it by the subscribe's `from`, as Kafka consumers reset");
+                }
+            }
+            let mut offsets: Vec<PartitionOffset> = resumable
                 .iter()
                 .map(|(&partition, &offset)| PartitionOffset { partition, offset })
                 .collect();
@@ -271,7 +285,7 @@ pub(crate) async fn run(
                     .iter()
                     .filter(|o| {
                         assignment.partitions.contains(&o.partition)
-                            && !committed.contains_key(&o.partition)
+                            && !resumable.contains_key(&o.partition)
                     })
                     .cloned(),
             );
@@ -505,6 +519,56 @@ impl<F: std::future::Future> std::future::Future for Gated<F> {
             .as_mut()
             .poll(&mut std::task::Context::from_waker(&waker))
     }
+}
+
+/// The group's commits that lie within their partition's log (from its first offset to its
+/// high watermark): a commit outside it (the records were deleted by retention, or the topic was
+/// recreated) is not a place to resume, and its partition starts by the subscribe's `from`, as a
+/// Kafka consumer's `auto.offset.reset` does.
+async fn in_log(
+    access: &KafkaAccess,
+    topic: &str,
+    committed: &HashMap<i32, i64>,
+) -> Result<HashMap<i32, i64>, (i32, KafkaFailure)> {
+    let timeout = access.target.settings.socket_timeout;
+    let checks = committed.iter().map(|(&partition, &offset)| async move {
+        let reader = access
+            .pool
+            .partition(&access.target.identity, topic, partition, timeout)
+            .await
+            .map_err(|f| (partition, f))?;
+        let first = reader
+            .offset_at(OffsetAt::Earliest, timeout)
+            .await
+            .map_err(|f| (partition, f))?;
+        let mut end = reader
+            .offset_at(OffsetAt::Latest, timeout)
+            .await
+            .map_err(|f| (partition, f))?;
+        if offset > end {
+            // Offset look-ups of some brokers (and new leaders) lag: a fetch there confirms.
+            let fetched = match reader.fetch_now(offset, 1, timeout).await {
+                Ok(fetched) => fetched,
+                // Kafka's own word that the commit is past the log.
+                Err(f) if f.reason.contains("OFFSET_OUT_OF_RANGE") => return Ok(None),
+                Err(f) => return Err((partition, f)),
+            };
+            end = end
+                .max(fetched.high_watermark)
+                .max(reader.known_high_watermark());
+        }
+        Ok::<_, (i32, KafkaFailure)>(
+            (offset >= first && offset <= end).then_some((partition, offset)),
+        )
+    });
+    let checked = futures_util::future::join_all(checks).await;
+    let mut resumable = HashMap::new();
+    for check in checked {
+        if let Some((partition, offset)) = check? {
+            resumable.insert(partition, offset);
+        }
+    }
+    Ok(resumable)
 }
 
 fn rebalancing() -> KafkaFailure {
