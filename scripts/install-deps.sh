@@ -3,8 +3,9 @@
 #   install-deps.sh        what `make run` needs: cmake (Pingora builds zlib-ng with it), a C
 #                          compiler, python3 (the demo's static web server), node + npm (the
 #                          demo page's build)
-#   install-deps.sh test   the above, chromium for the browser test and haproxy for the
-#                          scale-out test (two gateways behind a real load balancer)
+#   install-deps.sh test   the above, chromium for the browser test, haproxy for the
+#                          scale-out test (two gateways behind a real load balancer) and openssl
+#                          (RSA keys made at test time for the identity-provider tests)
 set -euo pipefail
 missing=()
 command -v cmake >/dev/null 2>&1 || missing+=(cmake)
@@ -15,6 +16,7 @@ command -v npm >/dev/null 2>&1 || missing+=(npm)
 if [ "${1:-}" = test ]; then
   command -v chromium >/dev/null 2>&1 || missing+=(chromium)
   command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || missing+=(haproxy)
+  command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 fi
 if [ ${#missing[@]} -gt 0 ]; then
   echo "install-deps: installing ${missing[*]} with apt-get" >&2

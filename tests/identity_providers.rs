@@ -1,6 +1,6 @@
 //! Sign-in from an identity provider (README "Identity providers"): tokens verified with the keys
 //! a provider publishes (a JWK set over HTTPS, found by OpenID discovery), served by the test
-//! itself with keys made at test time, through the real gateway.
+//! itself with keys made at test time (ES256, EdDSA, RS256), through the real gateway.
 
 mod common;
 
@@ -79,7 +79,8 @@ async fn a_providers_tokens_sign_in_and_every_bent_token_is_refused() {
     let ca = TestCa::new();
     let es = SigningKey::es256("es-1");
     let ed = SigningKey::eddsa("ed-1");
-    let provider = IdentityProvider::start(&ca, &[&es, &ed]).await;
+    let rs = SigningKey::rs256("rs-1");
+    let provider = IdentityProvider::start(&ca, &[&es, &ed, &rs]).await;
     let (gw, _web, _admin) = gateway(&provider, &ca, "").await;
     assert!(
         provider.discovery_requests() >= 1,
@@ -89,6 +90,7 @@ async fn a_providers_tokens_sign_in_and_every_bent_token_is_refused() {
     let good = claims(&provider.issuer, "alice");
     assert_eq!(call(&gw, &es.sign(&good)).await.0, 200, "ES256");
     assert_eq!(call(&gw, &ed.sign(&good)).await.0, 200, "EdDSA");
+    assert_eq!(call(&gw, &rs.sign(&good)).await.0, 200, "RS256");
 
     let refused = |what: &'static str, token: String, says: &'static str| {
         let gw = &gw;

@@ -52,6 +52,46 @@ impl SigningKey {
         }
     }
 
+    /// A new 2048-bit RSA key (RS256), made by `openssl` (ring cannot generate RSA keys).
+    pub fn rs256(kid: &str) -> SigningKey {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let pem = dir.path().join("key.pem");
+        let made = std::process::Command::new("openssl")
+            .args([
+                "genpkey",
+                "-algorithm",
+                "RSA",
+                "-pkeyopt",
+                "rsa_keygen_bits:2048",
+                "-out",
+            ])
+            .arg(&pem)
+            .output()
+            .expect("openssl runs (make test installs it)");
+        assert!(made.status.success(), "openssl genpkey: {made:?}");
+        let modulus = std::process::Command::new("openssl")
+            .args(["rsa", "-noout", "-modulus", "-in"])
+            .arg(&pem)
+            .output()
+            .expect("openssl rsa -modulus");
+        let hex = String::from_utf8_lossy(&modulus.stdout);
+        let hex = hex.trim().trim_start_matches("Modulus=");
+        let n: Vec<u8> = (0..hex.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).expect("hex modulus"))
+            .collect();
+        let private = std::fs::read(&pem).expect("read the key");
+        SigningKey {
+            kid: kid.to_string(),
+            algorithm: Algorithm::RS256,
+            encoding: EncodingKey::from_rsa_pem(&private).expect("RSA key"),
+            jwk: serde_json::json!({
+                "kty": "RSA", "use": "sig", "alg": "RS256", "kid": kid,
+                "n": URL_SAFE_NO_PAD.encode(n), "e": "AQAB",
+            }),
+        }
+    }
+
     /// A new Ed25519 key (EdDSA).
     pub fn eddsa(kid: &str) -> SigningKey {
         let pair = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).expect("Ed25519 key");
