@@ -86,7 +86,7 @@ impl Upstream {
             hits: AtomicUsize::new(0),
             static_dir,
         });
-        let task = serve(listener, Arc::clone(&state), tls.clone());
+        let task = serve(listener, Arc::clone(&state), tls.clone(), handle);
         Upstream {
             addr,
             state,
@@ -104,16 +104,27 @@ impl Upstream {
     pub async fn restart(&mut self) {
         self.task.abort();
         let listener = TcpListener::bind(self.addr).await.expect("bind again");
-        self.task = serve(listener, Arc::clone(&self.state), self.tls.clone());
+        self.task = serve(listener, Arc::clone(&self.state), self.tls.clone(), handle);
     }
 }
 
-/// Accepts and serves connections until the task is aborted, which also drops them all.
-fn serve(
+/// Accepts and serves connections until the task is aborted, which also drops them all: each
+/// request goes to `handle` with the server's `shared` state (HTTP/1.1, upgrades allowed; over
+/// TLS when `tls` is given). The upstreams and the identity provider of the tests use it.
+pub(crate) fn serve<S, H, Fut, B>(
     listener: TcpListener,
-    shared: Arc<State>,
+    shared: Arc<S>,
     tls: Option<tokio_rustls::TlsAcceptor>,
-) -> JoinHandle<()> {
+    handle: H,
+) -> JoinHandle<()>
+where
+    S: Send + Sync + 'static,
+    H: Fn(Arc<S>, Request<Incoming>) -> Fut + Copy + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Result<Response<B>, Infallible>> + Send + 'static,
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     tokio::spawn(async move {
         let mut connections = tokio::task::JoinSet::new();
         loop {

@@ -7,7 +7,6 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use http_body_util::Full;
 use hyper::body::Bytes;
-use hyper_util::rt::TokioIo;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -108,9 +107,7 @@ impl SigningKey {
 
     /// A token with these claims, signed with this key (its `kid` in the header).
     pub fn sign(&self, claims: &serde_json::Value) -> String {
-        let mut header = Header::new(self.algorithm);
-        header.kid = Some(self.kid.clone());
-        jsonwebtoken::encode(&header, claims, &self.encoding).expect("sign")
+        self.sign_as(&self.kid, claims)
     }
 
     /// A token signed with this key but naming another `kid`.
@@ -222,31 +219,12 @@ impl IdentityProvider {
             .await
             .expect("bind the provider's port");
         let acceptor = tokio_rustls::TlsAcceptor::from(self.ca.server_config(&[b"http/1.1"]));
-        let state = Arc::clone(&self.state);
-        self.task = Some(tokio::spawn(async move {
-            let mut connections = tokio::task::JoinSet::new();
-            loop {
-                let (tcp, _) = tokio::select! {
-                    accepted = listener.accept() => match accepted {
-                        Ok(a) => a,
-                        Err(_) => return,
-                    },
-                    Some(_) = connections.join_next(), if !connections.is_empty() => continue,
-                };
-                let acceptor = acceptor.clone();
-                let state = Arc::clone(&state);
-                connections.spawn(async move {
-                    let Ok(tls) = acceptor.accept(tcp).await else {
-                        return;
-                    };
-                    let service =
-                        hyper::service::service_fn(move |req| answer(Arc::clone(&state), req));
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(tls), service)
-                        .await;
-                });
-            }
-        }));
+        self.task = Some(crate::http_upstream::serve(
+            listener,
+            Arc::clone(&self.state),
+            Some(acceptor),
+            answer,
+        ));
     }
 }
 
