@@ -222,13 +222,11 @@ async fn a_flood_of_unknown_kids_refetches_at_most_once_per_interval() {
     }
     let flooded = started.elapsed();
     let refetches = provider.key_set_requests() - before;
+    // One refetch per started interval of the flood (on a busy machine it may outlast one).
+    let allowed = 1 + (flooded.as_millis() / 2000) as usize;
     assert!(
-        flooded < Duration::from_secs(2),
-        "the flood took {flooded:?}: longer than one interval, so the count below says less"
-    );
-    assert_eq!(
-        refetches, 1,
-        "300 tokens with unknown kids within one refresh interval: one refetch"
+        (1..=allowed).contains(&refetches),
+        "300 tokens with unknown kids over {flooded:?}: {refetches} refetches, at most {allowed} allowed"
     );
 }
 
