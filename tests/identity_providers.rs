@@ -463,3 +463,33 @@ async fn settled_within(admin: SocketAddr, sample: &str, want: f64, within: Dura
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+#[tokio::test]
+async fn a_reload_applies_a_providers_new_settings() {
+    let ca = TestCa::new();
+    let key = SigningKey::es256("k1");
+    let provider = IdentityProvider::start(&ca, &[&key]).await;
+    let (gw, _web, _admin) = gateway(&provider, &ca, "").await;
+    let mut for_reports = claims(&provider.issuer, "alice");
+    for_reports["aud"] = "reports".into();
+    let token = key.sign(&for_reports);
+    assert_eq!(
+        call(&gw, &token).await.0,
+        401,
+        "aud reports is not accepted yet"
+    );
+    // The operator adds the audience; the reloaded provider fetches its keys and accepts it.
+    let config = std::fs::read_to_string(gw.config_path()).unwrap();
+    gw.reload(&config.replace(
+        &format!("audiences = [\"{AUDIENCE}\"]"),
+        &format!("audiences = [\"{AUDIENCE}\", \"reports\"]"),
+    ));
+    assert!(
+        gw.wait_log("configuration reloaded", Duration::from_secs(10))
+            .await,
+        "{}",
+        gw.log()
+    );
+    let (status, body) = call(&gw, &token).await;
+    assert_eq!(status, 200, "{body}");
+}

@@ -66,6 +66,9 @@ pub(crate) struct Provider {
     standing: Mutex<Standing>,
     /// When the last fetch started (refetches for unknown `kid`s wait `refresh_min` after it).
     last_attempt: Mutex<Option<Instant>>,
+    /// A fetch is under way (a token with an unknown `kid` waits for it: after a reload, a new
+    /// provider's first fetch).
+    in_flight: std::sync::atomic::AtomicBool,
     /// Wakes the fetch task for an unknown `kid`.
     wake: Arc<Notify>,
     /// Counts finished fetches, so a request that asked for one can wait for it.
@@ -93,18 +96,21 @@ impl Provider {
             .clone()
     }
 
-    /// A token named a key the set does not hold: refetch now unless a fetch started less than
-    /// `refresh_min` ago, and wait (at most the fetch timeout) for it. Returns the keys then in
-    /// use.
+    /// A token named a key the set does not hold: wait for the fetch under way, or refetch now
+    /// unless a fetch started less than `refresh_min` ago, and wait (at most the fetch timeout)
+    /// for it. Returns the keys then in use.
     pub(crate) async fn refetch_for_unknown_key(&self) -> Arc<KeySet> {
+        // Subscribed first, so a fetch that ends between the checks below still counts.
+        let mut done = self.fetched.subscribe();
+        let in_flight = self.in_flight.load(std::sync::atomic::Ordering::Acquire);
         let due = {
             let last = self.last_attempt.lock().unwrap_or_else(|e| e.into_inner());
             last.is_none_or(|at| at.elapsed() >= self.spec.refresh_min)
         };
-        if due {
-            let mut done = self.fetched.subscribe();
-            done.mark_unchanged();
-            self.wake.notify_one();
+        if in_flight || due {
+            if !in_flight {
+                self.wake.notify_one();
+            }
             // Discovery and the key set: two requests.
             let _ = tokio::time::timeout(2 * self.spec.timeout, done.changed()).await;
         }
@@ -155,6 +161,7 @@ impl Providers {
                         keys: RwLock::new(Arc::new(KeySet::default())),
                         standing: Mutex::new(Standing::default()),
                         last_attempt: Mutex::new(None),
+                        in_flight: std::sync::atomic::AtomicBool::new(false),
                         wake: Arc::new(Notify::new()),
                         fetched: watch::channel(0).0,
                     });
@@ -259,6 +266,8 @@ async fn keep_fresh(provider: Weak<Provider>) {
         let Some(p) = provider.upgrade() else { return };
         let started = tokio::time::Instant::now();
         *p.last_attempt.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
+        p.in_flight
+            .store(true, std::sync::atomic::Ordering::Release);
         let result = fetch(&spec, &client).await;
         let next = match result {
             Ok((set, max_age)) => {
@@ -308,6 +317,8 @@ async fn keep_fresh(provider: Weak<Provider>) {
                 spec.refresh_min
             }
         };
+        p.in_flight
+            .store(false, std::sync::atomic::Ordering::Release);
         p.fetched.send_modify(|n| *n += 1);
         let due = tokio::time::Instant::now() + next;
         let earliest = started + spec.refresh_min;
