@@ -79,6 +79,9 @@ pub(crate) enum GroupError {
     Failed(KafkaFailure),
 }
 
+/// Beyond the rebalance timeout, how long a join keeps asking.
+const JOIN_GRACE: Duration = Duration::from_secs(2);
+
 /// A group member and its coordinator connection.
 pub(crate) struct Member {
     brokers: Arc<Brokers>,
@@ -123,13 +126,25 @@ impl Member {
 
     /// Joins (or re-joins) the group and waits for this generation's assignment. As leader it
     /// assigns every member's partitions with the range assignor.
+    ///
+    /// A rebalance may take as long as its members need to join again (up to the rebalance
+    /// timeout, which is the session timeout here): Kafka holds a JoinGroup that long, other
+    /// brokers (tansu) answer "rebalance in progress" at once, so the member asks again with a
+    /// growing pause (50 ms to 1 s, as Kafka clients' retry backoff) until then.
     pub(crate) async fn join(&mut self) -> Result<Assignment, KafkaFailure> {
-        let mut tries = 0;
+        let deadline = tokio::time::Instant::now() + self.spec.session_timeout + JOIN_GRACE;
+        let mut pause = Duration::from_millis(50);
         loop {
-            tries += 1;
+            let asked_as = self.member_id.clone();
             match self.try_join().await {
                 Ok(assignment) => return Ok(assignment),
-                Err(JoinError::Again) if tries < 10 => continue,
+                Err(JoinError::Again) if tokio::time::Instant::now() < deadline => {
+                    // A member id handed out (or dropped) is used at once; a rebalance waits.
+                    if self.member_id == asked_as {
+                        tokio::time::sleep(pause).await;
+                        pause = (pause * 2).min(Duration::from_secs(1));
+                    }
+                }
                 Err(JoinError::Again) => {
                     return Err(KafkaFailure::new(
                         ErrorCode::Unavailable,
