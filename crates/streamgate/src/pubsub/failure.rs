@@ -50,6 +50,17 @@ impl KafkaFailure {
     }
 
     /// Classifies an error code a broker answered with.
+    /// Kafka's OFFSET_OUT_OF_RANGE: an offset outside the partition's log.
+    pub(crate) fn out_of_range() -> Self {
+        Self::from_protocol(&ProtocolError::OffsetOutOfRange)
+    }
+
+    /// Whether this is Kafka's OFFSET_OUT_OF_RANGE (the broker's answer, or ours).
+    pub(crate) fn is_out_of_range(&self) -> bool {
+        self.code == ErrorCode::KafkaError
+            && self.reason == kafka_name(&ProtocolError::OffsetOutOfRange)
+    }
+
     pub(crate) fn from_protocol(e: &ProtocolError) -> Self {
         match e {
             ProtocolError::UnknownTopicOrPartition => {

@@ -471,7 +471,6 @@ struct Gated<F> {
     gate: Arc<Gate>,
 }
 
-#[derive(Default)]
 struct Gate {
     woken: std::sync::atomic::AtomicBool,
     task: futures_util::task::AtomicWaker,
@@ -489,12 +488,14 @@ impl std::task::Wake for Gate {
 }
 
 impl<F: std::future::Future> Gated<F> {
+    /// Polled at its first poll, then only when woken.
     fn new(inner: F) -> Self {
-        let gate = Arc::new(Gate::default());
-        gate.woken.store(true, std::sync::atomic::Ordering::Relaxed);
         Gated {
             inner: Box::pin(inner),
-            gate,
+            gate: Arc::new(Gate {
+                woken: std::sync::atomic::AtomicBool::new(true),
+                task: futures_util::task::AtomicWaker::new(),
+            }),
         }
     }
 }
@@ -541,25 +542,14 @@ async fn in_log(
             .offset_at(OffsetAt::Earliest, timeout)
             .await
             .map_err(|f| (partition, f))?;
-        let mut end = reader
+        let end = reader
             .offset_at(OffsetAt::Latest, timeout)
             .await
             .map_err(|f| (partition, f))?;
-        if offset > end {
-            // Offset look-ups of some brokers (and new leaders) lag: a fetch there confirms.
-            let fetched = match reader.fetch_now(offset, 1, timeout).await {
-                Ok(fetched) => fetched,
-                // Kafka's own word that the commit is past the log.
-                Err(f) if f.reason.contains("OFFSET_OUT_OF_RANGE") => return Ok(None),
-                Err(f) => return Err((partition, f)),
-            };
-            end = end
-                .max(fetched.high_watermark)
-                .max(reader.known_high_watermark());
-        }
-        Ok::<_, (i32, KafkaFailure)>(
-            (offset >= first && offset <= end).then_some((partition, offset)),
-        )
+        let past = push::past_end(&reader, offset, end, timeout)
+            .await
+            .map_err(|f| (partition, f))?;
+        Ok::<_, (i32, KafkaFailure)>((offset >= first && !past).then_some((partition, offset)))
     });
     let checked = futures_util::future::join_all(checks).await;
     let mut resumable = HashMap::new();

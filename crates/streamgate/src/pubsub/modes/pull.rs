@@ -160,10 +160,6 @@ async fn list_offset_inner(
 /// the gateway stays bounded.
 const HIDDEN_SCAN_READS: u32 = 64;
 
-fn out_of_range() -> KafkaFailure {
-    KafkaFailure::new(ErrorCode::KafkaError, "OFFSET_OUT_OF_RANGE")
-}
-
 /// What one pull (fetch command) read: records from `from` on, the partition's reader and the byte
 /// budget they were fetched with.
 struct PullRead {
@@ -177,7 +173,7 @@ async fn fetch_inner(access: &KafkaAccess, cmd: &CmdKafkaFetch) -> Result<PullRe
     check_target(access, &cmd.topic, cmd.partition)?;
     let s = &access.target.settings;
     if cmd.offset < 0 {
-        return Err(out_of_range());
+        return Err(KafkaFailure::out_of_range());
     }
     let frame_budget = FrameBudget::fetch_answer(s.max_frame_bytes).for_records();
     let mut max_bytes = s.fetch_max_bytes.min(frame_budget);
@@ -246,7 +242,7 @@ async fn fetch_inner(access: &KafkaAccess, cmd: &CmdKafkaFetch) -> Result<PullRe
     // new leader's high watermark may lag the old one's: the highest seen counts.
     let high_watermark = fetched.high_watermark.max(reader.known_high_watermark());
     if cmd.offset > high_watermark && !fetched.messages.iter().any(|m| m.offset >= from) {
-        return Err(out_of_range());
+        return Err(KafkaFailure::out_of_range());
     }
     Ok(PullRead {
         fetched,

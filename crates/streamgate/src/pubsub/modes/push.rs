@@ -690,6 +690,25 @@ pub(crate) fn cursor_of(topic: &str, parts: &[SubscribedPartition]) -> String {
     cursor::encode(topic, parts.iter().map(|p| (p.partition, p.next)))
 }
 
+/// Whether `offset` lies past the end of a partition's log whose offset look-up said `end`.
+/// Look-ups of some brokers (and of new leaders) lag behind, so a fetch there confirms it against
+/// the highest high watermark seen; the broker's own OFFSET_OUT_OF_RANGE answer says yes too.
+pub(crate) async fn past_end(
+    reader: &Arc<PartitionReader>,
+    offset: i64,
+    end: i64,
+    timeout: Duration,
+) -> Result<bool, KafkaFailure> {
+    if offset <= end {
+        return Ok(false);
+    }
+    match reader.fetch_now(offset, 1, timeout).await {
+        Ok(fetched) => Ok(offset > reader.known_high_watermark().max(fetched.high_watermark)),
+        Err(f) if f.is_out_of_range() => Ok(true),
+        Err(f) => Err(f),
+    }
+}
+
 pub(crate) fn frame(key: u64, subscription: i64, frame: PubSubResp) -> Outgoing {
     Outgoing {
         key,
@@ -854,23 +873,16 @@ pub(crate) async fn start(
             .map_err(|f| (Some(partition), f))?;
         reader.observe(high_watermark, high_watermark);
         let next = match exact {
-            // Past the end of the log: Kafka's answer is OFFSET_OUT_OF_RANGE, given now (a
-            // fetch confirms it against the highest high watermark seen, as offset look-ups
-            // of some brokers, and new leaders, lag behind).
-            Some(offset) if offset > high_watermark => {
-                let fetched = reader
-                    .fetch_now(offset, 1, timeout)
+            // Past the end of the log: Kafka's answer is OFFSET_OUT_OF_RANGE, given now.
+            Some(offset) => {
+                let past = past_end(&reader, offset, high_watermark, timeout)
                     .await
                     .map_err(|f| (Some(partition), f))?;
-                if offset > reader.known_high_watermark().max(fetched.high_watermark) {
-                    return Err((
-                        Some(partition),
-                        KafkaFailure::new(ErrorCode::KafkaError, "OFFSET_OUT_OF_RANGE"),
-                    ));
+                if past {
+                    return Err((Some(partition), KafkaFailure::out_of_range()));
                 }
                 offset
             }
-            Some(offset) => offset,
             None if at == OffsetAt::Latest => high_watermark,
             None => match reader.offset_at(at, timeout).await {
                 // No record that late: start at the head.
