@@ -62,6 +62,8 @@ pub(crate) struct Standing {
 /// One provider: its settings, its current keys, and the way requests ask for a refetch.
 pub(crate) struct Provider {
     pub spec: Arc<IdentityProvider>,
+    /// `spec.algorithms`, parsed once.
+    pub algorithms: Vec<Algorithm>,
     keys: RwLock<Arc<KeySet>>,
     standing: Mutex<Standing>,
     /// When the last fetch started (refetches for unknown `kid`s wait `refresh_min` after it).
@@ -158,6 +160,12 @@ impl Providers {
                 _ => {
                     let provider = Arc::new(Provider {
                         spec: Arc::clone(spec),
+                        // The config check allows only names jsonwebtoken knows.
+                        algorithms: spec
+                            .algorithms
+                            .iter()
+                            .filter_map(|a| Algorithm::from_str(a).ok())
+                            .collect(),
                         keys: RwLock::new(Arc::new(KeySet::default())),
                         standing: Mutex::new(Standing::default()),
                         last_attempt: Mutex::new(None),

@@ -209,11 +209,10 @@ async fn verify_provided(
 ) -> Result<Verified, String> {
     let spec = &provider.spec;
     let header = jsonwebtoken::decode_header(token).map_err(|_| "JWT token invalid".to_string())?;
-    let alg = format!("{:?}", header.alg);
-    if !spec.algorithms.contains(&alg) {
+    if !provider.algorithms.contains(&header.alg) {
         return Err(format!(
-            "algorithm {alg} is not accepted for tokens of {:?}",
-            spec.issuer
+            "algorithm {:?} is not accepted for tokens of {:?}",
+            header.alg, spec.issuer
         ));
     }
     let kid = header
@@ -229,7 +228,7 @@ async fn verify_provided(
         .get(kid)
         .ok_or_else(|| format!("unknown key id {kid:?} for {:?}", spec.issuer))?;
     if key.algorithm.is_some_and(|a| a != header.alg) {
-        return Err(format!("key {kid:?} is not for {alg}"));
+        return Err(format!("key {kid:?} is not for {:?}", header.alg));
     }
     let mut validation = Validation::new(header.alg);
     validation.validate_nbf = true;
