@@ -876,24 +876,29 @@ async fn a_commit_outside_the_log_starts_the_partition_by_from() {
     let broker = sqlite_broker().await;
     let topic = topic_with(&broker, 2, 3).await;
     let gw = group_gateway(&broker).await;
-    let python = std::env::var("STREAMGATE_PYTHON").unwrap_or_else(|_| "python3".into());
-    let script = streamgate_testkit::workspace_root().join("tests/python/group_member.py");
-    let committed = tokio::process::Command::new(python)
-        .arg(script)
-        .args([&broker.bootstrap, "web.team-reset", &topic])
-        .args(["--partitions", "2", "--commit", "0:1000,1:2"])
-        .output()
-        .await
-        .expect("run the librdkafka committer");
-    let said = String::from_utf8_lossy(&committed.stdout);
-    assert!(
-        said.contains("\"0\": 1000") && said.contains("\"1\": 2"),
-        "{said}{}",
-        String::from_utf8_lossy(&committed.stderr)
-    );
-    for (from, p0) in [(StartFrom::Earliest, 0), (StartFrom::Latest, 3)] {
+    // A group of its own per case: each starts from the same commits, and the second member
+    // does not join while the first is still leaving (that is another test's subject).
+    for (from, p0, group) in [
+        (StartFrom::Earliest, 0, "team-reset-e"),
+        (StartFrom::Latest, 3, "team-reset-l"),
+    ] {
+        let python = std::env::var("STREAMGATE_PYTHON").unwrap_or_else(|_| "python3".into());
+        let script = streamgate_testkit::workspace_root().join("tests/python/group_member.py");
+        let committed = tokio::process::Command::new(python)
+            .arg(script)
+            .args([&broker.bootstrap, &format!("web.{group}"), &topic])
+            .args(["--partitions", "2", "--commit", "0:1000,1:2"])
+            .output()
+            .await
+            .expect("run the librdkafka committer");
+        let said = String::from_utf8_lossy(&committed.stdout);
+        assert!(
+            said.contains("\"0\": 1000") && said.contains("\"1\": 2"),
+            "{said}{}",
+            String::from_utf8_lossy(&committed.stderr)
+        );
         let mut c = PubSubClient::connect(&gw.ws_url("/kafka")).await.unwrap();
-        let mut subscribe = group_subscribe(&topic, "team-reset", CommitMode::Manual, 10);
+        let mut subscribe = group_subscribe(&topic, group, CommitMode::Manual, 10);
         subscribe.from = from as i32;
         let (_s, started) = c
             .subscribe(subscribe)
