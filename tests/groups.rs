@@ -103,6 +103,14 @@ async fn read_until(
     }
 }
 
+/// Waits a moment after a member's close before the same group is joined again. The gateway
+/// sends LeaveGroup as the session ends; if tansu 0.6 gets it after a new member's first
+/// JoinGroup, it keeps the leaver as the forming group's leader (`Inner<Forming>::leave` removes
+/// the member but not `state.leader`), and the group never forms. Kafka elects another leader.
+async fn let_the_leaver_leave() {
+    tokio::time::sleep(Duration::from_millis(500)).await;
+}
+
 async fn topic_with(broker: &Broker, partitions: i32, per_partition: usize) -> String {
     let kafka = broker.client().await;
     let topic = unique_topic("groups");
@@ -237,6 +245,7 @@ async fn a_member_resumes_on_another_gateway_exactly_after_the_commit() {
         assert_eq!(settled(admin, &sample, want).await, want, "{sample}");
     }
     c.close().await.unwrap();
+    let_the_leaver_leave().await;
     let mut c = PubSubClient::connect(&second.ws_url("/kafka"))
         .await
         .unwrap();
@@ -289,6 +298,7 @@ async fn auto_commits_the_position_on_close() {
     .await;
     c.close().await.unwrap();
     // The commit and LeaveGroup run after the session ends: the next member starts at 4.
+    let_the_leaver_leave().await;
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let mut c = PubSubClient::connect(&gw.ws_url("/kafka")).await.unwrap();
@@ -309,7 +319,7 @@ async fn auto_commits_the_position_on_close() {
             "AUTO did not commit 4: {started:?}"
         );
         c.close().await.unwrap();
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        let_the_leaver_leave().await;
     }
 }
 
