@@ -155,3 +155,235 @@ async fn a_thousand_subscribers_without_credit_hold_memory_flat() {
     );
     sessions::close_sessions(open).await;
 }
+
+/// 20,000 push subscriptions, each filtering on one of 1,000 keys of an 8-partition topic,
+/// subscribed at the head while a producer writes: each receives exactly its key's records from
+/// where its subscribe answer says it starts, each once, in order. One hot key's readers grant
+/// 4 records at a time, so they keep falling behind the head and catching up. The subscribes
+/// come in a burst (128 connections at a time, 10 subscribes each): each partition's end is
+/// looked up once for many of them, not once each (without that, the broker's answers took over
+/// the 2 s timeout at 2,000 subscribes). The gateway's open-files limit (20,000 here) cannot
+/// hold 20,000 connections, so they share 2,000 (10 each; `max_subscriptions` is 16).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_thousand_filtered_subscribers_get_exactly_their_keys_records() {
+    use std::collections::BTreeMap;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex};
+    use streamgate_protocol::{CmdKafkaSubscribe, RecordFilter};
+    use streamgate_testkit::subscribers::{self, Event};
+    use streamgate_testkit::{fixtures, unique_topic};
+    const KEYS: usize = 1_000;
+    const CONNECTIONS: usize = 2_000;
+    const PER_CONNECTION: usize = 10;
+    const PARTITIONS: i32 = 8;
+    /// Records produced, about 500 a second, so that subscribers join while it writes.
+    const RECORDS: usize = 20_000;
+    const HOT_EVERY: usize = 100;
+    let broker = Broker::start().await;
+    let kafka = Arc::new(broker.client().await);
+    let topic = unique_topic("keyed");
+    fixtures::create_topic(&kafka, &topic, PARTITIONS).await;
+    let admin = listen_addr();
+    let extra =
+        format!("[admin]\nlisten = \"{admin}\"\n[server.limits]\nmax_connections_per_ip = 20000\n");
+    let gw = gateway_for(&broker, "", &extra).await;
+    let key_of = |k: usize| format!("key-{k:04}");
+    // Subscription s reads key s % 1000, but the first of every 100th connection reads key 0,
+    // which gets one record in 8 (a burst now and then) and grants 4 records at a time.
+    let key_for = |s: usize| {
+        let (c, j) = (s / PER_CONNECTION, s % PER_CONNECTION);
+        if c % HOT_EVERY == 0 && j == 0 {
+            0
+        } else {
+            s % KEYS
+        }
+    };
+
+    // The producer: key k lives in partition k % 8; the log of each partition is kept.
+    let log: Arc<Mutex<BTreeMap<(i32, i64), usize>>> = Arc::default();
+    let stop_producing = Arc::new(AtomicBool::new(false));
+    let mut producers = tokio::task::JoinSet::new();
+    for p in 0..PARTITIONS {
+        let (kafka, topic, log, stop) = (
+            Arc::clone(&kafka),
+            topic.clone(),
+            Arc::clone(&log),
+            Arc::clone(&stop_producing),
+        );
+        producers.spawn(async move {
+            let client = kafka
+                .partition_client(
+                    &topic,
+                    p,
+                    rskafka::client::partition::UnknownTopicHandling::Retry,
+                )
+                .await
+                .expect("partition client");
+            let started = Instant::now();
+            let ours = (0..RECORDS).filter(|n| (n % KEYS) as i32 % PARTITIONS == p);
+            for (i, n) in ours.enumerate() {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                tokio::time::sleep_until((started + Duration::from_millis(16 * i as u64)).into())
+                    .await;
+                let mut keys = vec![n % KEYS];
+                if p == 0 && i % 8 == 0 {
+                    keys.extend(std::iter::repeat_n(0, 1 + (i % 64 == 0) as usize * 30));
+                }
+                for k in keys {
+                    let value = format!("{k}:{n}");
+                    let record = fixtures::record(
+                        Some(key_of(k).as_bytes()),
+                        Some(value.as_bytes()),
+                        &[],
+                        None,
+                    );
+                    let offsets = client
+                        .produce(vec![record], fixtures::Codec::NoCompression)
+                        .await
+                        .expect("produce");
+                    log.lock().expect("lock").insert((p, offsets[0]), k);
+                }
+            }
+        });
+    }
+
+    // The subscribers, started while the producer writes.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let total = CONNECTIONS * PER_CONNECTION;
+    // Per subscription: its start in its key's partition, and the offsets it was pushed.
+    type Seen = Mutex<(i64, Vec<i64>)>;
+    let seen: Arc<Vec<Seen>> = Arc::new((0..total).map(|_| Mutex::new((-1, Vec::new()))).collect());
+    let ready = Arc::new(tokio::sync::Semaphore::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let records_seen = Arc::new(AtomicUsize::new(0));
+    let gate = Arc::new(tokio::sync::Semaphore::new(128));
+    let mut clients = tokio::task::JoinSet::new();
+    for c in 0..CONNECTIONS {
+        let hot = c % HOT_EVERY == 0;
+        let subscribes = (0..PER_CONNECTION)
+            .map(|j| CmdKafkaSubscribe {
+                topic: topic.clone(),
+                credit_records: if hot { 4 } else { 1_000 },
+                filter: Some(RecordFilter {
+                    keys: vec![key_of(key_for(c * PER_CONNECTION + j)).into()],
+                    ..Default::default()
+                }),
+                ..Default::default()
+            })
+            .collect::<Vec<_>>();
+        let connection = subscribers::Connection {
+            addr: gw.addr,
+            source: Some(subscribers::loopback_source(c, 1_000)),
+            path: "/kafka".into(),
+            credit_window: if hot { 4 } else { 1_000 },
+            subscribes,
+        };
+        let (seen, ready, stop, gate, records_seen) = (
+            Arc::clone(&seen),
+            Arc::clone(&ready),
+            Arc::clone(&stop),
+            Arc::clone(&gate),
+            Arc::clone(&records_seen),
+        );
+        clients.spawn(async move {
+            let permit = gate.acquire_owned().await.expect("gate");
+            let subscribed = Arc::new(tokio::sync::Semaphore::new(0));
+            let run = subscribers::run(connection, Arc::clone(&subscribed), stop, |i, event| {
+                let s = c * PER_CONNECTION + i;
+                let k = key_for(s);
+                let mut seen = seen[s].lock().expect("lock");
+                match event {
+                    Event::Subscribed(answer) => {
+                        let home = (k % KEYS) as i32 % PARTITIONS;
+                        let start = answer.partitions.iter().find(|p| p.partition == home);
+                        seen.0 = start.expect("the key's partition").offset;
+                    }
+                    Event::Record(m) => {
+                        let want = key_of(k);
+                        assert_eq!(&m.key[..], want.as_bytes(), "subscription {s}: another key");
+                        seen.1.push(m.offset);
+                        records_seen.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            });
+            tokio::pin!(run);
+            tokio::select! {
+                done = &mut run => return done,
+                _ = subscribed.acquire() => {}
+            }
+            drop(permit);
+            ready.add_permits(1);
+            run.await
+        });
+    }
+    let subscribing = Instant::now();
+    let all_subscribed = ready.acquire_many(CONNECTIONS as u32);
+    let waited = tokio::time::timeout(Duration::from_secs(120), all_subscribed).await;
+    if waited.is_err() {
+        while let Some(Ok(Err(e))) = clients.try_join_next() {
+            eprintln!("a connection failed: {e}");
+        }
+        panic!("not every subscription was answered within 120 s");
+    }
+    println!(
+        "{total} subscriptions over {CONNECTIONS} connections subscribed in {:.1} s",
+        subscribing.elapsed().as_secs_f64()
+    );
+    // Records keep coming a while after the last subscribe.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    stop_producing.store(true, Ordering::Relaxed);
+    while let Some(done) = producers.join_next().await {
+        done.expect("producer");
+    }
+    let log = log.lock().expect("lock").clone();
+    let want_of = |s: usize| -> Vec<i64> {
+        let k = key_for(s);
+        let home = (k % KEYS) as i32 % PARTITIONS;
+        let start = seen[s].lock().expect("lock").0;
+        log.range((home, start)..(home, i64::MAX))
+            .filter(|(_, key)| **key == k)
+            .map(|((_, offset), _)| *offset)
+            .collect()
+    };
+    let expected: usize = (0..total).map(|s| want_of(s).len()).sum();
+    println!(
+        "{} records produced; {expected} deliveries expected",
+        log.len()
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while records_seen.load(Ordering::Relaxed) < expected && Instant::now() < deadline {
+        if let Some(Ok(Err(e))) = clients.try_join_next() {
+            panic!("a connection failed: {e}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Anything extra would arrive now.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop.store(true, Ordering::Relaxed);
+    while let Some(done) = clients.join_next().await {
+        done.expect("client task").expect("connection");
+    }
+    let mut wrong = Vec::new();
+    for s in 0..total {
+        let want = want_of(s);
+        let got = seen[s].lock().expect("lock").1.clone();
+        if got != want {
+            let first = got.iter().zip(&want).position(|(a, b)| a != b);
+            wrong.push(format!(
+                "subscription {s} (key {}): {} records, {} wanted; first difference at {first:?}",
+                key_for(s),
+                got.len(),
+                want.len()
+            ));
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "{} of {total} subscriptions did not get exactly their key's records: {:?}",
+        wrong.len(),
+        &wrong[..wrong.len().min(10)]
+    );
+    assert_eq!(records_seen.load(Ordering::Relaxed), expected);
+}

@@ -27,6 +27,7 @@ mod identity;
 mod kafka_faults;
 mod raw_records;
 pub mod sessions;
+pub mod subscribers;
 mod tap;
 mod tls;
 

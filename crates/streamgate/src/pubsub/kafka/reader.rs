@@ -57,6 +57,7 @@ const WINDOW_BYTES: usize = 4 << 20;
 const WINDOW_TTL: Duration = Duration::from_secs(1);
 
 type SharedFetch = Shared<BoxFuture<'static, Result<Arc<Fetched>, KafkaFailure>>>;
+type SharedLookup = Shared<BoxFuture<'static, Result<i64, KafkaFailure>>>;
 
 /// One partition of one shared client.
 pub(crate) struct PartitionReader {
@@ -80,6 +81,8 @@ pub(crate) struct PartitionReader {
     /// from the window, so that readers at different places of the partition do not push out
     /// each other's.
     ahead: Mutex<VecDeque<(Instant, Arc<Fetched>)>>,
+    /// The earliest (0) and latest (1) offset look-ups in flight, shared by their askers.
+    lookups: Mutex<[Option<SharedLookup>; 2]>,
 }
 
 impl std::fmt::Debug for PartitionReader {
@@ -110,6 +113,7 @@ impl PartitionReader {
             in_flight: Mutex::default(),
             window: Mutex::default(),
             ahead: Mutex::default(),
+            lookups: Mutex::default(),
         }
     }
 
@@ -135,11 +139,6 @@ impl PartitionReader {
             // The reader went away: nothing will move; let the caller's bound end the wait.
             std::future::pending::<()>().await;
         }
-    }
-
-    /// The rskafka partition client (for offset look-ups).
-    pub(crate) fn client(&self) -> &PartitionClient {
-        &self.client
     }
 
     /// Records from `offset` on, reading on past batches that hold none for a reader (markers,
@@ -347,30 +346,31 @@ impl PartitionReader {
         timeout: Duration,
     ) -> Result<i64, KafkaFailure> {
         let reader = self;
-        let started = std::time::Instant::now();
-        // The shared client gives up on its own after the upstream's connect timeout; a leader
-        // being elected or a broker restarting is waited out for the route's whole timeout, as
-        // fetches are.
-        let deadline = Instant::now() + timeout;
-        let mut backoff = Backoff::new(LOOKUP_BACKOFF.0, LOOKUP_BACKOFF.1);
-        let offset = loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match kafka_call(left, reader.client().get_offset(at)).await {
-                Err(f)
-                    if f.code == ErrorCode::Unavailable
-                        && Instant::now() + backoff.pause() < deadline =>
-                {
-                    tracing::debug!(reason = %f.reason, "offset look-up retried");
-                    backoff.wait().await;
-                }
-                result => break result,
-            }
-        };
-        crate::metrics::metrics().kafka_call("list_offsets", started.elapsed());
-        let offset = offset?;
         let OffsetAt::Timestamp(time) = at else {
-            return Ok(offset);
+            // A burst of subscribes asks the same: one look-up in flight answers them all (its
+            // answer is at most that look-up's round trip older than a fresh one).
+            let kind = usize::from(at == OffsetAt::Latest);
+            let shared = {
+                let mut lookups = lock(&self.lookups);
+                match &lookups[kind] {
+                    Some(l) if l.peek().is_none() => l.clone(),
+                    _ => {
+                        let l = lookup(Arc::clone(&self.client), at, timeout)
+                            .boxed()
+                            .shared();
+                        lookups[kind] = Some(l.clone());
+                        l
+                    }
+                }
+            };
+            let result = shared.clone().await;
+            let mut lookups = lock(&self.lookups);
+            if lookups[kind].as_ref().is_some_and(|l| l.ptr_eq(&shared)) {
+                lookups[kind] = None;
+            }
+            return result;
         };
+        let offset = lookup(Arc::clone(&self.client), at, timeout).await?;
         if offset < 0 {
             return Ok(offset);
         }
@@ -443,6 +443,35 @@ fn keep(results: &mut VecDeque<(Instant, Arc<Fetched>)>, fetched: &Arc<Fetched>)
             bytes -= old.record_bytes;
         }
     }
+}
+
+/// Kafka's answer to "which offset is at `at`", asked until the route's timeout while the cluster
+/// moves: the shared client gives up on its own after the upstream's connect timeout; a leader
+/// being elected or a broker restarting is waited out for the route's whole timeout, as fetches
+/// are.
+async fn lookup(
+    client: Arc<PartitionClient>,
+    at: OffsetAt,
+    timeout: Duration,
+) -> Result<i64, KafkaFailure> {
+    let started = std::time::Instant::now();
+    let deadline = Instant::now() + timeout;
+    let mut backoff = Backoff::new(LOOKUP_BACKOFF.0, LOOKUP_BACKOFF.1);
+    let offset = loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match kafka_call(left, client.get_offset(at)).await {
+            Err(f)
+                if f.code == ErrorCode::Unavailable
+                    && Instant::now() + backoff.pause() < deadline =>
+            {
+                tracing::debug!(reason = %f.reason, "offset look-up retried");
+                backoff.wait().await;
+            }
+            result => break result,
+        }
+    };
+    crate::metrics::metrics().kafka_call("list_offsets", started.elapsed());
+    offset
 }
 
 async fn kafka_call<T>(
