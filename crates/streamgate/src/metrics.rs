@@ -78,6 +78,10 @@ pub(crate) struct Metrics {
     pub kafka_clients: IntGauge,
     /// Fetch requests sent to brokers (many client fetches may share one).
     pub kafka_broker_fetches: IntCounter,
+    /// Subscriptions' places in partitions' key indexes now (one per subscription and partition).
+    pub key_index_slots: IntGauge,
+    /// Records the key indexes handed to subscriptions.
+    pub key_index_records: IntCounter,
     /// Fetches tried again because the cluster was moving (leader elections, restarts).
     pub kafka_fetch_retries: IntCounter,
     /// Record batches refused because they expand past the upstream's max_decompressed_bytes.
@@ -280,6 +284,14 @@ impl Metrics {
             kafka_broker_fetches: count(
                 "streamgate_kafka_broker_fetches_total",
                 "Fetch requests sent to Kafka brokers (identical concurrent client fetches share one).",
+            ),
+            key_index_slots: gauge(
+                "streamgate_pubsub_key_index_slots",
+                "Push subscriptions handed their keys' records by a partition's key index now, one per subscription and partition.",
+            ),
+            key_index_records: count(
+                "streamgate_pubsub_key_index_records_total",
+                "Records the partitions' key indexes handed to the push subscriptions of their keys.",
             ),
             kafka_fetch_retries: count(
                 "streamgate_kafka_fetch_retries_total",

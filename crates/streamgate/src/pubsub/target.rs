@@ -162,6 +162,12 @@ impl RecordMatcher {
             && self.headers.is_empty()
     }
 
+    /// The keys a record's key must be one of, when the filter lists any (the key index
+    /// pre-selects records by them).
+    pub(crate) fn keys(&self) -> Option<&HashSet<Bytes>> {
+        (!self.keys.is_empty()).then_some(&self.keys)
+    }
+
     /// Whether `m` passes.
     pub(crate) fn passes(&self, m: &KafkaMessage) -> bool {
         (self.keys.is_empty() || self.keys.contains(&m.key))

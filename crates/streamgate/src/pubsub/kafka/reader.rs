@@ -17,22 +17,30 @@
 //! in time the readers ask; one behind the window reads on its own. So readers near the head cost
 //! the broker one fetch loop per partition, whatever their number.
 //!
+//! The key index ([`super::key_index`]): push subscriptions that filter on keys and are near the
+//! head register there, and each new chunk of the window (the poller's reads, or any reader's
+//! that continue it) is handed out to the subscriptions of its records' keys. While anyone is
+//! registered the window only ever grows by the next chunk, so that the hand-out sees the log
+//! whole; the poller reads from the window's end, not from the furthest end anyone has seen.
+//!
 //! Reading ahead: a reader going through the log behind the head (a pull client catching up, a
 //! push subscription replaying) gets its next fetch started as soon as one is answered, so the
 //! broker reads while the gateway and the client handle the answer, instead of after.
 
 pub(crate) use super::fetch::Fetched;
 use super::fetch::PartitionFetcher;
+use super::key_index::{KeyIndex, Registration};
 use crate::pubsub::failure::{bounded, Backoff, KafkaFailure};
 use crate::sync::lock;
+use bytes::Bytes;
 use futures_util::future::{BoxFuture, FutureExt, Shared};
 use rskafka::client::partition::{OffsetAt, PartitionClient};
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use streamgate_protocol::ErrorCode;
-use tokio::sync::watch;
+use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
 
 /// First and longest pause between offset look-ups while the cluster is moving.
@@ -81,6 +89,8 @@ pub(crate) struct PartitionReader {
     /// from the window, so that readers at different places of the partition do not push out
     /// each other's.
     ahead: Mutex<VecDeque<(Instant, Arc<Fetched>)>>,
+    /// Subscriptions near the head by key, handed the records of each chunk the window takes.
+    keys: Arc<KeyIndex>,
     /// The earliest (0) and latest (1) offset look-ups in flight, shared by their askers.
     lookups: Mutex<[Option<SharedLookup>; 2]>,
 }
@@ -113,8 +123,36 @@ impl PartitionReader {
             in_flight: Mutex::default(),
             window: Mutex::default(),
             ahead: Mutex::default(),
+            keys: Arc::default(),
             lookups: Mutex::default(),
         }
+    }
+
+    /// Registers a subscription of `keys` whose position `at` is near the head: inside the
+    /// window, where what it reads alone up to the hand-out costs no broker fetch, or at the
+    /// known end (see [`KeyIndex::register`]). The poller runs while anyone is registered.
+    pub(crate) fn register_keys(
+        self: &Arc<Self>,
+        keys: &HashSet<Bytes>,
+        at: i64,
+        wake: &Arc<Notify>,
+        timeout: Duration,
+    ) -> Option<Registration> {
+        let known_end = self.known_end();
+        let (start, end) = {
+            let mut window = lock(&self.window);
+            expire(&mut window);
+            match (window.front(), window.back()) {
+                (Some((_, first)), Some((_, last))) => (first.from, last.next),
+                _ => (known_end, known_end),
+            }
+        };
+        if at < start.min(known_end) {
+            return None;
+        }
+        let registration = self.keys.register(keys, at, end, wake)?;
+        self.ensure_poller(timeout);
+        Some(registration)
     }
 
     /// The furthest readable end seen so far (-1 before the first answer).
@@ -196,6 +234,10 @@ impl PartitionReader {
         timeout: Duration,
     ) -> Result<Arc<Fetched>, KafkaFailure> {
         if let Some(hit) = self.kept(offset, max_bytes) {
+            // One read ahead that continues the window joins it (and so is handed out).
+            if self.window_end() == Some(hit.from) {
+                self.remember(&hit);
+            }
             return Ok(hit);
         }
         let key = (offset, max_bytes);
@@ -310,18 +352,35 @@ impl PartitionReader {
         window.get(at.checked_sub(1)?).map(|(_, f)| Arc::clone(f))
     }
 
+    /// Where the window's records end, if it holds any.
+    fn window_end(&self) -> Option<i64> {
+        let mut window = lock(&self.window);
+        expire(&mut window);
+        window.back().map(|(_, last)| last.next)
+    }
+
     /// Keeps `fetched` in the window when it continues it (or starts a new head past it).
     fn remember(&self, fetched: &Arc<Fetched>) {
         if fetched.next <= fetched.from {
             return;
         }
         let mut window = lock(&self.window);
-        match window.back().map(|(_, last)| last.next) {
-            Some(end) if fetched.from < end => return,
-            Some(end) if fetched.from > end => window.clear(),
+        let handing = self.keys.dispatched();
+        match (window.back().map(|(_, last)| last.next), handing) {
+            (Some(end), _) if fetched.from < end => return,
+            // While the key index hands out the window's chunks, the window does not start
+            // again further on (its subscriptions would all have to read alone): the poller
+            // reads on from where it stands.
+            (Some(end), Some(_)) if fetched.from > end => return,
+            (None, Some(at)) if fetched.from > at || fetched.next <= at => return,
+            (Some(end), None) if fetched.from > end => window.clear(),
             _ => {}
         }
         keep(&mut window, fetched);
+        drop(window);
+        // The window's chunks follow each other: handing them out in turn hands out the log.
+        self.keys
+            .dispatch(fetched.from, &fetched.messages, fetched.next);
     }
 
     /// Records a readable end and a high watermark (from a fetch, or an offset look-up); only
@@ -403,21 +462,34 @@ impl PartitionReader {
         *running = true;
         let reader = Arc::clone(self);
         tokio::spawn(async move {
+            let mut more = false;
             loop {
-                tokio::time::sleep(TAIL_POLL).await;
+                if !more {
+                    tokio::time::sleep(TAIL_POLL).await;
+                }
+                more = false;
                 {
                     let mut running = lock(&reader.poller_running);
-                    if reader.end.receiver_count() == 0 {
+                    if reader.end.receiver_count() == 0 && reader.keys.registered() == 0 {
                         *running = false;
                         // Nobody waits at the head: its records need not stay decoded.
                         lock(&reader.window).clear();
                         return;
                     }
                 }
-                let known = reader.known_end().max(0);
-                // The new records themselves, kept in the window for every waiting reader.
-                // Errors are left to the waiting sessions' own deadlines; keep polling.
-                let _ = reader.fetch_now(known, TAIL_FETCH_BYTES, timeout).await;
+                // The new records themselves, kept in the window for every waiting reader (and
+                // so handed to the key index's subscriptions), read from where the window ends
+                // so that it stays one unbroken stretch of the log (other readers' fetches may
+                // have seen the end move further already). Errors are left to the waiting
+                // sessions' own deadlines; keep polling.
+                let from = reader
+                    .window_end()
+                    .or_else(|| reader.keys.dispatched())
+                    .unwrap_or_else(|| reader.known_end().max(0));
+                if let Ok(fetched) = reader.fetch_now(from, TAIL_FETCH_BYTES, timeout).await {
+                    // Behind the head (a burst larger than one read): read on at once.
+                    more = fetched.next > from && !fetched.at_end();
+                }
             }
         });
     }

@@ -9,6 +9,11 @@
 //! busy writing makes its subscriptions wait rather than queue: what waits for a slow or paused
 //! client is at most one push per subscription.
 //!
+//! At the head, a subscription whose filter lists keys registers in the partition's key index
+//! ([`crate::pubsub::kafka::key_index`]) and is handed its keys' records instead of reading
+//! every record: a record then costs its readers, not every subscriber. It reads on its own
+//! again when it falls behind (no credit, a slow client), and registers again at the head.
+//!
 //! Exactness: a position only moves past records the push carries or the filter left out, and the
 //! cursor in each push is the position after it. The session remembers the cursor of the last push
 //! it actually wrote; an unsubscribe drops whatever was not written and answers with that cursor.
@@ -21,13 +26,15 @@ use crate::limits::AnswerHold;
 use crate::pubsub::failure::invalid_timestamp;
 use crate::pubsub::failure::{Backoff, KafkaFailure};
 use crate::pubsub::kafka::batch::record_size;
-use crate::pubsub::kafka::reader::{Fetched, PartitionReader};
+use crate::pubsub::kafka::key_index::{Registration, Taken as Handed};
+use crate::pubsub::kafka::reader::PartitionReader;
 use crate::pubsub::target::{KafkaAccess, RecordMatcher};
 use crate::pubsub::wire::FrameBudget;
 use futures_util::future::join_all;
 use prost::Message as _;
 use rskafka::chrono::{TimeZone, Utc};
 use rskafka::client::partition::OffsetAt;
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 use streamgate_protocol::{
@@ -35,7 +42,7 @@ use streamgate_protocol::{
     KafkaPartitionRecords, KafkaRecordsPush, KafkaSubscribeResp, PartitionStart, PubSubResp,
     RecordFilter,
 };
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, watch, Notify};
 
 /// Credit granted to a subscription so far, in total.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -130,6 +137,11 @@ impl Written {
 /// How long a subscription at the head waits before looking again on its own (the poller
 /// normally wakes it much sooner).
 const HEAD_RECHECK: Duration = Duration::from_secs(1);
+
+/// How long a partition in the key index waits behind the known end with nothing handed out
+/// before it reads alone: longer than the window's reads take on a busy machine, so that
+/// subscriptions do not all turn to the broker when it is merely slow.
+const HAND_OUT_STALLED: Duration = Duration::from_secs(3);
 
 /// First and longest pause before reading again after the brokers could not be reached.
 const OUTAGE_BACKOFF: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(2));
@@ -230,6 +242,21 @@ pub(crate) struct SubscribedPartition {
     caught_up: bool,
     /// Not read yet: read once before waiting at the head, whatever the watermark says.
     probed: bool,
+    /// Handed its records by the key index, at the head.
+    keyed: Option<Keyed>,
+}
+
+/// A partition whose records of the subscription's keys the key index hands out.
+struct Keyed {
+    registration: Registration,
+    /// Records handed out and not pushed yet, in log order.
+    held: VecDeque<KafkaMessage>,
+    /// Every record of the subscription's keys before this offset is in `held` or was pushed.
+    through: i64,
+    /// Out of the hand-out: the partition reads on its own once `held` is pushed.
+    left: bool,
+    /// Since when the position has stood behind the known end with nothing held.
+    behind_since: Option<tokio::time::Instant>,
 }
 
 /// Runs a subscription until it ends with an error or its task is aborted (unsubscribe, session
@@ -284,6 +311,89 @@ impl SubscribedPartition {
     /// The partition and its shared reader.
     pub(crate) fn reader(&self) -> (i32, &Arc<PartitionReader>) {
         (self.partition, &self.reader)
+    }
+
+    /// Takes what the key index handed out, and moves the position past the records of other
+    /// keys once everything handed out is pushed; back to reading alone once out of the index.
+    fn take_handed(&mut self) {
+        let Some(keyed) = &mut self.keyed else {
+            return;
+        };
+        match keyed.registration.take(&mut keyed.held) {
+            Handed::Through(at) => keyed.through = at,
+            Handed::Left(at) => {
+                keyed.through = at;
+                keyed.left = true;
+            }
+        }
+        if self.next < keyed.registration.floor() {
+            // Still reading alone up to where the hand-out starts; out of the index before
+            // getting there, what was handed out is read alone again.
+            if keyed.left {
+                self.keyed = None;
+            }
+            return;
+        }
+        if keyed.held.is_empty() {
+            self.next = self.next.max(keyed.through);
+            // The hand-out stands still while the log goes on (the window's reads fail or wait
+            // on a busy broker): read alone rather than wait on it.
+            let behind = self.next < self.reader.known_end();
+            let stalled = match (behind, keyed.behind_since) {
+                (false, _) => {
+                    keyed.behind_since = None;
+                    false
+                }
+                (true, None) => {
+                    keyed.behind_since = Some(tokio::time::Instant::now());
+                    false
+                }
+                (true, Some(since)) => since.elapsed() >= HAND_OUT_STALLED,
+            };
+            if keyed.left || stalled {
+                self.keyed = None;
+            }
+        }
+    }
+
+    /// Registers in the key index when the filter lists keys and the position is near the
+    /// head (see [`PartitionReader::register_keys`]).
+    fn register_near_head(&mut self, filter: &Filter, wake: &Arc<Notify>, timeout: Duration) {
+        if self.keyed.is_some() || !self.probed {
+            return;
+        }
+        let Some(keys) = filter.own.keys() else {
+            return;
+        };
+        if let Some(registration) = self.reader.register_keys(keys, self.next, wake, timeout) {
+            self.keyed = Some(Keyed {
+                through: registration.floor(),
+                registration,
+                held: VecDeque::new(),
+                left: false,
+                behind_since: None,
+            });
+        }
+    }
+
+    /// Where reading alone stops: where the key index's hand-out starts, if registered.
+    fn alone_until(&self) -> Option<i64> {
+        self.keyed.as_ref().map(|k| k.registration.floor())
+    }
+
+    /// Whether the partition reads alone now (not registered, or not yet where the hand-out
+    /// starts).
+    fn reads_alone(&self) -> bool {
+        self.alone_until().is_none_or(|floor| self.next < floor)
+    }
+
+    /// Whether there is something to read: records handed out, or (reading alone) records past
+    /// the position, or a first read still to do.
+    fn ready(&self) -> bool {
+        match &self.keyed {
+            Some(keyed) if !self.reads_alone() => !keyed.held.is_empty(),
+            _ => !self.probed || self.next < self.reader.known_end(),
+        }
     }
 }
 
@@ -356,17 +466,19 @@ impl<'a> Pushing<'a> {
         let metrics = crate::metrics::metrics();
         // Looked up once: a label look-up per push would cost a hash and a lock each.
         let label = [&*route];
-        let (pushed, delivered, pushed_bytes, filtered, paused, slow) = (
-            metrics.records_pushed.with_label_values(&label),
-            metrics.records_delivered.with_label_values(&label),
-            metrics.record_bytes_pushed.with_label_values(&label),
+        let counters = Counters {
+            pushed: metrics.records_pushed.with_label_values(&label),
+            delivered: metrics.records_delivered.with_label_values(&label),
+            pushed_bytes: metrics.record_bytes_pushed.with_label_values(&label),
+            slow: metrics
+                .subscriptions_stalled
+                .with_label_values(&[&*route, "slow_reader"]),
+        };
+        let (filtered, paused) = (
             metrics.records_filtered.with_label_values(&label),
             metrics
                 .subscriptions_stalled
                 .with_label_values(&[&*route, "credit"]),
-            metrics
-                .subscriptions_stalled
-                .with_label_values(&[&*route, "slow_reader"]),
         );
         if parts.is_empty() {
             return std::future::pending().await;
@@ -415,7 +527,12 @@ impl<'a> Pushing<'a> {
                 .max(1),
         )
         .unwrap_or(i32::MAX);
+        // Woken by the key index when it hands out records for this subscription.
+        let wake = Arc::new(Notify::new());
         loop {
+            for part in parts.iter_mut() {
+                part.take_handed();
+            }
             lag.set(
                 parts
                     .iter()
@@ -434,13 +551,71 @@ impl<'a> Pushing<'a> {
             // A partition with records to read, taking turns so that none starves the others.
             let ready = (0..parts.len())
                 .map(|i| (turn + i) % parts.len())
-                .find(|&i| !parts[i].probed || parts[i].next < parts[i].reader.known_end());
+                .find(|&i| parts[i].ready());
             let Some(i) = ready else {
-                Box::pin(wait_at_head(&parts, settings.socket_timeout)).await;
+                for part in parts.iter_mut() {
+                    part.register_near_head(filter, &wake, settings.socket_timeout);
+                }
+                Box::pin(wait_at_head(&parts, &wake, settings.socket_timeout)).await;
                 continue;
             };
             turn = i + 1;
             let part = &mut parts[i];
+            let granted = *grants.borrow();
+            let credit = Credit {
+                records: granted.records - used.records,
+                bytes: byte_bound.then(|| granted.bytes.saturating_sub(used.bytes)),
+            };
+            if !part.reads_alone() {
+                // Records the key index handed out: no read, and only this subscription's keys.
+                let Some(keyed) = &mut part.keyed else {
+                    continue;
+                };
+                let mut held = std::mem::take(&mut keyed.held);
+                let through = keyed.through;
+                let taken = take(
+                    part,
+                    held.make_contiguous(),
+                    through,
+                    filter,
+                    credit,
+                    frame_budget,
+                );
+                while held.front().is_some_and(|m| m.offset < part.next) {
+                    held.pop_front();
+                }
+                if let Some(keyed) = &mut part.keyed {
+                    keyed.held = held;
+                }
+                let batch = match taken {
+                    Ok(batch) => batch,
+                    Err(f) => {
+                        end(out, access, key, sequence, topic, Some(part.partition), f).await;
+                        return;
+                    }
+                };
+                if batch.filtered > 0 {
+                    filtered.inc_by(batch.filtered);
+                }
+                if batch.records.is_empty() && !batch.caught_up {
+                    if batch.short_of_credit {
+                        let _paused = GaugeGuard::new(paused.clone());
+                        if grants.changed().await.is_err() {
+                            return;
+                        }
+                    }
+                    continue;
+                }
+                let high_watermark = part.reader.known_high_watermark();
+                match self
+                    .send_batch(out, &parts, i, batch, high_watermark, used, &counters)
+                    .await
+                {
+                    Ok(()) => continue,
+                    Err(()) => return,
+                }
+            }
+            part.register_near_head(filter, &wake, settings.socket_timeout);
             part.probed = true;
             let position = part.next;
             let fetched = match Box::pin(part.reader.fetch_now(
@@ -467,12 +642,15 @@ impl<'a> Pushing<'a> {
                     return;
                 }
             };
-            let granted = *grants.borrow();
-            let credit = Credit {
-                records: granted.records - used.records,
-                bytes: byte_bound.then(|| granted.bytes.saturating_sub(used.bytes)),
+            // Registered in the key index: alone only up to where its hand-out starts.
+            let (messages, settled) = match part.alone_until() {
+                Some(floor) => {
+                    let cut = fetched.messages.partition_point(|m| m.offset < floor);
+                    (&fetched.messages[..cut], fetched.next.min(floor))
+                }
+                None => (&fetched.messages[..], fetched.next),
             };
-            let batch = match take(part, &fetched, filter, credit, frame_budget) {
+            let batch = match take(part, messages, settled, filter, credit, frame_budget) {
                 Ok(batch) => batch,
                 Err(f) => {
                     end(out, access, key, sequence, topic, Some(part.partition), f).await;
@@ -504,56 +682,78 @@ impl<'a> Pushing<'a> {
             // The next read of this partition starts now, while this push is on its way.
             part.reader
                 .read_ahead(part.next, fetch_bytes, settings.socket_timeout);
-            used.records += batch.records.len() as u64;
-            used.bytes += batch.bytes as u64;
-            pushed.inc_by(batch.records.len() as u64);
-            delivered.inc_by(batch.records.len() as u64);
-            pushed_bytes.inc_by(batch.bytes as u64);
-            let partition = part.partition;
-            let records = KafkaPartitionRecords {
-                partition,
-                messages: batch.records,
-                high_watermark: fetched
-                    .high_watermark
-                    .max(part.reader.known_high_watermark()),
-                caught_up: batch.caught_up,
-            };
+            let high_watermark = fetched
+                .high_watermark
+                .max(part.reader.known_high_watermark());
             drop(fetched);
-            let cursor = cursor_of(topic, &parts);
-            let mut frame = push(key, sequence, vec![records], cursor);
-            frame.written = self.written.clone();
-            // Pushes waiting to be written count against the process's budget like answers do;
-            // when it is spent, the subscription waits rather than failing.
-            let size = frame.frame.encoded_len();
-            let budget = access.limits.config().max_queued_answer_bytes;
-            if size > budget {
-                // The budget would never have room for it (the config check refuses a budget below
-                // max_frame_bytes, so this is a safety net, not a path).
-                let why = format!("a push of {size} bytes is larger than the gateway's whole budget for answers not yet read (max_queued_answer_bytes = {budget})");
-                let f = KafkaFailure::new(ErrorCode::TooLarge, why);
-                end(out, access, key, sequence, topic, Some(partition), f).await;
-                return;
-            }
-            frame.hold = loop {
-                if let Some(hold) = access.limits.hold_answer(size) {
-                    break Some(hold);
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            };
-            if let Some(w) = &self.written {
-                w.queued();
-            }
-            // A full channel: the session is still writing earlier frames to a slow client.
-            let frame = match out.try_send(Box::new(frame)) {
-                Ok(()) => continue,
-                Err(mpsc::error::TrySendError::Closed(_)) => return,
-                Err(mpsc::error::TrySendError::Full(frame)) => frame,
-            };
-            let _slow = GaugeGuard::new(slow.clone());
-            if out.send(frame).await.is_err() {
+            if self
+                .send_batch(out, &parts, i, batch, high_watermark, used, &counters)
+                .await
+                .is_err()
+            {
                 return;
             }
         }
+    }
+
+    /// Pushes `batch`, taken from `parts[i]`, with the cursor after it; `Err` when the
+    /// subscription is over (ended with an error, or its session gone).
+    #[allow(clippy::too_many_arguments)]
+    async fn send_batch(
+        &self,
+        out: &mpsc::Sender<Box<Outgoing>>,
+        parts: &[SubscribedPartition],
+        i: usize,
+        batch: Taken,
+        high_watermark: i64,
+        used: &mut Granted,
+        counters: &Counters,
+    ) -> Result<(), ()> {
+        let (access, key, sequence, topic) = (self.access, self.key, self.sequence, self.topic);
+        used.records += batch.records.len() as u64;
+        used.bytes += batch.bytes as u64;
+        counters.pushed.inc_by(batch.records.len() as u64);
+        counters.delivered.inc_by(batch.records.len() as u64);
+        counters.pushed_bytes.inc_by(batch.bytes as u64);
+        let partition = parts[i].partition;
+        let records = KafkaPartitionRecords {
+            partition,
+            messages: batch.records,
+            high_watermark,
+            caught_up: batch.caught_up,
+        };
+        let cursor = cursor_of(topic, parts);
+        let mut frame = push(key, sequence, vec![records], cursor);
+        frame.written = self.written.clone();
+        // Pushes waiting to be written count against the process's budget like answers do;
+        // when it is spent, the subscription waits rather than failing.
+        let size = frame.frame.encoded_len();
+        let budget = access.limits.config().max_queued_answer_bytes;
+        if size > budget {
+            // The budget would never have room for it (the config check refuses a budget below
+            // max_frame_bytes, so this is a safety net, not a path).
+            let why = format!("a push of {size} bytes is larger than the gateway's whole budget for answers not yet read (max_queued_answer_bytes = {budget})");
+            let f = KafkaFailure::new(ErrorCode::TooLarge, why);
+            end(out, access, key, sequence, topic, Some(partition), f).await;
+            return Err(());
+        }
+        frame.hold = loop {
+            if let Some(hold) = access.limits.hold_answer(size) {
+                break Some(hold);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        if let Some(w) = &self.written {
+            w.queued();
+        }
+        // A full channel: the session is still writing earlier frames to a slow client.
+        let frame = match out.try_send(Box::new(frame)) {
+            Ok(()) => return Ok(()),
+            Err(mpsc::error::TrySendError::Closed(_)) => return Err(()),
+            Err(mpsc::error::TrySendError::Full(frame)) => frame,
+        };
+        let _slow = GaugeGuard::new(counters.slow.clone());
+        out.send(frame).await.map_err(|_| ())
     }
 
     /// Sends a frame of this subscription, counted when it will be told written.
@@ -564,6 +764,15 @@ impl<'a> Pushing<'a> {
         }
         out.send(Box::new(frame)).await.map_err(|_| ())
     }
+}
+
+/// A subscription's counters, looked up once: a label look-up per push would cost a hash and a
+/// lock each.
+struct Counters {
+    pushed: prometheus::IntCounter,
+    delivered: prometheus::IntCounter,
+    pushed_bytes: prometheus::IntCounter,
+    slow: prometheus::IntGauge,
 }
 
 /// A subscription's share of the route's and topic's lag; taken back when it ends.
@@ -612,12 +821,14 @@ struct Taken {
     short_of_credit: bool,
 }
 
-/// Takes what credit and the frame allow from `fetched`, moving `part` past what it takes and
-/// what the filter leaves out, and, when it takes all, past every batch the read settled (so
-/// markers and batches without records for this reader never hold a position back).
+/// Takes what credit and the frame allow from `messages` (a read's, or those the key index
+/// handed out), moving `part` past what it takes and what the filter leaves out, and, when it
+/// takes all, to `settled`: past every batch the read settled (so markers and batches without
+/// records for this reader never hold a position back), or every record of other keys.
 fn take(
     part: &mut SubscribedPartition,
-    fetched: &Fetched,
+    messages: &[KafkaMessage],
+    settled: i64,
     filter: &Filter,
     credit: Credit,
     frame_budget: FrameBudget,
@@ -626,7 +837,7 @@ fn take(
     let mut framed_total = 0usize;
     let from = part.next;
     let mut took_all = true;
-    for m in fetched.messages.iter().filter(|m| m.offset >= from) {
+    for m in messages.iter().filter(|m| m.offset >= from) {
         if !filter.passes(m) {
             batch.filtered += 1;
             part.next = m.offset.saturating_add(1);
@@ -662,7 +873,7 @@ fn take(
         part.next = m.offset.saturating_add(1);
     }
     if took_all {
-        part.next = part.next.max(fetched.next);
+        part.next = part.next.max(settled);
     }
     if !part.caught_up && part.next >= part.caught_up_at {
         part.caught_up = true;
@@ -671,18 +882,29 @@ fn take(
     Ok(batch)
 }
 
-/// Waits until some partition has records past its position, or a while passes.
-async fn wait_at_head(parts: &[SubscribedPartition], timeout: Duration) {
-    if parts.is_empty() {
-        // `select_all` of nothing would panic; a subscription always has a partition.
-        tokio::time::sleep(HEAD_RECHECK).await;
-        return;
-    }
-    // One timer for the whole wait, not one per partition.
-    let waits = parts
+/// Waits until some partition has records past its position (reading alone) or the key index
+/// hands out records (`wake`), or a while passes.
+async fn wait_at_head(parts: &[SubscribedPartition], wake: &Notify, timeout: Duration) {
+    let alone: Vec<_> = parts
         .iter()
-        .map(|p| Box::pin(p.reader.wait_beyond(p.next, timeout)));
-    let _ = tokio::time::timeout(HEAD_RECHECK, futures_util::future::select_all(waits)).await;
+        .filter(|p| p.reads_alone())
+        .map(|p| Box::pin(p.reader.wait_beyond(p.next, timeout)))
+        .collect();
+    let beyond = async {
+        if alone.is_empty() {
+            // `select_all` of nothing would panic: only the key index wakes this one.
+            std::future::pending::<()>().await;
+        }
+        futures_util::future::select_all(alone).await;
+    };
+    // One timer for the whole wait, not one per partition.
+    let _ = tokio::time::timeout(HEAD_RECHECK, async {
+        tokio::select! {
+            () = wake.notified() => {}
+            () = beyond => {}
+        }
+    })
+    .await;
 }
 
 /// The cursor after everything the positions in `parts` have passed.
@@ -898,6 +1120,7 @@ pub(crate) async fn start(
             caught_up_at: high_watermark,
             caught_up: false,
             probed: false,
+            keyed: None,
         })
     });
     let parts: Vec<SubscribedPartition> = join_all(starts)
