@@ -17,6 +17,7 @@ mod baselines;
 mod connections;
 mod consume;
 mod fan_out;
+mod filtered;
 mod gateway;
 mod http;
 mod measure;
@@ -25,8 +26,8 @@ mod push;
 mod report;
 
 use crate::{
-    baselines::*, connections::*, consume::*, fan_out::*, http::*, measure::*, pings::*, push::*,
-    report::*,
+    baselines::*, connections::*, consume::*, fan_out::*, filtered::*, http::*, measure::*,
+    pings::*, push::*, report::*,
 };
 use clap::{Parser, Subcommand};
 
@@ -45,16 +46,39 @@ pub(crate) struct Cli {
     /// Repetitions per measurement (the median is reported).
     #[arg(long, default_value_t = 3)]
     pub(crate) reps: usize,
-    /// Run only these scenarios (1-6).
+    /// Run only these scenarios (1-7).
     #[arg(long, value_delimiter = ',')]
     pub(crate) only: Vec<u8>,
     /// Scale record counts and durations down (e.g. 0.1) for a quick smoke run.
     #[arg(long, default_value_t = 1.0)]
     pub(crate) scale: f64,
+    /// Scenario 7's numbers of key-filtered WebSocket subscribers.
+    #[arg(long, value_delimiter = ',', default_value = "10000,50000,100000")]
+    pub(crate) filtered: Vec<usize>,
+    /// Scenario 7's number of key-filtered Server-Sent Events readers (0: none).
+    #[arg(long, default_value_t = 10_000)]
+    pub(crate) filtered_sse: usize,
 }
 
 #[derive(Subcommand)]
 pub(crate) enum Cmd {
+    /// Scenario 7's load generator: key-filtered subscribers of `topic` (driven over stdin).
+    Subscribers {
+        #[arg(long)]
+        addr: SocketAddr,
+        #[arg(long)]
+        topic: String,
+        /// The first subscriber's number (subscriber n reads key n % 1,000).
+        #[arg(long)]
+        first: usize,
+        #[arg(long)]
+        count: usize,
+        #[arg(long, default_value_t = 1)]
+        per_connection: usize,
+        /// Server-Sent Events streams instead of WebSocket subscriptions (one per connection).
+        #[arg(long)]
+        sse: bool,
+    },
     /// A bare tokio-tungstenite echo server: the practical limit for scenario 2.
     EchoServer {
         #[arg(long)]
@@ -88,6 +112,26 @@ pub(crate) fn main() -> Result<(), Box<dyn std::error::Error>> {
             node,
             duties,
         }) => bare_pingora(listen, node, duties),
+        Some(Cmd::Subscribers {
+            addr,
+            topic,
+            first,
+            count,
+            per_connection,
+            sse,
+        }) => {
+            return tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?
+                .block_on(subscribers_process(
+                    addr,
+                    topic,
+                    first,
+                    count,
+                    per_connection.max(1),
+                    sse,
+                ));
+        }
         None => {}
     }
     tokio::runtime::Builder::new_multi_thread()
@@ -126,6 +170,9 @@ async fn run_all(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
     }
     if wanted(6) {
         push_vs_pull(&cli, &gateway_bin, &broker, &mut report).await?;
+    }
+    if wanted(7) {
+        filtered_subscribers(&cli, &gateway_bin, &broker, &mut report).await?;
     }
     let table = report.markdown();
     println!("\n{table}");

@@ -93,13 +93,34 @@ pub(crate) async fn sse_client(
     from_ms: Arc<std::sync::atomic::AtomicI64>,
 ) -> Result<Vec<u32>, String> {
     let mut latencies = Vec::new();
+    sse_timestamps(addr, topic, ready, gate, stop, |timestamp| {
+        let start = from_ms.load(std::sync::atomic::Ordering::Relaxed);
+        if start > 0 && timestamp >= start {
+            latencies.push(((fixtures::now_ms() - timestamp).max(0) * 1000) as u32);
+        }
+    })
+    .await?;
+    Ok(latencies)
+}
+
+/// Reads the event stream `GET /kafka?topic={query}` (`query` may add more parameters) until
+/// `stop`, handing each record's timestamp to `on_record`; one permit of `ready` once the
+/// stream has started.
+pub(crate) async fn sse_timestamps(
+    addr: SocketAddr,
+    query: String,
+    ready: Arc<Semaphore>,
+    gate: Arc<Semaphore>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    mut on_record: impl FnMut(i64),
+) -> Result<(), String> {
     let permit = gate.acquire().await.map_err(|e| e.to_string())?;
     let mut tcp = tokio::net::TcpStream::connect(addr)
         .await
         .map_err(|e| e.to_string())?;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let request = format!(
-        "GET /kafka?topic={topic} HTTP/1.1\r\nHost: bench\r\nAccept: text/event-stream\r\n\r\n"
+        "GET /kafka?topic={query} HTTP/1.1\r\nHost: bench\r\nAccept: text/event-stream\r\n\r\n"
     );
     tcp.write_all(request.as_bytes())
         .await
@@ -135,15 +156,12 @@ pub(crate) async fn sse_client(
                     .take_while(|c| c.is_ascii_digit())
                     .collect();
                 if let Ok(timestamp) = digits.parse::<i64>() {
-                    let start = from_ms.load(std::sync::atomic::Ordering::Relaxed);
-                    if start > 0 && timestamp >= start {
-                        latencies.push(((fixtures::now_ms() - timestamp).max(0) * 1000) as u32);
-                    }
+                    on_record(timestamp);
                 }
             }
         }
     }
-    Ok(latencies)
+    Ok(())
 }
 
 /// One client of scenario 6: reads every partition of `topic` until `stop`, keeping the

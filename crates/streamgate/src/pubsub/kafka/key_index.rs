@@ -24,7 +24,7 @@
 use crate::sync::lock;
 use bytes::Bytes;
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use streamgate_protocol::KafkaMessage;
 use tokio::sync::Notify;
@@ -34,6 +34,31 @@ use tokio::sync::Notify;
 /// between two reads of a subscription with credit, small enough that a paused subscription
 /// holds little (about 7 KiB of record descriptors; the bytes are the shared fetch buffers).
 pub(crate) const SLOT_RECORDS: usize = 64;
+
+/// How the key index wakes a subscription: one per subscription, shared by its slots, each of
+/// which sets its own bit, so that a subscription woken looks only at the partitions with news.
+#[derive(Debug, Default)]
+pub(crate) struct Wake {
+    notify: Notify,
+    news: AtomicU64,
+}
+
+impl Wake {
+    /// Resolves once a slot has news (at once if one had since the last wait).
+    pub(crate) async fn notified(&self) {
+        self.notify.notified().await;
+    }
+
+    /// The bits of the slots with news since the last call.
+    pub(crate) fn take_news(&self) -> u64 {
+        self.news.swap(0, Ordering::AcqRel)
+    }
+
+    fn tell(&self, bit: u64) {
+        self.news.fetch_or(bit, Ordering::AcqRel);
+        self.notify.notify_one();
+    }
+}
 
 /// The subscriptions registered at one partition's head, by key.
 #[derive(Debug)]
@@ -55,9 +80,11 @@ struct Registry {
 struct Slot {
     /// Records before this offset are not the slot's (it registered there).
     floor: i64,
-    /// Woken when a record arrives or the slot is dropped from the hand-out; shared by all the
+    /// Told when a record arrives or the slot leaves the hand-out; shared by all the
     /// subscription's slots.
-    wake: Arc<Notify>,
+    wake: Arc<Wake>,
+    /// The slot's bit in `wake`'s news.
+    bit: u64,
     state: Mutex<SlotState>,
 }
 
@@ -103,14 +130,15 @@ impl KeyIndex {
     /// Registers a subscription of `keys` whose position is `at`, to be handed its keys'
     /// records from the registration's [`Registration::floor`] on: `at`, or where the hand-out
     /// stands if that is further (the subscription reads up to there alone). `hand_from` is
-    /// where the hand-out starts when nobody is registered yet. `wake` is notified when records
-    /// arrive for it.
+    /// where the hand-out starts when nobody is registered yet. `wake` is told, with `bit`, when
+    /// records arrive for it.
     pub(crate) fn register(
         self: &Arc<Self>,
         keys: &HashSet<Bytes>,
         at: i64,
         hand_from: i64,
-        wake: &Arc<Notify>,
+        wake: &Arc<Wake>,
+        bit: u64,
     ) -> Option<Registration> {
         if keys.is_empty() || at < 0 || hand_from < 0 {
             return None;
@@ -122,6 +150,7 @@ impl KeyIndex {
         let slot = Arc::new(Slot {
             floor: at.max(self.dispatched.load(Ordering::Acquire)),
             wake: Arc::clone(wake),
+            bit,
             state: Mutex::default(),
         });
         for key in keys {
@@ -179,6 +208,18 @@ impl KeyIndex {
     }
 }
 
+impl KeyIndex {
+    /// Sends every slot back to reading alone from where the hand-out stands (it has stood
+    /// still while the log went on).
+    pub(crate) fn leave_all(&self) {
+        let registry = lock(&self.registry);
+        let at = self.dispatched.load(Ordering::Acquire);
+        for slot in registry.by_key.values().flatten() {
+            slot.leave(at);
+        }
+    }
+}
+
 impl Slot {
     fn offer(&self, m: &KafkaMessage) {
         if m.offset < self.floor {
@@ -198,7 +239,7 @@ impl Slot {
             state.pending.push_back(m.clone());
         }
         drop(state);
-        self.wake.notify_one();
+        self.wake.tell(self.bit);
     }
 
     fn leave(&self, at: i64) {
@@ -209,7 +250,7 @@ impl Slot {
             state.pending = VecDeque::new();
         }
         drop(state);
-        self.wake.notify_one();
+        self.wake.tell(self.bit);
     }
 }
 
@@ -291,10 +332,12 @@ mod tests {
     #[test]
     fn records_go_to_their_keys_and_positions_move_past_the_rest() {
         let index = Arc::new(KeyIndex::default());
-        let wake = Arc::new(Notify::new());
-        let a = index.register(&keys(&["a"]), 10, 10, &wake).expect("first");
+        let wake = Arc::new(Wake::default());
+        let a = index
+            .register(&keys(&["a"]), 10, 10, &wake, 1)
+            .expect("first");
         let b = index
-            .register(&keys(&["b", "c"]), 10, 10, &wake)
+            .register(&keys(&["b", "c"]), 10, 10, &wake, 2)
             .expect("same place");
         index.dispatch(
             10,
@@ -306,6 +349,7 @@ mod tests {
             ],
             14,
         );
+        assert_eq!(wake.take_news(), 3, "both were told");
         let mut held = VecDeque::new();
         assert_eq!(a.take(&mut held), Taken::Through(14));
         assert_eq!(held.iter().map(|m| m.offset).collect::<Vec<_>>(), [10]);
@@ -313,7 +357,9 @@ mod tests {
         assert_eq!(b.take(&mut held), Taken::Through(14));
         assert_eq!(held.iter().map(|m| m.offset).collect::<Vec<_>>(), [11, 13]);
         // Behind the hand-out: read up to it alone first.
-        let late = index.register(&keys(&["a"]), 12, 0, &wake).expect("late");
+        let late = index
+            .register(&keys(&["a"]), 12, 0, &wake, 4)
+            .expect("late");
         assert_eq!(late.floor(), 14);
         drop(late);
         // A chunk that starts past the hand-out's offset leaves a gap: everyone reads alone
@@ -329,8 +375,10 @@ mod tests {
     #[test]
     fn a_full_slot_leaves_at_its_first_record_not_taken() {
         let index = Arc::new(KeyIndex::default());
-        let wake = Arc::new(Notify::new());
-        let a = index.register(&keys(&["a"]), 0, 0, &wake).expect("first");
+        let wake = Arc::new(Wake::default());
+        let a = index
+            .register(&keys(&["a"]), 0, 0, &wake, 1)
+            .expect("first");
         let end = SLOT_RECORDS as i64 + 3;
         let many: Vec<_> = (0..end).map(|o| record(o, "a")).collect();
         index.dispatch(0, &many[..2], 2);

@@ -29,7 +29,7 @@
 
 pub(crate) use super::fetch::Fetched;
 use super::fetch::PartitionFetcher;
-use super::key_index::{KeyIndex, Registration};
+use super::key_index::{KeyIndex, Registration, Wake};
 use crate::pubsub::failure::{bounded, Backoff, KafkaFailure};
 use crate::sync::lock;
 use bytes::Bytes;
@@ -40,7 +40,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use streamgate_protocol::ErrorCode;
-use tokio::sync::{watch, Notify};
+use tokio::sync::watch;
 use tokio::time::Instant;
 
 /// First and longest pause between offset look-ups while the cluster is moving.
@@ -49,6 +49,11 @@ const LOOKUP_BACKOFF: (Duration, Duration) =
 
 /// How often a partition with waiting sessions is polled for new records.
 pub(crate) const TAIL_POLL: Duration = Duration::from_millis(20);
+
+/// How long the key index's hand-out may stand still behind the known end before its
+/// subscriptions read alone: longer than the window's reads take on a busy machine, so that
+/// they do not all turn to the broker when it is merely slow.
+const HAND_OUT_STALLED: Duration = Duration::from_secs(3);
 
 /// What the poller asks the broker for at the head: enough for a burst of new records.
 const TAIL_FETCH_BYTES: i32 = 256 * 1024;
@@ -135,7 +140,8 @@ impl PartitionReader {
         self: &Arc<Self>,
         keys: &HashSet<Bytes>,
         at: i64,
-        wake: &Arc<Notify>,
+        wake: &Arc<Wake>,
+        bit: u64,
         timeout: Duration,
     ) -> Option<Registration> {
         let known_end = self.known_end();
@@ -150,7 +156,7 @@ impl PartitionReader {
         if at < start.min(known_end) {
             return None;
         }
-        let registration = self.keys.register(keys, at, end, wake)?;
+        let registration = self.keys.register(keys, at, end, wake, bit)?;
         self.ensure_poller(timeout);
         Some(registration)
     }
@@ -463,6 +469,8 @@ impl PartitionReader {
         let reader = Arc::clone(self);
         tokio::spawn(async move {
             let mut more = false;
+            // Where the key index's hand-out stood, and since when, while the log went on.
+            let mut hand_out: Option<(i64, Instant)> = None;
             loop {
                 if !more {
                     tokio::time::sleep(TAIL_POLL).await;
@@ -490,6 +498,22 @@ impl PartitionReader {
                     // Behind the head (a burst larger than one read): read on at once.
                     more = fetched.next > from && !fetched.at_end();
                 }
+                // The hand-out stands still while the log goes on (the window's reads fail):
+                // its subscriptions read alone rather than wait on it.
+                hand_out = match (reader.keys.dispatched(), hand_out) {
+                    (Some(at), _) if at >= reader.known_end() => None,
+                    (Some(at), Some((was, since))) if at == was => {
+                        if since.elapsed() >= HAND_OUT_STALLED {
+                            tracing::debug!(at, "the key index's hand-out stood still: its subscriptions read alone");
+                            reader.keys.leave_all();
+                            None
+                        } else {
+                            Some((was, since))
+                        }
+                    }
+                    (Some(at), _) => Some((at, Instant::now())),
+                    (None, _) => None,
+                };
             }
         });
     }

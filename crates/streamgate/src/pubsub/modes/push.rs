@@ -26,7 +26,7 @@ use crate::limits::AnswerHold;
 use crate::pubsub::failure::invalid_timestamp;
 use crate::pubsub::failure::{Backoff, KafkaFailure};
 use crate::pubsub::kafka::batch::record_size;
-use crate::pubsub::kafka::key_index::{Registration, Taken as Handed};
+use crate::pubsub::kafka::key_index::{Registration, Taken as Handed, Wake};
 use crate::pubsub::kafka::reader::PartitionReader;
 use crate::pubsub::target::{KafkaAccess, RecordMatcher};
 use crate::pubsub::wire::FrameBudget;
@@ -42,7 +42,7 @@ use streamgate_protocol::{
     KafkaPartitionRecords, KafkaRecordsPush, KafkaSubscribeResp, PartitionStart, PubSubResp,
     RecordFilter,
 };
-use tokio::sync::{mpsc, watch, Notify};
+use tokio::sync::{mpsc, watch};
 
 /// Credit granted to a subscription so far, in total.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -137,11 +137,6 @@ impl Written {
 /// How long a subscription at the head waits before looking again on its own (the poller
 /// normally wakes it much sooner).
 const HEAD_RECHECK: Duration = Duration::from_secs(1);
-
-/// How long a partition in the key index waits behind the known end with nothing handed out
-/// before it reads alone: longer than the window's reads take on a busy machine, so that
-/// subscriptions do not all turn to the broker when it is merely slow.
-const HAND_OUT_STALLED: Duration = Duration::from_secs(3);
 
 /// First and longest pause before reading again after the brokers could not be reached.
 const OUTAGE_BACKOFF: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(2));
@@ -255,8 +250,6 @@ struct Keyed {
     through: i64,
     /// Out of the hand-out: the partition reads on its own once `held` is pushed.
     left: bool,
-    /// Since when the position has stood behind the known end with nothing held.
-    behind_since: Option<tokio::time::Instant>,
 }
 
 /// Runs a subscription until it ends with an error or its task is aborted (unsubscribe, session
@@ -313,8 +306,7 @@ impl SubscribedPartition {
         (self.partition, &self.reader)
     }
 
-    /// Takes what the key index handed out, and moves the position past the records of other
-    /// keys once everything handed out is pushed; back to reading alone once out of the index.
+    /// Takes what the key index handed out (called when the partition's slot has news).
     fn take_handed(&mut self) {
         let Some(keyed) = &mut self.keyed else {
             return;
@@ -326,6 +318,15 @@ impl SubscribedPartition {
                 keyed.left = true;
             }
         }
+        self.settle_handed();
+    }
+
+    /// Moves the position past the records of other keys once everything handed out is pushed;
+    /// back to reading alone once out of the index.
+    fn settle_handed(&mut self) {
+        let Some(keyed) = &mut self.keyed else {
+            return;
+        };
         if self.next < keyed.registration.floor() {
             // Still reading alone up to where the hand-out starts; out of the index before
             // getting there, what was handed out is read alone again.
@@ -336,43 +337,47 @@ impl SubscribedPartition {
         }
         if keyed.held.is_empty() {
             self.next = self.next.max(keyed.through);
-            // The hand-out stands still while the log goes on (the window's reads fail or wait
-            // on a busy broker): read alone rather than wait on it.
-            let behind = self.next < self.reader.known_end();
-            let stalled = match (behind, keyed.behind_since) {
-                (false, _) => {
-                    keyed.behind_since = None;
-                    false
-                }
-                (true, None) => {
-                    keyed.behind_since = Some(tokio::time::Instant::now());
-                    false
-                }
-                (true, Some(since)) => since.elapsed() >= HAND_OUT_STALLED,
-            };
-            if keyed.left || stalled {
+            if keyed.left {
                 self.keyed = None;
             }
         }
     }
 
-    /// Registers in the key index when the filter lists keys and the position is near the
-    /// head (see [`PartitionReader::register_keys`]).
-    fn register_near_head(&mut self, filter: &Filter, wake: &Arc<Notify>, timeout: Duration) {
+    /// Registers in the key index (told with `bit`) when the filter lists keys and the position
+    /// is near the head (see [`PartitionReader::register_keys`]).
+    fn register_near_head(
+        &mut self,
+        filter: &Filter,
+        wake: &Arc<Wake>,
+        bit: u64,
+        timeout: Duration,
+    ) {
         if self.keyed.is_some() || !self.probed {
             return;
         }
         let Some(keys) = filter.own.keys() else {
             return;
         };
-        if let Some(registration) = self.reader.register_keys(keys, self.next, wake, timeout) {
+        if let Some(registration) = self
+            .reader
+            .register_keys(keys, self.next, wake, bit, timeout)
+        {
             self.keyed = Some(Keyed {
                 through: registration.floor(),
                 registration,
                 held: VecDeque::new(),
                 left: false,
-                behind_since: None,
             });
+        }
+    }
+
+    /// Records this subscription has still to read in the partition: those handed out and not
+    /// pushed yet in the key index (whose position moves only when it has news), else every
+    /// record past its position.
+    fn lag(&self) -> i64 {
+        match &self.keyed {
+            Some(keyed) if !self.reads_alone() => keyed.held.len() as i64,
+            _ => self.reader.known_end().saturating_sub(self.next).max(0),
         }
     }
 
@@ -527,18 +532,20 @@ impl<'a> Pushing<'a> {
                 .max(1),
         )
         .unwrap_or(i32::MAX);
-        // Woken by the key index when it hands out records for this subscription.
-        let wake = Arc::new(Notify::new());
+        // Told by the key index when it hands out records for this subscription, with the
+        // bit of each partition that has news (partition i has bit i % 64).
+        let wake = Arc::new(Wake::default());
+        let bit = |i: usize| 1u64 << (i % 64);
         loop {
-            for part in parts.iter_mut() {
-                part.take_handed();
+            let news = wake.take_news();
+            if news != 0 {
+                for (i, part) in parts.iter_mut().enumerate() {
+                    if news & bit(i) != 0 {
+                        part.take_handed();
+                    }
+                }
             }
-            lag.set(
-                parts
-                    .iter()
-                    .map(|p| p.reader.known_end().saturating_sub(p.next).max(0))
-                    .sum(),
-            );
+            lag.set(parts.iter().map(SubscribedPartition::lag).sum());
             // Credit first: a paused subscription holds no records and asks the broker nothing.
             let has_credit =
                 |g: &Granted| g.records > used.records && (!byte_bound || g.bytes > used.bytes);
@@ -553,8 +560,8 @@ impl<'a> Pushing<'a> {
                 .map(|i| (turn + i) % parts.len())
                 .find(|&i| parts[i].ready());
             let Some(i) = ready else {
-                for part in parts.iter_mut() {
-                    part.register_near_head(filter, &wake, settings.socket_timeout);
+                for (i, part) in parts.iter_mut().enumerate() {
+                    part.register_near_head(filter, &wake, bit(i), settings.socket_timeout);
                 }
                 Box::pin(wait_at_head(&parts, &wake, settings.socket_timeout)).await;
                 continue;
@@ -587,6 +594,7 @@ impl<'a> Pushing<'a> {
                 if let Some(keyed) = &mut part.keyed {
                     keyed.held = held;
                 }
+                part.settle_handed();
                 let batch = match taken {
                     Ok(batch) => batch,
                     Err(f) => {
@@ -615,7 +623,7 @@ impl<'a> Pushing<'a> {
                     Err(()) => return,
                 }
             }
-            part.register_near_head(filter, &wake, settings.socket_timeout);
+            part.register_near_head(filter, &wake, bit(i), settings.socket_timeout);
             part.probed = true;
             let position = part.next;
             let fetched = match Box::pin(part.reader.fetch_now(
@@ -884,12 +892,13 @@ fn take(
 
 /// Waits until some partition has records past its position (reading alone) or the key index
 /// hands out records (`wake`), or a while passes.
-async fn wait_at_head(parts: &[SubscribedPartition], wake: &Notify, timeout: Duration) {
+async fn wait_at_head(parts: &[SubscribedPartition], wake: &Wake, timeout: Duration) {
     let alone: Vec<_> = parts
         .iter()
         .filter(|p| p.reads_alone())
         .map(|p| Box::pin(p.reader.wait_beyond(p.next, timeout)))
         .collect();
+    let only_keyed = alone.is_empty();
     let beyond = async {
         if alone.is_empty() {
             // `select_all` of nothing would panic: only the key index wakes this one.
@@ -897,14 +906,20 @@ async fn wait_at_head(parts: &[SubscribedPartition], wake: &Notify, timeout: Dur
         }
         futures_util::future::select_all(alone).await;
     };
-    // One timer for the whole wait, not one per partition.
-    let _ = tokio::time::timeout(HEAD_RECHECK, async {
+    let woken = async {
         tokio::select! {
             () = wake.notified() => {}
             () = beyond => {}
         }
-    })
-    .await;
+    };
+    if only_keyed {
+        // Only the key index wakes a subscription all of whose partitions it hands out (also
+        // when its hand-out stalls): no timer for each of 100,000 such subscriptions.
+        woken.await;
+    } else {
+        // One timer for the whole wait, not one per partition.
+        let _ = tokio::time::timeout(HEAD_RECHECK, woken).await;
+    }
 }
 
 /// The cursor after everything the positions in `parts` have passed.
