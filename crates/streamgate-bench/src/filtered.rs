@@ -1,6 +1,6 @@
-//! 7. Filtered subscribers: 10,000 to 100,000 push subscriptions, each filtering on one of 1,000
-//! keys of an 8-partition topic, while a producer writes 2,000 records a second; and 10,000
-//! Server-Sent Events readers of the same filters.
+//! Scenario 7, filtered subscribers: 10,000 to 100,000 push subscriptions, each filtering on one
+//! of 1,000 keys of an 8-partition topic, while a producer writes 2,000 records a second; and
+//! 10,000 Server-Sent Events readers of the same filters.
 //!
 //! The subscribers live in other processes of this binary (`streamgate-bench subscribers`), at
 //! most 10,000 connections each, so that their descriptors and their CPU are their own: the
