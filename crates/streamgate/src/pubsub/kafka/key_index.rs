@@ -1,7 +1,7 @@
 //! The key index at a partition's head: who waits for which key.
 //!
 //! A push subscription whose filter lists keys and that is near the head (inside the partition's
-//! window of recent records) registers here, under each of its keys. Each chunk the window takes
+//! window of recent records, or a little behind it) registers here, under each of its keys. Each chunk the window takes
 //! is then handed out record by record to the subscriptions of the record's key alone (a hash
 //! look-up per record), waking only them, instead of every subscription at the head waking for
 //! every batch and checking every record against its filter. So a record costs its readers, not

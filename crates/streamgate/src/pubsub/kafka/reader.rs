@@ -55,6 +55,12 @@ pub(crate) const TAIL_POLL: Duration = Duration::from_millis(20);
 /// they do not all turn to the broker when it is merely slow.
 const HAND_OUT_STALLED: Duration = Duration::from_secs(3);
 
+/// How far behind the window (in records) a subscription may register in the key index: it
+/// reads up to the hand-out alone meanwhile, while its slot keeps what arrives for it (up to
+/// [`super::key_index::SLOT_RECORDS`] records of its keys). Further behind, it reads alone until
+/// it is closer, rather than registering and leaving again while it replays.
+const REGISTER_BEHIND: i64 = 10_000;
+
 /// What the poller asks the broker for at the head: enough for a burst of new records.
 const TAIL_FETCH_BYTES: i32 = 256 * 1024;
 
@@ -134,8 +140,9 @@ impl PartitionReader {
     }
 
     /// Registers a subscription of `keys` whose position `at` is near the head: inside the
-    /// window, where what it reads alone up to the hand-out costs no broker fetch, or at the
-    /// known end (see [`KeyIndex::register`]). The poller runs while anyone is registered.
+    /// window (where what it reads alone up to the hand-out costs no broker fetch), at most
+    /// [`REGISTER_BEHIND`] records before it, or at the known end (see [`KeyIndex::register`]).
+    /// The poller runs while anyone is registered.
     pub(crate) fn register_keys(
         self: &Arc<Self>,
         keys: &HashSet<Bytes>,
@@ -153,7 +160,9 @@ impl PartitionReader {
                 _ => (known_end, known_end),
             }
         };
-        if at < start.min(known_end) {
+        // Inside the window, or a little behind it (a busy gateway's subscriptions often are,
+        // the window holding one second): what it reads alone up to the hand-out is bounded.
+        if at < start.min(known_end).saturating_sub(REGISTER_BEHIND) {
             return None;
         }
         let registration = self.keys.register(keys, at, end, wake, bit)?;
