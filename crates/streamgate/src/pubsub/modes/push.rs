@@ -573,8 +573,10 @@ impl<'a> Pushing<'a> {
                 records: granted.records - used.records,
                 bytes: byte_bound.then(|| granted.bytes.saturating_sub(used.bytes)),
             };
-            if !part.reads_alone() {
-                // Records the key index handed out: no read, and only this subscription's keys.
+            let position = part.next;
+            // What this turn read: records the key index handed out (no read, and only this
+            // subscription's keys), or a read of the partition's log.
+            let (taken, fetched) = if !part.reads_alone() {
                 let Some(keyed) = &mut part.keyed else {
                     continue;
                 };
@@ -595,70 +597,46 @@ impl<'a> Pushing<'a> {
                     keyed.held = held;
                 }
                 part.settle_handed();
-                let batch = match taken {
-                    Ok(batch) => batch,
+                (taken, None)
+            } else {
+                part.register_near_head(filter, &wake, bit(i), settings.socket_timeout);
+                part.probed = true;
+                let fetched = match Box::pin(part.reader.fetch_now(
+                    part.next,
+                    fetch_bytes,
+                    settings.socket_timeout,
+                ))
+                .await
+                {
+                    Ok(fetched) => {
+                        outage.reset();
+                        fetched
+                    }
+                    Err(f) if matches!(f.code, ErrorCode::Unavailable) => {
+                        // The brokers are away: wait and read again from the same position.
+                        tracing::debug!(route = %route, topic, partition = part.partition, reason = %f.reason, "subscription waits for the brokers");
+                        outage.wait().await;
+                        continue;
+                    }
                     Err(f) => {
-                        end(out, access, key, sequence, topic, Some(part.partition), f).await;
+                        let partition = part.partition;
+                        access.forget_if_gone(topic, partition, &Err::<(), _>(f.clone()));
+                        end(out, access, key, sequence, topic, Some(partition), f).await;
                         return;
                     }
                 };
-                if batch.filtered > 0 {
-                    filtered.inc_by(batch.filtered);
-                }
-                if batch.records.is_empty() && !batch.caught_up {
-                    if batch.short_of_credit {
-                        let _paused = GaugeGuard::new(paused.clone());
-                        if grants.changed().await.is_err() {
-                            return;
-                        }
+                // Registered in the key index: alone only up to where its hand-out starts.
+                let (messages, settled) = match part.alone_until() {
+                    Some(floor) => {
+                        let cut = fetched.messages.partition_point(|m| m.offset < floor);
+                        (&fetched.messages[..cut], fetched.next.min(floor))
                     }
-                    continue;
-                }
-                let high_watermark = part.reader.known_high_watermark();
-                match self
-                    .send_batch(out, &parts, i, batch, high_watermark, used, &counters)
-                    .await
-                {
-                    Ok(()) => continue,
-                    Err(()) => return,
-                }
-            }
-            part.register_near_head(filter, &wake, bit(i), settings.socket_timeout);
-            part.probed = true;
-            let position = part.next;
-            let fetched = match Box::pin(part.reader.fetch_now(
-                part.next,
-                fetch_bytes,
-                settings.socket_timeout,
-            ))
-            .await
-            {
-                Ok(fetched) => {
-                    outage.reset();
-                    fetched
-                }
-                Err(f) if matches!(f.code, ErrorCode::Unavailable) => {
-                    // The brokers are away: wait and read again from the same position.
-                    tracing::debug!(route = %route, topic, partition = part.partition, reason = %f.reason, "subscription waits for the brokers");
-                    outage.wait().await;
-                    continue;
-                }
-                Err(f) => {
-                    let partition = part.partition;
-                    access.forget_if_gone(topic, partition, &Err::<(), _>(f.clone()));
-                    end(out, access, key, sequence, topic, Some(partition), f).await;
-                    return;
-                }
+                    None => (&fetched.messages[..], fetched.next),
+                };
+                let taken = take(part, messages, settled, filter, credit, frame_budget);
+                (taken, Some(fetched))
             };
-            // Registered in the key index: alone only up to where its hand-out starts.
-            let (messages, settled) = match part.alone_until() {
-                Some(floor) => {
-                    let cut = fetched.messages.partition_point(|m| m.offset < floor);
-                    (&fetched.messages[..cut], fetched.next.min(floor))
-                }
-                None => (&fetched.messages[..], fetched.next),
-            };
-            let batch = match take(part, messages, settled, filter, credit, frame_budget) {
+            let batch = match taken {
                 Ok(batch) => batch,
                 Err(f) => {
                     end(out, access, key, sequence, topic, Some(part.partition), f).await;
@@ -676,7 +654,10 @@ impl<'a> Pushing<'a> {
                     if grants.changed().await.is_err() {
                         return;
                     }
-                } else if part.next == position && part.next < part.reader.known_end() {
+                } else if fetched.is_some()
+                    && part.next == position
+                    && part.next < part.reader.known_end()
+                {
                     // Nothing read although the log went further before: a new leader whose high
                     // watermark still lags, or a broker catching up. Only a broker's own
                     // OFFSET_OUT_OF_RANGE ends a subscription: look again shortly.
@@ -684,16 +665,16 @@ impl<'a> Pushing<'a> {
                 }
                 // Otherwise the position moved past batches without records for this reader
                 // (markers, aborted or filtered records), or reached the end: the readable end
-                // decides when to read again.
+                // (or the key index) decides when to read again.
                 continue;
             }
-            // The next read of this partition starts now, while this push is on its way.
-            part.reader
-                .read_ahead(part.next, fetch_bytes, settings.socket_timeout);
-            let high_watermark = fetched
-                .high_watermark
-                .max(part.reader.known_high_watermark());
-            drop(fetched);
+            let mut high_watermark = part.reader.known_high_watermark();
+            if let Some(fetched) = fetched {
+                // The next read of this partition starts now, while this push is on its way.
+                part.reader
+                    .read_ahead(part.next, fetch_bytes, settings.socket_timeout);
+                high_watermark = high_watermark.max(fetched.high_watermark);
+            }
             if self
                 .send_batch(out, &parts, i, batch, high_watermark, used, &counters)
                 .await
