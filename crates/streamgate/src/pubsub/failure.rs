@@ -49,7 +49,6 @@ impl KafkaFailure {
         }
     }
 
-    /// Classifies an error code a broker answered with.
     /// Kafka's OFFSET_OUT_OF_RANGE: an offset outside the partition's log.
     pub(crate) fn out_of_range() -> Self {
         Self::from_protocol(&ProtocolError::OffsetOutOfRange)
@@ -61,6 +60,7 @@ impl KafkaFailure {
             && self.reason == kafka_name(&ProtocolError::OffsetOutOfRange)
     }
 
+    /// Classifies an error code a broker answered with.
     pub(crate) fn from_protocol(e: &ProtocolError) -> Self {
         match e {
             ProtocolError::UnknownTopicOrPartition => {

@@ -1,9 +1,9 @@
 //! The key index at a partition's head: who waits for which key.
 //!
 //! A push subscription whose filter lists keys and that is near the head (inside the partition's
-//! window of recent records, or a little behind it) registers here, under each of its keys. Each chunk the window takes
-//! is then handed out record by record to the subscriptions of the record's key alone (a hash
-//! look-up per record), waking only them, instead of every subscription at the head waking for
+//! window of recent records, or a little behind it) registers here, under each of its keys. Each
+//! chunk the window takes is then handed out record by record to the subscriptions of the
+//! record's key alone (a hash look-up per record), waking only them, instead of every subscription at the head waking for
 //! every batch and checking every record against its filter. So a record costs its readers, not
 //! all subscribers: 100,000 subscribers of 1,000 keys cost 100 hand-overs per record, not 100,000
 //! filter checks and wake-ups.
@@ -176,18 +176,13 @@ impl KeyIndex {
     pub(crate) fn dispatch(&self, from: i64, messages: &[KafkaMessage], next: i64) {
         let registry = lock(&self.registry);
         let at = self.dispatched.load(Ordering::Acquire);
-        if registry.slots == 0 || at < 0 {
-            return;
-        }
-        if next <= at {
+        if registry.slots == 0 || at < 0 || next <= at {
             return;
         }
         if from > at {
             // A gap (the window started again further on): nobody can be handed what lies in
             // it. Every slot reads alone from where the hand-out stood.
-            for slot in registry.by_key.values().flatten() {
-                slot.leave(at);
-            }
+            registry.leave_all(at);
             self.dispatched.store(next, Ordering::Release);
             return;
         }
@@ -206,15 +201,20 @@ impl KeyIndex {
             crate::metrics::metrics().key_index_records.inc_by(handed);
         }
     }
-}
 
-impl KeyIndex {
     /// Sends every slot back to reading alone from where the hand-out stands (it has stood
     /// still while the log went on).
     pub(crate) fn leave_all(&self) {
         let registry = lock(&self.registry);
-        let at = self.dispatched.load(Ordering::Acquire);
-        for slot in registry.by_key.values().flatten() {
+        registry.leave_all(self.dispatched.load(Ordering::Acquire));
+    }
+}
+
+impl Registry {
+    /// Sends every slot back to reading alone from `at` (a slot listed under several keys is
+    /// met once per key; leaving again changes nothing).
+    fn leave_all(&self, at: i64) {
+        for slot in self.by_key.values().flatten() {
             slot.leave(at);
         }
     }

@@ -1,7 +1,6 @@
 //! The Kafka tier: shared clients and the identity they speak as, the gateway's own broker
-//! connections and Fetch request, record-batch decoding, the shared partition reader with its key index, and
-//! consumer-group membership. It
-//! knows nothing of reading modes or transports.
+//! connections and Fetch request, record-batch decoding, the shared partition reader with its key
+//! index, and consumer-group membership. It knows nothing of reading modes or transports.
 
 pub(crate) mod batch;
 pub(crate) mod cluster;

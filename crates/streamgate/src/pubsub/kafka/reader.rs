@@ -152,14 +152,7 @@ impl PartitionReader {
         timeout: Duration,
     ) -> Option<Registration> {
         let known_end = self.known_end();
-        let (start, end) = {
-            let mut window = lock(&self.window);
-            expire(&mut window);
-            match (window.front(), window.back()) {
-                (Some((_, first)), Some((_, last))) => (first.from, last.next),
-                _ => (known_end, known_end),
-            }
-        };
+        let (start, end) = self.window_span().unwrap_or((known_end, known_end));
         // Inside the window, or a little behind it (a busy gateway's subscriptions often are,
         // the window holding one second): what it reads alone up to the hand-out is bounded.
         if at < start.min(known_end).saturating_sub(REGISTER_BEHIND) {
@@ -367,11 +360,16 @@ impl PartitionReader {
         window.get(at.checked_sub(1)?).map(|(_, f)| Arc::clone(f))
     }
 
-    /// Where the window's records end, if it holds any.
-    fn window_end(&self) -> Option<i64> {
+    /// Where the window's records start and end, if it holds any.
+    fn window_span(&self) -> Option<(i64, i64)> {
         let mut window = lock(&self.window);
         expire(&mut window);
-        window.back().map(|(_, last)| last.next)
+        Some((window.front()?.1.from, window.back()?.1.next))
+    }
+
+    /// Where the window's records end, if it holds any.
+    fn window_end(&self) -> Option<i64> {
+        self.window_span().map(|(_, end)| end)
     }
 
     /// Keeps `fetched` in the window when it continues it (or starts a new head past it).
