@@ -290,10 +290,12 @@ async fn twenty_thousand_filtered_subscribers_get_exactly_their_keys_records() {
             Arc::clone(&gate),
             Arc::clone(&records_seen),
         );
-        clients.spawn(async move {
-            let permit = gate.acquire_owned().await.expect("gate");
-            let subscribed = Arc::new(tokio::sync::Semaphore::new(0));
-            let run = subscribers::run(connection, Arc::clone(&subscribed), stop, |i, event| {
+        clients.spawn(subscribers::run(
+            connection,
+            gate,
+            ready,
+            stop,
+            move |i, event| {
                 let s = c * PER_CONNECTION + i;
                 let k = key_for(s);
                 let mut seen = seen[s].lock().expect("lock");
@@ -310,16 +312,8 @@ async fn twenty_thousand_filtered_subscribers_get_exactly_their_keys_records() {
                         records_seen.fetch_add(1, Ordering::Relaxed);
                     }
                 }
-            });
-            tokio::pin!(run);
-            tokio::select! {
-                done = &mut run => return done,
-                _ = subscribed.acquire() => {}
-            }
-            drop(permit);
-            ready.add_permits(1);
-            run.await
-        });
+            },
+        ));
     }
     let subscribing = Instant::now();
     let all_subscribed = ready.acquire_many(CONNECTIONS as u32);

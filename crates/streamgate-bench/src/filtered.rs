@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use streamgate_protocol::{CmdKafkaSubscribe, RecordFilter};
 use streamgate_testkit::subscribers::{self, Event};
-use streamgate_testkit::{fixtures, free_port, Broker};
+use streamgate_testkit::{fixtures, Broker};
 use tokio::sync::Semaphore;
 
 const KEYS: usize = 1_000;
@@ -71,7 +71,6 @@ pub(crate) async fn subscribers_process(
         let topic = topic.clone();
         let source = subscribers::loopback_source(first / per_connection + c, 1_000);
         tasks.spawn(async move {
-            let permit = gate.acquire_owned().await.map_err(|e| e.to_string())?;
             let record = move |timestamp: i64| {
                 let start = from_ms.load(Ordering::Relaxed);
                 if start > 0 && timestamp >= start {
@@ -81,17 +80,7 @@ pub(crate) async fn subscribers_process(
             };
             if sse {
                 let query = format!("{topic}&key={}", key(subs[0] % KEYS));
-                let (ok, go) = (Arc::new(Semaphore::new(0)), Arc::new(Semaphore::new(1)));
-                let fut =
-                    crate::push::sse_timestamps(addr, query, Arc::clone(&ok), go, stop, record);
-                tokio::pin!(fut);
-                tokio::select! {
-                    done = &mut fut => return done,
-                    _ = ok.acquire() => {}
-                }
-                drop(permit);
-                ready.add_permits(1);
-                return fut.await;
+                return crate::push::sse_timestamps(addr, query, ready, gate, stop, record).await;
             }
             let connection = subscribers::Connection {
                 addr,
@@ -111,20 +100,12 @@ pub(crate) async fn subscribers_process(
                     })
                     .collect(),
             };
-            let subscribed = Arc::new(Semaphore::new(0));
-            let run = subscribers::run(connection, Arc::clone(&subscribed), stop, |_, event| {
+            subscribers::run(connection, gate, ready, stop, |_, event| {
                 if let Event::Record(m) = event {
                     record(m.timestamp);
                 }
-            });
-            tokio::pin!(run);
-            tokio::select! {
-                done = &mut run => return done,
-                _ = subscribed.acquire() => {}
-            }
-            drop(permit);
-            ready.add_permits(1);
-            run.await
+            })
+            .await
         });
     }
     let all = ready.acquire_many(connections as u32);
@@ -195,16 +176,9 @@ async fn run_once(
     let kafka = broker.client().await;
     let topic = format!("filtered-{subscribers}-{sse}-{run}-{}", std::process::id());
     fixtures::create_topic(&kafka, &topic, PARTITIONS).await;
-    let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
     // The machine's two cores are shared by the gateway (two worker threads), the load
     // generator and the broker: nothing is pinned.
-    let gw = start_gateway(
-        gateway_bin,
-        2,
-        &broker.bootstrap,
-        &format!("[admin]\nlisten = \"{admin}\"\n"),
-    )
-    .await;
+    let gw = start_gateway(gateway_bin, 2, &broker.bootstrap, "").await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let at_rest = gw.rss_kib();
     let per_connection = if sse {

@@ -51,15 +51,18 @@ pub enum Event<'a> {
     Record(Record<'a>),
 }
 
-/// Opens the connection, subscribes (one permit of `ready` once every subscription is
-/// answered), then hands each answer and record to `on_event(subscription index, event)` until
+/// Opens the connection holding a permit of `gate` (so that only so many connections subscribe
+/// at once), subscribes, lets the permit go and adds one to `ready` once every subscription is
+/// answered, then hands each answer and record to `on_event(subscription index, event)` until
 /// `stop`. An error frame or a closed connection is an error.
 pub async fn run(
     c: Connection,
+    gate: Arc<Semaphore>,
     ready: Arc<Semaphore>,
     stop: Arc<AtomicBool>,
     mut on_event: impl FnMut(usize, Event<'_>),
 ) -> Result<(), String> {
+    let mut permit = Some(gate.acquire_owned().await.map_err(|e| e.to_string())?);
     let mut tcp = connect(c.addr, c.source, &c.path).await?;
     let mut outstanding = Vec::with_capacity(c.subscribes.len());
     for (i, subscribe) in c.subscribes.into_iter().enumerate() {
@@ -92,6 +95,7 @@ pub async fn run(
                         on_event(i, Event::Subscribed(&answer));
                         answered += 1;
                         if answered == outstanding.len() {
+                            drop(permit.take());
                             ready.add_permits(1);
                         }
                     }
